@@ -1,0 +1,1 @@
+"""jackpot_jax: Lottery Jackpots in JAX/Flax."""

@@ -1,0 +1,94 @@
+"""Flax layers whose frozen weight can be multiplied by a mask from the `masks` collection.
+
+A layer looks for `masks/<its path>/kernel`. When the collection (or its entry) is absent
+the layer runs dense, so a freshly converted model evaluates before any search and layers
+kept dense by the sparsity plan carry no mask at all.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MASKS = "masks"
+
+# PyTorch's default initialisers are irrelevant here (weights come from checkpoints),
+# but random init must still be sensible for tests and from-scratch smoke runs.
+_default_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def _masked(module: nn.Module, kernel: jax.Array) -> jax.Array:
+  if module.has_variable(MASKS, "kernel"):
+    return kernel * module.get_variable(MASKS, "kernel").astype(kernel.dtype)
+  return kernel
+
+
+class Conv(nn.Module):
+  """2-D convolution, NHWC/HWIO, with PyTorch's explicit symmetric padding.
+
+  Explicit padding (never 'SAME') keeps stride-2 outputs aligned with PyTorch's.
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: int | Sequence[int] = 0
+  groups: int = 1
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    in_features = x.shape[-1]
+    if in_features % self.groups:
+      raise ValueError(f"{self.name}: {in_features} input channels not divisible by groups={self.groups}")
+    kernel = self.param(
+        "kernel", _default_kernel_init, (kh, kw, in_features // self.groups, self.features))
+    pad = (self.padding, self.padding) if isinstance(self.padding, int) else tuple(self.padding)
+    y = lax.conv_general_dilated(
+        x, _masked(self, kernel).astype(x.dtype),
+        window_strides=tuple(self.strides),
+        padding=((pad[0], pad[0]), (pad[1], pad[1])),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=self.groups)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+    return y
+
+
+class Dense(nn.Module):
+  """Fully connected layer, kernel (in, out) as Flax stores it."""
+
+  features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    y = x @ _masked(self, kernel).astype(x.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+    return y
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults: momentum 0.1 there is 0.9 here, epsilon 1e-5.
+
+  In training mode the batch statistics of the whole (possibly sharded) batch are used,
+  which under jit with a data-sharded batch is synchronised BN by construction.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+  """PyTorch MaxPool2d: explicit padding with -inf."""
+  return nn.max_pool(x, (window, window), (stride, stride),
+                     padding=((padding, padding), (padding, padding)))
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,69 @@
+"""Models chosen by name; each model file registers its builders and owns its PyTorch name map."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Mapping
+
+import flax.linen as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What the rest of the library needs to know about a model family member.
+
+  Attributes:
+    name: registry name, e.g. "resnet20".
+    build: `build(num_classes, **kwargs) -> nn.Module`; the module is called as
+      `module(images_nhwc, train=bool)` and returns logits.
+    classifier: PyTorch-style name of the final classifier layer (kept dense by default).
+    first_layer: PyTorch-style name of the first convolution.
+    input_shape: default (height, width, channels) for this model's usual data.
+    torch_aliases: other PyTorch module names a checkpoint may use for one of our layers,
+      e.g. {"linear": ("fc",)} for CIFAR-ResNet checkpoints that name the classifier fc.
+  """
+
+  name: str
+  build: Callable[..., nn.Module]
+  classifier: str
+  first_layer: str
+  input_shape: tuple[int, int, int]
+  torch_aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+  if spec.name in _REGISTRY:
+    raise ValueError(f"model {spec.name!r} registered twice")
+  _REGISTRY[spec.name] = spec
+  return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+  """Looks a model up by name, with a one-line error listing the known names."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[name]
+
+
+def model_names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  return get_model_spec(name).build(num_classes=num_classes, **kwargs)
+
+
+_INDEX = re.compile(r"_(\d+)")
+
+
+def torch_module_name(flax_path: tuple[str, ...]) -> str:
+  """Maps a Flax module path to the PyTorch module name it mirrors.
+
+  Flax module names replace PyTorch's ".<index>" by "_<index>" ("layer1.0" is
+  "layer1_0", "features.1.conv.0.0" is features_1/conv_0_0), so the map is mechanical.
+  """
+  return ".".join(_INDEX.sub(r".\1", part) for part in flax_path)

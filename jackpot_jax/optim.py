@@ -1,0 +1,54 @@
+"""Optax chains built from config: the score optimizer and the weight-tuning optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+
+def make_schedule(name: str, learning_rate: float, total_steps: int,
+                  warmup_steps: int = 0) -> optax.Schedule:
+  """'cosine' decays to 0 over the run (reference); 'constant' keeps the rate."""
+  if name == "cosine":
+    decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
+  elif name == "constant":
+    decay = optax.constant_schedule(learning_rate)
+  else:
+    raise ValueError(f"unknown lr_schedule {name!r}; choose 'cosine' or 'constant'")
+  if warmup_steps:
+    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+  return decay
+
+
+def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
+  """Builds `add_decayed_weights -> optimizer` from a config section.
+
+  Weight decay is added to the gradient before the optimizer, as PyTorch's SGD does, so
+  SGD here reproduces the reference update exactly. `config.optimizer` is "sgd" or the
+  name of any optax optimizer (e.g. "adamw"), with extra arguments in
+  `config.optimizer_kwargs`.
+
+  Args:
+    config: a section with optimizer, learning_rate, lr_schedule, warmup_steps, momentum,
+      nesterov, weight_decay, optimizer_kwargs, clip_grad_norm.
+    total_steps: length of the schedule.
+  """
+  schedule = make_schedule(config.lr_schedule, config.learning_rate, total_steps,
+                           config.get("warmup_steps", 0))
+  parts = []
+  if config.get("clip_grad_norm"):
+    parts.append(optax.clip_by_global_norm(config.clip_grad_norm))
+  if config.weight_decay:
+    parts.append(optax.add_decayed_weights(config.weight_decay))
+  kwargs = dict(config.get("optimizer_kwargs") or {})
+  if config.optimizer == "sgd":
+    parts.append(optax.sgd(schedule, momentum=config.momentum or None,
+                           nesterov=config.nesterov, **kwargs))
+  else:
+    factory = getattr(optax, config.optimizer, None)
+    if not callable(factory):
+      raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or an optax optimizer name")
+    parts.append(factory(schedule, **kwargs))
+  return optax.chain(*parts)

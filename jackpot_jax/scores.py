@@ -1,0 +1,69 @@
+"""Score initialisations: one trainable score per weight of every masked layer."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from jackpot_jax.sparsity import SparsityPlan
+
+SCORE_INITS = ("magnitude", "magnitude_abs", "kaiming", "random")
+
+# The reference code's values: pruned entries start just below the kept ones, so the
+# first top-k mask is the magnitude mask while every score starts almost equal.
+MAGNITUDE_KEPT, MAGNITUDE_PRUNED = 1.0, 0.99
+
+
+def _magnitude(weight: jax.Array, prune_count: int) -> jax.Array:
+  flat = jnp.abs(weight).reshape(-1)
+  # Stable sort: among equal magnitudes the lower index is pruned first.
+  smallest = jnp.argsort(flat, stable=True)[:prune_count]
+  scores = jnp.full(flat.shape, MAGNITUDE_KEPT, jnp.float32).at[smallest].set(MAGNITUDE_PRUNED)
+  return scores.reshape(weight.shape)
+
+
+def _magnitude_abs(weight: jax.Array) -> jax.Array:
+  magnitude = jnp.abs(weight).astype(jnp.float32)
+  return magnitude / jnp.maximum(jnp.max(magnitude), jnp.finfo(jnp.float32).tiny)
+
+
+def _kaiming(weight: jax.Array, rng: jax.Array) -> jax.Array:
+  """Edge-popup's kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  fan_in = math.prod(weight.shape[:-1])
+  bound = 1.0 / math.sqrt(fan_in)
+  return jax.random.uniform(rng, weight.shape, jnp.float32, -bound, bound)
+
+
+def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
+                rng: jax.Array) -> dict:
+  """Builds the score tree (mirrors params, masked layers only, leaf `kernel`).
+
+  Args:
+    params: frozen pre-trained parameters.
+    plan: the sparsity plan; only its masked layers get scores.
+    method: "magnitude" (reference: 1 / 0.99, so the first mask is the layer-wise
+      magnitude mask), "magnitude_abs" (|w| / max |w| per layer), "kaiming" (edge-popup)
+      or "random" (U(0, 1)).
+    rng: PRNG key for the random initialisations.
+  """
+  if method not in SCORE_INITS:
+    raise ValueError(f"unknown search.score_init {method!r}; choose one of {SCORE_INITS}")
+  flat_params = traverse_util.flatten_dict(params)
+  flat_scores = {}
+  for index, layer in enumerate(plan.masked_layers):
+    weight = jnp.asarray(flat_params[layer.path + ("kernel",)])
+    layer_rng = jax.random.fold_in(rng, index)
+    if method == "magnitude":
+      scores = _magnitude(weight, plan.prune_counts[layer.name])
+    elif method == "magnitude_abs":
+      scores = _magnitude_abs(weight)
+    elif method == "kaiming":
+      scores = _kaiming(weight, layer_rng)
+    else:
+      scores = jax.random.uniform(layer_rng, weight.shape, jnp.float32)
+    flat_scores[layer.path + ("kernel",)] = scores
+  return traverse_util.unflatten_dict(flat_scores)

@@ -1,0 +1,213 @@
+"""Sparsity plans: how many weights each prunable layer keeps.
+
+A plan is computed once on the host from the pre-trained weights, before anything is
+jitted; the keep counts it produces are static Python ints, so the search step's top-k
+has static shapes and needs no host round-trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from jackpot_jax.models.registry import ModelSpec, torch_module_name
+
+PLANS = ("l1", "uniform", "erk")
+LAYER_POLICIES = ("dense", "plan")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunableLayer:
+  """A conv or dense layer whose kernel a mask may cover."""
+
+  name: str  # PyTorch-style module name, e.g. "layer1.0.conv1"
+  path: tuple[str, ...]  # Flax module path, e.g. ("layer1_0", "conv1")
+  shape: tuple[int, ...]
+  kind: str  # "conv" (4-D kernel) or "dense" (2-D kernel)
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.shape)
+
+
+def prunable_layers(params: Mapping[str, Any]) -> list[PrunableLayer]:
+  """Every module that owns a 2-D or 4-D `kernel`, in parameter-tree order."""
+  layers = []
+  for path, leaf in traverse_util.flatten_dict(params).items():
+    if path[-1] != "kernel" or np.ndim(leaf) not in (2, 4):
+      continue
+    module_path = tuple(path[:-1])
+    layers.append(PrunableLayer(name=torch_module_name(module_path), path=module_path,
+                                shape=tuple(np.shape(leaf)),
+                                kind="conv" if np.ndim(leaf) == 4 else "dense"))
+  return layers
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityPlan:
+  """Per-layer prune counts for every prunable layer (0 = the layer stays dense)."""
+
+  layers: tuple[PrunableLayer, ...]
+  prune_counts: Mapping[str, int]
+  method: str
+  target: float
+
+  def keep_count(self, layer: PrunableLayer) -> int:
+    return layer.size - self.prune_counts[layer.name]
+
+  def layer_sparsity(self) -> dict[str, float]:
+    return {l.name: self.prune_counts[l.name] / l.size for l in self.layers}
+
+  @property
+  def masked_layers(self) -> tuple[PrunableLayer, ...]:
+    """Layers the search masks: those with at least one weight to prune."""
+    return tuple(l for l in self.layers if self.prune_counts[l.name] > 0)
+
+  def keep_counts(self) -> dict:
+    """Nested dict mirroring the params tree, `kernel` leaves holding static keep counts."""
+    flat = {l.path + ("kernel",): self.keep_count(l) for l in self.masked_layers}
+    return traverse_util.unflatten_dict(flat)
+
+
+def _included(layers, spec: ModelSpec | None, classifier: str, first_layer: str):
+  for policy, what in ((classifier, "classifier"), (first_layer, "first_layer")):
+    if policy not in LAYER_POLICIES:
+      raise ValueError(f"search.{what} must be one of {LAYER_POLICIES}, got {policy!r}")
+  excluded = set()
+  if spec is not None and classifier == "dense":
+    excluded.add(spec.classifier)
+  if spec is not None and first_layer == "dense":
+    excluded.add(spec.first_layer)
+  return [l for l in layers if l.name not in excluded]
+
+
+def _l1_prune_counts(params, layers, sparsity) -> dict[str, int]:
+  """One global magnitude threshold t: a fraction `sparsity` of the weights has |w| < t."""
+  flat = traverse_util.flatten_dict(params)
+  magnitudes = [np.abs(np.asarray(flat[l.path + ("kernel",)], np.float32)).ravel() for l in layers]
+  everything = np.sort(np.concatenate(magnitudes))
+  cut = int(sparsity * everything.size)
+  if cut == 0:
+    return {l.name: 0 for l in layers}
+  threshold = everything[cut]
+  return {l.name: int(np.sum(m < threshold)) for l, m in zip(layers, magnitudes)}
+
+
+def _erk_densities(layers, sparsity, power_scale: float = 1.0) -> dict[str, float]:
+  """Erdős–Rényi-Kernel densities (Evci et al. 2020), as RigL and JaxPruner compute them.
+
+  Density is proportional to sum(shape) / prod(shape); layers that would exceed density 1
+  are made dense and the budget is re-spread over the rest.
+  """
+  dense: set[str] = set()
+  while True:
+    budget, divisor, raw = 0.0, 0.0, {}
+    for l in layers:
+      if l.name in dense:
+        budget -= l.size * sparsity
+      else:
+        budget += l.size * (1.0 - sparsity)
+        raw[l.name] = (sum(l.shape) / l.size) ** power_scale
+        divisor += raw[l.name] * l.size
+    if not raw:
+      return {l.name: 1.0 for l in layers}
+    epsilon = budget / divisor
+    largest = max(raw.values())
+    if largest * epsilon <= 1.0:
+      break
+    dense.update(name for name, value in raw.items() if value == largest)
+  return {l.name: 1.0 if l.name in dense else epsilon * raw[l.name] for l in layers}
+
+
+def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: str = "l1",
+                        spec: ModelSpec | None = None, classifier: str = "dense",
+                        first_layer: str = "plan",
+                        overrides: Mapping[str, float] | None = None) -> SparsityPlan:
+  """Computes per-layer prune counts.
+
+  Args:
+    params: the frozen pre-trained parameter tree.
+    sparsity: target fraction of pruned weights over the layers the plan covers
+      (the conv layers by default, as the reference's "90% sparsity").
+    method: "l1" (global magnitude threshold, the reference default), "uniform" or "erk".
+    spec: the model's spec, naming its classifier and first layer.
+    classifier: "dense" keeps the classifier unpruned (reference); "plan" includes it.
+    first_layer: "plan" (reference) or "dense".
+    overrides: {fnmatch pattern over layer names: sparsity}, applied last; 0 keeps dense.
+
+  Returns:
+    A SparsityPlan. Raises ValueError with a one-line message when the target is outside
+    [0, 1) or a layer would keep no weight.
+  """
+  if not 0.0 <= float(sparsity) < 1.0:
+    raise ValueError(f"search.sparsity must be in [0, 1), got {sparsity}")
+  if method not in PLANS:
+    raise ValueError(f"unknown search.sparsity_plan {method!r}; choose one of {PLANS}")
+  params = jax.device_get(params)
+  layers = prunable_layers(params)
+  if not layers:
+    raise ValueError("the model has no prunable conv or dense layer")
+  included = _included(layers, spec, classifier, first_layer)
+  counts = {l.name: 0 for l in layers}
+  if method == "l1":
+    counts.update(_l1_prune_counts(params, included, sparsity))
+  elif method == "uniform":
+    counts.update({l.name: int(sparsity * l.size) for l in included})
+  else:
+    densities = _erk_densities(included, sparsity)
+    counts.update({l.name: int((1.0 - densities[l.name]) * l.size) for l in included})
+  for pattern, layer_sparsity in (overrides or {}).items():
+    if not 0.0 <= float(layer_sparsity) < 1.0:
+      raise ValueError(f"search.layer_overrides[{pattern!r}] must be in [0, 1), got {layer_sparsity}")
+    matched = [l for l in layers if fnmatch.fnmatchcase(l.name, pattern)]
+    if not matched:
+      raise ValueError(f"search.layer_overrides pattern {pattern!r} matches no layer; "
+                       f"layers are named like {layers[0].name!r}")
+    counts.update({l.name: int(float(layer_sparsity) * l.size) for l in matched})
+  for l in layers:
+    if counts[l.name] >= l.size:
+      raise ValueError(f"the sparsity plan leaves layer {l.name} with no kept weight; "
+                       "lower search.sparsity or override that layer")
+  return SparsityPlan(layers=tuple(layers), prune_counts=counts, method=method,
+                      target=float(sparsity))
+
+
+def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -> dict:
+  """Sparsity counted from the actual masks, under each convention, labelled.
+
+  Returns:
+    {"conv": fraction of conv-kernel weights masked out (the reference's "sparsity"),
+     "prunable": over conv + dense kernels (the reference's compression-rate convention),
+     "all_weights": over every parameter, BN affine and biases included,
+     "per_layer": {layer name: fraction masked out},
+     "conventions": one sentence per key saying what was counted}
+  """
+  params = jax.device_get(params)
+  flat_masks = traverse_util.flatten_dict(jax.device_get(masks or {}))
+  per_layer, totals = {}, {"conv": [0, 0], "prunable": [0, 0]}
+  for layer in prunable_layers(params):
+    mask = flat_masks.get(layer.path + ("kernel",))
+    pruned = 0 if mask is None else int(layer.size - np.count_nonzero(mask))
+    per_layer[layer.name] = pruned / layer.size
+    for key in ("prunable",) + (("conv",) if layer.kind == "conv" else ()):
+      totals[key][0] += pruned
+      totals[key][1] += layer.size
+  all_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+  pruned_total = totals["prunable"][0]
+  return {
+      "conv": totals["conv"][0] / max(totals["conv"][1], 1),
+      "prunable": pruned_total / max(totals["prunable"][1], 1),
+      "all_weights": pruned_total / max(all_params, 1),
+      "per_layer": per_layer,
+      "conventions": {
+          "conv": "masked-out fraction of convolution kernels (the paper's sparsity)",
+          "prunable": "masked-out fraction of conv + dense kernels, classifier included",
+          "all_weights": "masked-out fraction of every parameter, BN and biases included",
+      },
+  }

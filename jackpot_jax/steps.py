@@ -1,0 +1,181 @@
+"""Pure step functions: mask search, masked evaluation and weight tuning.
+
+Each step is `(frozen, state, batch) -> (state, metrics)` with static pieces (model,
+keep counts, optimizer) bound by `functools.partial` before `jax.jit`. Frozen weights
+are an argument, not a closure, so they are never baked into the compiled program.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jackpot_jax import masking
+from jackpot_jax.layers import MASKS
+
+PyTree = Any
+BN_MODES = ("recalibrate", "frozen")
+
+
+@flax.struct.dataclass
+class SearchState:
+  """Everything the search changes; the pre-trained params are not part of it.
+
+  `masks` caches top-k(scores): the step needs the current mask for the forward pass and
+  the new one to count flips, so keeping it saves one top-k per layer and step.
+  """
+
+  step: jax.Array
+  scores: PyTree
+  masks: PyTree
+  opt_state: optax.OptState
+  batch_stats: PyTree
+  rng: jax.Array
+
+
+@flax.struct.dataclass
+class TuneState:
+  """Weight tuning with a fixed mask (the paper's "+T" stage)."""
+
+  step: jax.Array
+  params: PyTree
+  opt_state: optax.OptState
+  batch_stats: PyTree
+
+
+def init_search_state(scores: PyTree, keep_counts: PyTree, batch_stats: PyTree,
+                      tx: optax.GradientTransformation, rng: jax.Array) -> SearchState:
+  """Optimizer state exists for the scores only: frozen weights get no moments."""
+  return SearchState(step=jnp.zeros((), jnp.int32), scores=scores,
+                     masks=masking.compute_masks(scores, keep_counts),
+                     opt_state=tx.init(scores), batch_stats=batch_stats, rng=rng)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
+                  weights: jax.Array | None = None) -> jax.Array:
+  """Mean softmax cross-entropy with optional label smoothing and example weights."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  if weights is None:
+    return jnp.mean(losses)
+  return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _forward(model: nn.Module, variables: dict, images: jax.Array, bn_mode: str):
+  """Runs the model in the BN mode the search uses; returns (logits, new batch_stats)."""
+  if bn_mode == "recalibrate":
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  if bn_mode == "frozen":
+    return model.apply(variables, images, train=False), variables["batch_stats"]
+  raise ValueError(f"unknown search.bn_mode {bn_mode!r}; choose one of {BN_MODES}")
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
+                         model: nn.Module, bn_mode: str, label_smoothing: float = 0.0):
+  """Loss and dL/dS through the straight-through mask: dL/dS = dL/d(W*M) * W.
+
+  Returns:
+    ((loss, (logits, new batch_stats)), score gradients).
+  """
+
+  def loss_fn(scores):
+    masks = jax.tree.map(masking.straight_through, scores, state.masks)
+    variables = {"params": params, "batch_stats": state.batch_stats, MASKS: masks}
+    logits, batch_stats = _forward(model, variables, batch["image"], bn_mode)
+    return cross_entropy(logits, batch["label"], label_smoothing), (logits, batch_stats)
+
+  return jax.value_and_grad(loss_fn, has_aux=True)(state.scores)
+
+
+def search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
+                keep_counts: PyTree, tx: optax.GradientTransformation, bn_mode: str,
+                label_smoothing: float = 0.0) -> tuple[SearchState, dict]:
+  """One score update: straight-through top-k forward/backward, optax update, new masks.
+
+  Gradients are taken with respect to the scores only, so BN affine parameters, biases
+  and weights are untouched by construction; batch statistics follow `bn_mode`.
+  """
+  (loss, (logits, batch_stats)), grads = score_loss_and_grads(
+      params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing)
+  updates, opt_state = tx.update(grads, state.opt_state, state.scores)
+  scores = optax.apply_updates(state.scores, updates)
+  masks = masking.compute_masks(scores, keep_counts)
+  metrics = {
+      "loss": loss,
+      "accuracy": _accuracy(logits, batch["label"]),
+      "mask_flips": masking.count_flips(state.masks, masks),
+      "score_grad_norm": optax.tree.norm(grads),
+      "score_norm": optax.tree.norm(scores),
+  }
+  new_state = state.replace(step=state.step + 1, scores=scores, masks=masks,
+                            opt_state=opt_state, batch_stats=batch_stats)
+  return new_state, metrics
+
+
+def dense_train_step(params: PyTree, opt_state: optax.OptState, batch_stats: PyTree,
+                     batch: dict, *, model: nn.Module, tx: optax.GradientTransformation):
+  """An ordinary dense training step, the baseline the search step's overhead is measured on."""
+
+  def loss_fn(params):
+    logits, batch_stats_new = _forward(
+        model, {"params": params, "batch_stats": batch_stats}, batch["image"], "recalibrate")
+    return cross_entropy(logits, batch["label"]), batch_stats_new
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, batch_stats, loss
+
+
+def tune_step(state: TuneState, batch: dict, masks: PyTree, *, model: nn.Module,
+              tx: optax.GradientTransformation,
+              label_smoothing: float = 0.0) -> tuple[TuneState, dict]:
+  """Fine-tunes the weights with the jackpot mask fixed.
+
+  The forward pass uses W * M, so pruned weights receive zero gradient; the caller
+  re-applies the mask at export, so an optimizer with weight decay cannot revive them.
+  """
+  float_masks = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats, MASKS: float_masks}
+    logits, batch_stats = _forward(model, variables, batch["image"], "recalibrate")
+    return cross_entropy(logits, batch["label"], label_smoothing), (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "accuracy": _accuracy(logits, batch["label"]),
+             "grad_norm": optax.tree.norm(grads)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       batch_stats=batch_stats), metrics
+
+
+def eval_step(params: PyTree, batch_stats: PyTree, masks: PyTree | None, batch: dict, *,
+              model: nn.Module) -> dict:
+  """Sums of correct predictions, loss and examples; `masks=None` evaluates dense.
+
+  `batch['mask']` (1 for real examples, 0 for padding) lets the last partial batch be
+  padded to a fixed shape without counting the padding.
+  """
+  variables = {"params": params, "batch_stats": batch_stats}
+  if masks is not None:
+    variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
+  logits = model.apply(variables, batch["image"], train=False)
+  weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32)).astype(jnp.float32)
+  targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
+  losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  return {"correct": jnp.sum(correct * weights), "loss": jnp.sum(losses * weights),
+          "count": jnp.sum(weights)}

@@ -1,0 +1,140 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from jackpot_jax import masking, steps
+from jackpot_jax.layers import MASKS
+
+from conftest import TinySearch, sgd_config
+
+
+def _equal_bitwise(a, b) -> bool:
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _run(search: TinySearch, num_steps: int):
+  state, history = search.state, []
+  for _ in range(num_steps):
+    state, metrics = search.step(search.params, state, search.batch)
+    history.append((state, metrics))
+  return history
+
+
+def test_search_changes_only_scores_and_running_stats(tiny_search):
+  params_before = jax.tree.map(np.array, tiny_search.params)
+  state = _run(tiny_search, 4)[-1][0]
+  assert _equal_bitwise(tiny_search.params, params_before)  # weights, biases, BN affine
+  assert not _equal_bitwise(state.scores, tiny_search.state.scores)
+  assert not _equal_bitwise(state.batch_stats, tiny_search.batch_stats)
+  assert int(state.step) == 4
+
+
+def test_frozen_bn_mode_keeps_running_stats():
+  search = TinySearch(bn_mode="frozen")
+  state = _run(search, 2)[-1][0]
+  assert _equal_bitwise(state.batch_stats, search.batch_stats)
+  assert not _equal_bitwise(state.scores, search.state.scores)
+
+
+def test_every_mask_keeps_exactly_k_at_every_step(tiny_search):
+  expected = traverse_util.flatten_dict(tiny_search.keep_counts)
+  flips = 0
+  for state, metrics in _run(tiny_search, 5):
+    for key, mask in traverse_util.flatten_dict(state.masks).items():
+      assert int(np.sum(mask)) == expected[key], key
+    recomputed = masking.compute_masks(state.scores, tiny_search.keep_counts)
+    assert _equal_bitwise(recomputed, state.masks)
+    flips += int(metrics["mask_flips"])
+  assert flips > 0
+
+
+def test_masks_keep_exactly_k_when_all_scores_tie():
+  search = TinySearch()
+  tied = jax.tree.map(jnp.ones_like, search.scores)
+  state = steps.init_search_state(tied, search.keep_counts, search.batch_stats, search.tx,
+                                  jax.random.PRNGKey(0))
+  expected = traverse_util.flatten_dict(search.keep_counts)
+  for key, mask in traverse_util.flatten_dict(state.masks).items():
+    assert int(np.sum(mask)) == expected[key]
+
+
+def test_score_gradient_equals_effective_weight_gradient_times_weight(tiny_search):
+  search = tiny_search
+  (_, _), grads = steps.score_loss_and_grads(search.params, search.state, search.batch,
+                                             model=search.model, bn_mode="recalibrate")
+  # Independent computation: differentiate the loss of a dense model whose kernels are
+  # W * M with respect to those effective kernels, then multiply by W.
+  flat_params = traverse_util.flatten_dict(search.params)
+  flat_masks = traverse_util.flatten_dict(search.state.masks)
+  effective = dict(flat_params)
+  for key, mask in flat_masks.items():
+    effective[key] = flat_params[key] * mask
+
+  def dense_loss(flat_effective):
+    logits, _ = search.model.apply(
+        {"params": traverse_util.unflatten_dict(flat_effective),
+         "batch_stats": search.batch_stats},
+        search.batch["image"], train=True, mutable=["batch_stats"])
+    return steps.cross_entropy(logits, search.batch["label"])
+
+  effective_grads = jax.grad(dense_loss)(effective)
+  flat_grads = traverse_util.flatten_dict(grads)
+  assert set(flat_grads) == set(flat_masks)
+  for key in flat_masks:
+    np.testing.assert_allclose(flat_grads[key], effective_grads[key] * flat_params[key],
+                               rtol=1e-5, atol=1e-7, err_msg=str(key))
+
+
+def test_optimizer_state_holds_moments_for_scores_only(tiny_search):
+  momentum = [leaf for leaf in jax.tree.leaves(tiny_search.state.opt_state) if leaf.ndim > 0]
+  score_leaves = jax.tree.leaves(tiny_search.state.scores)
+  assert sum(m.size for m in momentum) == sum(s.size for s in score_leaves)
+  assert sum(s.size for s in score_leaves) < sum(
+      p.size for p in jax.tree.leaves(tiny_search.params))
+
+
+def test_plain_sgd_step_moves_scores_by_minus_lr_times_gradient():
+  search = TinySearch(optimizer_config=sgd_config(momentum=0.0, weight_decay=0.0,
+                                                  lr_schedule="constant", learning_rate=0.5))
+  (_, _), grads = steps.score_loss_and_grads(search.params, search.state, search.batch,
+                                             model=search.model, bn_mode="recalibrate")
+  new_state, _ = search.step(search.params, search.state, search.batch)
+  expected = jax.tree.map(lambda s, g: s - 0.5 * g, search.state.scores, grads)
+  for got, want in zip(jax.tree.leaves(new_state.scores), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_eval_step_counts_only_unpadded_examples(tiny_search):
+  search = tiny_search
+  batch = dict(search.batch, mask=jnp.array([1.0, 1.0, 0.0, 0.0]))
+  dense = steps.eval_step(search.params, search.batch_stats, None, batch, model=search.model)
+  masked = steps.eval_step(search.params, search.batch_stats, search.state.masks, batch,
+                           model=search.model)
+  assert float(dense["count"]) == 2.0
+  assert 0.0 <= float(masked["correct"]) <= 2.0
+  logits = search.model.apply({"params": search.params, "batch_stats": search.batch_stats},
+                              search.batch["image"])
+  assert float(dense["correct"]) == float(np.sum(np.argmax(logits[:2], -1) == batch["label"][:2]))
+
+
+def test_tune_step_updates_weights_but_never_revives_pruned_ones(tiny_search):
+  search = tiny_search
+  tx = optax.sgd(0.01, momentum=0.9)
+  state = steps.TuneState(step=jnp.zeros((), jnp.int32), params=search.params,
+                          opt_state=tx.init(search.params), batch_stats=search.batch_stats)
+  tune = jax.jit(functools.partial(steps.tune_step, model=search.model, tx=tx))
+  for _ in range(3):
+    state, metrics = tune(state, search.batch, search.state.masks)
+  assert np.isfinite(float(metrics["loss"]))
+  flat_new = traverse_util.flatten_dict(state.params)
+  flat_old = traverse_util.flatten_dict(search.params)
+  for key, mask in traverse_util.flatten_dict(search.state.masks).items():
+    mask = np.asarray(mask)
+    np.testing.assert_array_equal(np.asarray(flat_new[key])[~mask], np.asarray(flat_old[key])[~mask])
+    assert not np.array_equal(np.asarray(flat_new[key])[mask], np.asarray(flat_old[key])[mask])
+  assert MASKS not in state.params
