@@ -1,0 +1,296 @@
+"""PyTorch checkpoint -> Flax variables for a registered model, strict by default.
+
+Names follow `torch_module_name`: the Flax leaf ("params", "layer1_0", "conv1", "kernel")
+is the tensor "layer1.0.conv1.weight" (or one of the ModelSpec's torch_aliases). Kernels
+are transposed (OIHW -> HWIO, (out, in) -> (in, out)); a 1x1 conv stored for a Dense
+layer (the lottery-jackpots authors' classifiers) is squeezed first. BN's weight, bias,
+running_mean and running_var become scale, bias, mean and var; num_batches_tracked is
+kept aside for export. The authors' pruned checkpoints carry `<layer>.mask` (scores)
+and `<layer>.b_mask` (binary mask) beside each weight; they import as a jackpot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import warnings
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import traverse_util
+
+from jackpot_jax.interop.errors import CheckpointMismatchError
+from jackpot_jax.interop.layout import (CheckpointLayout, TensorSource, Transform, to_flax,
+                                        torch_shape)
+from jackpot_jax.interop.reading import read_checkpoint
+from jackpot_jax.models import ModelSpec, get_model_spec, torch_module_name
+
+PyTree = Any
+FlaxPath = tuple[str, ...]
+
+VARIABLE_COLLECTIONS = ("params", "batch_stats")
+_TORCH_PARAM_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias",
+                      "mean": "running_mean", "var": "running_var"}
+_JACKPOT_ROLES = {"mask": "scores", "b_mask": "mask"}
+_BN_COUNTER = "num_batches_tracked"
+_LISTED = 3
+_ALREADY_REPORTED = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportedModel:
+  """A registered Flax model with a PyTorch checkpoint's weights.
+
+  Attributes:
+    model: the Flax module, called `model.apply(variables, x_nhwc, train=bool)`.
+    variables: {"params", "batch_stats"} filled from the checkpoint.
+    layout: the record export needs to write a checkpoint with the same names.
+    scores: the authors' `.mask` scores as a tree mirroring params (kernels only), or None.
+    masks: the authors' `.b_mask` binary masks, bool, same tree shape, or None.
+    source_sha256: hash of the imported weights (`weights_sha256`).
+  """
+
+  model: nn.Module
+  variables: dict[str, PyTree]
+  layout: CheckpointLayout
+  scores: PyTree | None
+  masks: PyTree | None
+  source_sha256: str
+
+
+def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
+                 num_classes: int, *, strict: bool = True,
+                 model_kwargs: Mapping[str, Any] | None = None) -> ImportedModel:
+  """Builds `model_name` and fills its variables from a PyTorch checkpoint.
+
+  Args:
+    source: a .pth/.pt/.th/.tar or .safetensors path, or a state_dict; a bare state_dict
+      or one under "state_dict" / "model"; "module." prefixes are stripped.
+    model_name: a registered model, e.g. "resnet50".
+    num_classes: the classifier's width.
+    strict: when False, checkpoint tensors the model lacks are ignored and variables the
+      checkpoint lacks keep their random initialisation, each with a warning. Shape
+      mismatches always raise.
+    model_kwargs: extra builder arguments (e.g. {"width": 2} for the paper's ResNet-32).
+
+  Returns:
+    The model, its variables, the layout for export and, for the authors' pruned
+    checkpoints, their scores and masks.
+
+  Raises:
+    CheckpointReadError: the file is missing, truncated or not a checkpoint.
+    CheckpointMismatchError: names or shapes do not correspond (one line listing them).
+  """
+  spec = get_model_spec(model_name)
+  model_kwargs = dict(model_kwargs or {})
+  model = spec.build(num_classes=num_classes, **model_kwargs)
+  raw = read_checkpoint(source)
+  where = "the state_dict passed in" if isinstance(source, Mapping) else f"checkpoint {source}"
+  input_shape = _input_shape(spec, raw.tensors)
+  shapes = _variable_shapes(model, input_shape)
+  sources, missing, unexpected, mismatched = _match(raw.tensors, shapes, spec.torch_aliases)
+  if mismatched or (strict and (missing or unexpected)):
+    raise CheckpointMismatchError(_mismatch_message(
+        where, model_name, num_classes, missing, unexpected, mismatched))
+  if missing or unexpected:
+    warnings.warn(f"non-strict import of {where}: {_listing('keys left at random init', missing)}"
+                  f"; {_listing('checkpoint keys ignored', unexpected)}", stacklevel=2)
+
+  sha256 = weights_sha256({s.key: raw.tensors[s.key] for s in sources if s.role == "variable"})
+  layout = CheckpointLayout(model_name, num_classes, model_kwargs, sources, raw.wrapper,
+                            raw.prefix, raw.file_format, sha256)
+  flat = {s.target: jnp.asarray(to_flax(_float32(raw.tensors[s.key]), s.transform))
+          for s in sources if s.role == "variable"}
+  if missing:
+    flat = {**_initial_variables(model, input_shape), **flat}
+  return ImportedModel(
+      model=model,
+      variables=traverse_util.unflatten_dict(flat),
+      layout=layout,
+      scores=_jackpot_tree(raw.tensors, sources, "scores"),
+      masks=_jackpot_tree(raw.tensors, sources, "mask"),
+      source_sha256=sha256)
+
+
+def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+  """sha256 over name, dtype, shape and bytes of each tensor, in name order.
+
+  Independent of the file's container, wrapper and prefix, so the same weights saved
+  two ways hash alike and a masks file can check it was made for them.
+  """
+  digest = hashlib.sha256()
+  for key in sorted(tensors):
+    tensor = tensors[key].detach().cpu().contiguous()
+    digest.update(f"{key}|{_dtype_name(tensor)}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+  return digest.hexdigest()
+
+
+def _input_shape(spec: ModelSpec, tensors: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+  """The spec's input shape with the channel count the checkpoint's first conv expects.
+
+  Kernel shapes follow the input's channels, so a grayscale (1-channel) checkpoint
+  imports as a 1-channel model; spatial size changes no parameter shape.
+  """
+  weight = tensors.get(f"{spec.first_layer}.weight")
+  if weight is None or weight.dim() != 4:
+    return spec.input_shape
+  return (*spec.input_shape[:-1], weight.shape[1])
+
+
+def _variable_shapes(model: nn.Module, input_shape: tuple[int, ...]
+                     ) -> dict[FlaxPath, tuple[int, ...]]:
+  """Flattened Flax path -> shape, traced abstractly so nothing is computed."""
+  init = functools.partial(model.init, train=False)
+  abstract = jax.eval_shape(init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+  flat = traverse_util.flatten_dict({c: abstract[c] for c in VARIABLE_COLLECTIONS
+                                     if c in abstract})
+  return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def _initial_variables(model: nn.Module, input_shape: tuple[int, ...]
+                       ) -> dict[FlaxPath, jax.Array]:
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False)
+  return traverse_util.flatten_dict({c: variables[c] for c in VARIABLE_COLLECTIONS
+                                     if c in variables})
+
+
+def _candidate_keys(path: FlaxPath, aliases: Mapping[str, tuple[str, ...]]) -> list[str]:
+  """Checkpoint names a Flax leaf may have: its own first, then the spec's aliases."""
+  module = torch_module_name(path[1:-1])
+  modules = [module]
+  for ours, theirs in aliases.items():
+    if module == ours or module.startswith(ours + "."):
+      modules += [alias + module[len(ours):] for alias in theirs]
+  return [f"{name}.{_TORCH_PARAM_NAMES[path[-1]]}" for name in modules]
+
+
+def _transform(path: FlaxPath, flax_shape: tuple[int, ...], source_shape: tuple[int, ...]
+               ) -> Transform:
+  if path[-1] != "kernel":
+    return "identity"
+  if len(flax_shape) == 4:
+    return "conv"
+  return "conv1x1_linear" if len(source_shape) == 4 else "linear"
+
+
+def _match(tensors: Mapping[str, torch.Tensor], shapes: Mapping[FlaxPath, tuple[int, ...]],
+           aliases: Mapping[str, tuple[str, ...]]
+           ) -> tuple[tuple[TensorSource, ...], list[str], list[str], list[str]]:
+  """Pairs checkpoint tensors with Flax leaves.
+
+  Returns:
+    (sources in checkpoint order, missing keys, unexpected keys, shape mismatches).
+  """
+  sources, claimed, missing, mismatched = _match_variables(tensors, shapes, aliases)
+  unexpected = []
+  for key, tensor in tensors.items():
+    if key in sources or key in claimed:
+      continue
+    companion = _companion(key, tensor, sources, claimed)
+    if isinstance(companion, TensorSource):
+      sources[key] = companion
+    elif companion is None:
+      unexpected.append(key)
+    elif companion != _ALREADY_REPORTED:
+      mismatched.append(companion)
+  ordered = tuple(sources[key] for key in tensors if key in sources)
+  return ordered, missing, unexpected, mismatched
+
+
+def _match_variables(tensors: Mapping[str, torch.Tensor],
+                     shapes: Mapping[FlaxPath, tuple[int, ...]],
+                     aliases: Mapping[str, tuple[str, ...]]
+                     ) -> tuple[dict[str, TensorSource], set[str], list[str], list[str]]:
+  """Finds each Flax leaf's tensor.
+
+  Returns:
+    (sources by key, keys found with a wrong shape, missing keys, shape mismatches).
+  """
+  sources, claimed, missing, mismatched = {}, set(), [], []
+  for path, flax_shape in shapes.items():
+    candidates = _candidate_keys(path, aliases)
+    key = next((k for k in candidates if k in tensors), None)
+    if key is None:
+      missing.append(candidates[0])
+      continue
+    source_shape = tuple(tensors[key].shape)
+    transform = _transform(path, flax_shape, source_shape)
+    expected = torch_shape(flax_shape, transform)
+    if source_shape != expected:
+      mismatched.append(f"{key} checkpoint {source_shape} vs model {expected}")
+      claimed.add(key)
+      continue
+    sources[key] = TensorSource(key, source_shape, _dtype_name(tensors[key]), "variable", path,
+                                transform)
+  return sources, claimed, missing, mismatched
+
+
+def _companion(key: str, tensor: torch.Tensor, sources: Mapping[str, TensorSource],
+               claimed: set[str]) -> TensorSource | str | None:
+  """Classifies a tensor that is no variable but may sit beside one.
+
+  Returns:
+    A source for the authors' `.mask` / `.b_mask` beside a weight or BN's counter; a
+    shape-mismatch line; _ALREADY_REPORTED when its weight or BN is a reported shape
+    mismatch; None when it is unexpected.
+  """
+  module, _, name = key.rpartition(".")
+  if name in _JACKPOT_ROLES:
+    weight = sources.get(f"{module}.weight")
+    if f"{module}.weight" in claimed:
+      return _ALREADY_REPORTED
+    if weight is None or weight.target[-1] != "kernel":
+      return None
+    if tuple(tensor.shape) != weight.shape:
+      return f"{key} checkpoint {tuple(tensor.shape)} vs its weight {weight.shape}"
+    return TensorSource(key, weight.shape, _dtype_name(tensor), _JACKPOT_ROLES[name],
+                        weight.target, weight.transform)
+  if name == _BN_COUNTER:
+    if f"{module}.running_mean" in claimed:
+      return _ALREADY_REPORTED
+    if f"{module}.running_mean" in sources and tensor.numel() == 1:
+      return TensorSource(key, tuple(tensor.shape), _dtype_name(tensor), "counter",
+                          value=int(tensor.item()))
+  return None
+
+
+def _jackpot_tree(tensors: Mapping[str, torch.Tensor], sources: tuple[TensorSource, ...],
+                  role: str) -> PyTree | None:
+  """The authors' scores (float32) or masks (bool) as a tree mirroring params, or None."""
+  flat = {}
+  for source in sources:
+    if source.role == role:
+      value = to_flax(_float32(tensors[source.key]), source.transform)
+      flat[source.target[1:]] = jnp.asarray(value != 0 if role == "mask" else value)
+  return traverse_util.unflatten_dict(flat) if flat else None
+
+
+def _float32(tensor: torch.Tensor) -> np.ndarray:
+  return tensor.detach().cpu().to(torch.float32).numpy()
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+  return str(tensor.dtype).removeprefix("torch.")
+
+
+def _listing(what: str, items: list[str]) -> str:
+  """The count and the first few, e.g. '2 missing keys (a, b)', so messages stay one line."""
+  shown = ", ".join(items[:_LISTED]) + (", ..." if len(items) > _LISTED else "")
+  return f"{len(items)} {what} ({shown})" if items else f"0 {what}"
+
+
+def _mismatch_message(where: str, model_name: str, num_classes: int, missing: list[str],
+                      unexpected: list[str], mismatched: list[str]) -> str:
+  return (f"{where} does not fit model {model_name!r} with "
+          f"num_classes={num_classes}: {_listing('missing keys', missing)}; "
+          f"{_listing('unexpected keys', unexpected)}; "
+          f"{_listing('shape mismatches', mismatched)}; check that the model name and "
+          "num_classes are the checkpoint's (strict=False only skips missing/unexpected keys)")

@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and scripts: PyTorch reference modules and tiny fixtures."""
