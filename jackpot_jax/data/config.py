@@ -1,0 +1,180 @@
+"""The data config: its fields, their defaults, and its validated form (`DataSpec`).
+
+A data config is an `ml_collections.ConfigDict` (any mapping with `.get` works):
+
+  name          'fashion_mnist' | 'cifar10' | 'cifar100' | 'imagenet2012' (TFDS names),
+                'image_folder:<root>' (root/{train,test}/<class>/*.jpg|jpeg|png), or
+                'npz:<file>' (uint8 arrays x_train, y_train, x_test, y_test).
+  mean, std     per-channel pixel statistics on the [0, 1] scale; None means the
+                dataset's standard values for TFDS names and statistics computed from
+                the training images for image folders and npz files.
+  image_size    int: side of the square images the model sees; None keeps the native
+                size (imagenet2012 then uses 224).
+  augment       'cifar' (random crop after `crop_padding` zero pixels, horizontal flip),
+                'imagenet' (random-resized crop + flip; eval: resize to size*256/224,
+                centre crop), or 'none'.
+  crop_padding  pixels of zero padding for the 'cifar' crop (default 4).
+  channels      image folders only: 1 (grayscale) or 3 (RGB); None means len(mean), or
+                3 when mean is None.
+  data_dir      TFDS data directory; None means TFDS's default ($TFDS_DATA_DIR or
+                ~/tensorflow_datasets).
+  manual_dir    directory of manually downloaded archives (imagenet2012's tars), used
+                by `python -m jackpot_jax.data.prepare`.
+  prefetch      batches a background thread keeps ready (0: no thread; default 2).
+  shuffle_buffer  tf.data shuffle buffer of streamed datasets (imagenet2012).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+from jackpot_jax.data import fashion_mnist
+
+AUGMENTATIONS = ("cifar", "imagenet", "none")
+
+# Streamed with tf.data from TFDS; every other dataset is loaded into memory once.
+STREAMED_TFDS_NAMES = ("imagenet2012",)
+IN_MEMORY_TFDS_NAMES = ("fashion_mnist", "cifar10", "cifar100")
+
+# The normalisations the usual training recipes (and the paper's code) use. CIFAR-10's
+# std is the reference code's (0.2023, ...), not the true pixel std.
+STANDARD_STATISTICS = {
+    "fashion_mnist": (fashion_mnist.MEAN, fashion_mnist.STD),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+_STANDARD_AUGMENTATION = {
+    "fashion_mnist": "cifar", "cifar10": "cifar", "cifar100": "cifar",
+    "imagenet2012": "imagenet",
+}
+IMAGENET_DEFAULT_SIZE = 224
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a model and a training loop need to know about a dataset.
+
+  `image_shape` is (H, W, C) of the batches the iterators yield; `num_test` counts the
+  evaluation split (imagenet2012's validation split).
+  """
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_train: int
+  num_test: int
+  class_names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """A validated data config: `kind` is 'tfds', 'npz' or 'image_folder'; `source` is the
+  TFDS name, npz file or folder root."""
+  name: str
+  kind: str
+  source: str
+  mean: tuple[float, ...] | None
+  std: tuple[float, ...] | None
+  image_size: int | None
+  augment: str
+  crop_padding: int
+  channels: int | None
+  data_dir: str | None
+  manual_dir: str | None
+  prefetch: int
+  shuffle_buffer: int
+
+  @property
+  def streamed(self) -> bool:
+    return self.kind == "tfds" and self.source in STREAMED_TFDS_NAMES
+
+
+def default_data_config(name: str) -> ml_collections.ConfigDict:
+  """A data config for `name` with every field at its default (standard statistics and
+  augmentation for TFDS names, 'none' augmentation for folders and npz files)."""
+  mean, std = STANDARD_STATISTICS.get(name, (None, None))
+  return ml_collections.ConfigDict({
+      "name": name,
+      "mean": mean,
+      "std": std,
+      "image_size": IMAGENET_DEFAULT_SIZE if name in STREAMED_TFDS_NAMES else None,
+      "augment": _STANDARD_AUGMENTATION.get(name, "none"),
+      "crop_padding": 4,
+      "channels": None,
+      "data_dir": None,
+      "manual_dir": None,
+      "prefetch": 2,
+      "shuffle_buffer": 16_384,
+  })
+
+
+def _parse_name(name: str) -> tuple[str, str]:
+  if name in IN_MEMORY_TFDS_NAMES or name in STREAMED_TFDS_NAMES:
+    return "tfds", name
+  for kind in ("image_folder", "npz"):
+    prefix = kind + ":"
+    if name.startswith(prefix) and len(name) > len(prefix):
+      return kind, os.path.expanduser(name[len(prefix):])
+  known = ", ".join(IN_MEMORY_TFDS_NAMES + STREAMED_TFDS_NAMES)
+  raise ValueError(f"unknown dataset name {name!r}; use one of {known}, "
+                   "'image_folder:<root>' or 'npz:<file>'")
+
+
+def _optional_floats(value: Any) -> tuple[float, ...] | None:
+  return None if value is None else tuple(float(v) for v in value)
+
+
+def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> DataSpec:
+  """Validates a data config and fills unset fields with their defaults.
+
+  Raises:
+    ValueError: unknown name or augmentation, or mean/std of different lengths.
+  """
+  name = data_config.get("name")
+  if not isinstance(name, str):
+    raise ValueError(f"data.name must be a string, got {name!r}")
+  kind, source = _parse_name(name)
+  defaults = default_data_config(name)
+
+  def field(key: str) -> Any:
+    value = data_config.get(key)
+    return defaults[key] if value is None else value
+
+  augment = field("augment")
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f"unknown data.augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+  mean, std = _optional_floats(field("mean")), _optional_floats(field("std"))
+  if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
+    raise ValueError(f"data.mean {mean} and data.std {std} must both be set, with one value "
+                     "per channel, or both be None")
+  if std is not None and min(std) <= 0:
+    raise ValueError(f"data.std {std} must be positive")
+  image_size = data_config.get("image_size")
+  if kind == "tfds" and source in STREAMED_TFDS_NAMES and image_size is None:
+    image_size = IMAGENET_DEFAULT_SIZE
+  channels = data_config.get("channels")
+  if kind == "image_folder" and channels is None:
+    channels = len(mean) if mean is not None else 3
+  if channels is not None and channels not in (1, 3):
+    raise ValueError(f"data.channels must be 1 or 3, got {channels}")
+  data_dir = data_config.get("data_dir")
+  manual_dir = data_config.get("manual_dir")
+  return DataSpec(
+      name=name,
+      kind=kind,
+      source=source,
+      mean=mean,
+      std=std,
+      image_size=None if image_size is None else int(image_size),
+      augment=augment,
+      crop_padding=int(field("crop_padding")),
+      channels=channels,
+      data_dir=None if data_dir is None else os.path.expanduser(data_dir),
+      manual_dir=None if manual_dir is None else os.path.expanduser(manual_dir),
+      prefetch=int(field("prefetch")),
+      shuffle_buffer=int(field("shuffle_buffer")),
+  )

@@ -1,0 +1,410 @@
+"""Tests of jackpot_jax.data on tiny datasets made in tmp_path; no test touches the network."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import socket
+import struct
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from jackpot_jax.data import (augment, default_data_config, fashion_mnist, load_dataset_info,
+                              make_eval_batches, make_train_iterator, prepare_fashion_mnist)
+from jackpot_jax.data.prefetch import prefetch
+
+tfds.disable_progress_bar()
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+  """Makes Python-level connections fail, so a test that would download fails loudly."""
+
+  def refuse(*args, **kwargs):
+    raise RuntimeError("tests must not use the network")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _write_idx_gz(path, array: np.ndarray) -> None:
+  header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _write_fashion_mnist_sources(source_dir, train_count=12, test_count=6):
+  """Idx files whose image i is filled with the value 10 * i + split offset, label i % 10."""
+  os.makedirs(source_dir, exist_ok=True)
+  for split, count, offset in (("train", train_count, 0), ("test", test_count, 5)):
+    images = np.repeat(10 * np.arange(count) + offset, 28 * 28).reshape(count, 28, 28)
+    images_path, labels_path = fashion_mnist.source_paths(source_dir, split)
+    _write_idx_gz(images_path, images)
+    _write_idx_gz(labels_path, np.arange(count) % 10)
+
+
+def _npz_dataset(tmp_path, train_count=40, test_count=13, size=8, channels=3, classes=5):
+  """An npz dataset whose test image i carries i in its first pixel."""
+  rng = np.random.default_rng(0)
+  x_train = rng.integers(0, 256, (train_count, size, size, channels), dtype=np.uint8)
+  x_test = rng.integers(0, 256, (test_count, size, size, channels), dtype=np.uint8)
+  x_test[:, 0, 0, 0] = np.arange(test_count)
+  path = tmp_path / "tiny.npz"
+  np.savez(path, x_train=x_train, y_train=np.arange(train_count) % classes, x_test=x_test,
+           y_test=np.arange(test_count) % classes)
+  return path
+
+
+def _config(name, **overrides):
+  config = default_data_config(name)
+  config.update(overrides)
+  return config
+
+
+def _take(iterator, count):
+  return list(itertools.islice(iterator, count))
+
+
+def _assert_batches_equal(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def _assert_one_line_error(match, function, *args, **kwargs):
+  with pytest.raises(ValueError, match=match) as error:
+    function(*args, **kwargs)
+  assert "\n" not in str(error.value)
+
+
+# Offline Fashion-MNIST.
+
+
+def test_prepare_fashion_mnist_builds_the_registered_tfds_dataset_offline(tmp_path):
+  source_dir, data_dir = tmp_path / "source", tmp_path / "tfds"
+  _write_fashion_mnist_sources(source_dir)
+  path = prepare_fashion_mnist(data_dir, source_dir=source_dir)
+
+  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
+  assert builder.is_prepared() and os.fspath(builder.data_dir) == path
+  assert builder.info.splits["train"].num_examples == 12
+  test = tfds.as_numpy(tfds.load("fashion_mnist", split="test", data_dir=data_dir,
+                                 batch_size=-1, download=False))
+  assert test["image"].shape == (6, 28, 28, 1)
+  # TFDS shuffles the records; each image's fill value says which it was.
+  fill = test["image"][:, 0, 0, 0].astype(int)
+  assert sorted(fill) == [10 * i + 5 for i in range(6)]
+  np.testing.assert_array_equal(test["label"], (fill - 5) // 10 % 10)
+
+
+def test_prepare_fashion_mnist_is_idempotent_without_its_sources(tmp_path):
+  source_dir, data_dir = tmp_path / "source", tmp_path / "tfds"
+  _write_fashion_mnist_sources(source_dir)
+  first = prepare_fashion_mnist(data_dir, source_dir=source_dir)
+  for name in os.listdir(source_dir):
+    os.remove(source_dir / name)
+  assert prepare_fashion_mnist(data_dir, source_dir=source_dir) == first
+
+
+def test_prepared_fashion_mnist_feeds_the_pipeline(tmp_path):
+  _write_fashion_mnist_sources(tmp_path / "source")
+  prepare_fashion_mnist(tmp_path / "tfds", source_dir=tmp_path / "source")
+  config = _config("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+
+  info = load_dataset_info(config)
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
+      10, (28, 28, 1), 12, 6)
+  assert info.class_names[0] == "T-shirt/top"
+  batch = next(make_train_iterator(config, batch_size=4, seed=0))
+  assert batch["image"].shape == (4, 28, 28, 1) and batch["image"].dtype == np.float32
+  assert batch["label"].dtype == np.int32
+
+
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEBIAN_SOURCE_DIR),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_files_read_with_their_standard_statistics():
+  images, labels = fashion_mnist.read_fashion_mnist(fashion_mnist.DEBIAN_SOURCE_DIR, "test")
+  assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+  assert abs(images.mean() / 255 - fashion_mnist.MEAN[0]) < 0.01
+
+
+def test_missing_fashion_mnist_sources_is_a_one_line_error(tmp_path):
+  _assert_one_line_error("Fashion-MNIST source file .* is missing", prepare_fashion_mnist,
+                         tmp_path / "tfds", source_dir=tmp_path / "nowhere")
+
+
+def test_unprepared_tfds_dataset_names_the_prepare_command(tmp_path):
+  config = _config("cifar10", data_dir=str(tmp_path))
+  _assert_one_line_error("not prepared .* jackpot_jax.data.prepare --dataset=cifar10",
+                         load_dataset_info, config)
+
+
+# Determinism, resume and sharding.
+
+
+@pytest.mark.parametrize("augmentation", ["cifar", "imagenet", "none"])
+def test_batch_at_a_step_does_not_depend_on_the_start_step(tmp_path, augmentation):
+  config = _config(f"npz:{_npz_dataset(tmp_path)}", augment=augmentation)
+  from_zero = _take(make_train_iterator(config, batch_size=8, seed=3), 12)
+  # 40 examples make 5 steps per epoch: step 7 resumes inside the second epoch.
+  resumed = _take(make_train_iterator(config, batch_size=8, seed=3, start_step=7), 5)
+  _assert_batches_equal(from_zero[7:], resumed)
+  _assert_batches_equal(from_zero, _take(make_train_iterator(config, batch_size=8, seed=3), 12))
+
+
+def test_seed_changes_order_and_augmentation(tmp_path):
+  config = _config(f"npz:{_npz_dataset(tmp_path)}", augment="cifar")
+  first = next(make_train_iterator(config, batch_size=8, seed=0))
+  second = next(make_train_iterator(config, batch_size=8, seed=1))
+  assert not np.array_equal(first["image"], second["image"])
+
+
+def test_each_epoch_visits_every_training_example_once(tmp_path):
+  path = _npz_dataset(tmp_path)
+  config = _config(f"npz:{path}", augment="none", mean=(0.0,) * 3, std=(1.0,) * 3)
+  images = np.concatenate([b["image"] for b in _take(make_train_iterator(
+      config, batch_size=8, seed=0), 5)])
+  x_train = np.load(path)["x_train"]
+  recovered = np.rint(images * 255).astype(np.uint8)
+  assert sorted(map(bytes, recovered)) == sorted(map(bytes, x_train))
+
+
+@pytest.mark.parametrize("augmentation", ["cifar", "imagenet"])
+def test_hosts_partition_the_global_batch(tmp_path, augmentation):
+  config = _config(f"npz:{_npz_dataset(tmp_path)}", augment=augmentation)
+  single = _take(make_train_iterator(config, batch_size=8, seed=5, start_step=2), 3)
+  hosts = [_take(make_train_iterator(config, batch_size=8, seed=5, start_step=2,
+                                     process_index=index, process_count=4), 3)
+           for index in range(4)]
+  for step, whole in enumerate(single):
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(np.concatenate([host[step][key] for host in hosts]),
+                                    whole[key])
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_eval_batches_cover_every_example_exactly_once(tmp_path, process_count):
+  config = _config(f"npz:{_npz_dataset(tmp_path)}", mean=(0.0,) * 3, std=(1.0,) * 3)
+  seen, counts = [], []
+  for index in range(process_count):
+    batches = list(make_eval_batches(config, "test", batch_size=4, process_index=index,
+                                     process_count=process_count))
+    counts.append(len(batches))
+    for batch in batches:
+      assert batch["image"].shape == (4 // process_count, 8, 8, 3)
+      assert not batch["image"][~batch["mask"]].any()
+      first_pixel = np.rint(batch["image"][:, 0, 0, 0] * 255).astype(int)
+      seen.extend(first_pixel[batch["mask"]])
+  assert counts == [4] * process_count  # ceil(13 / 4) global batches, on every host
+  assert sorted(seen) == list(range(13))
+
+
+def test_eval_batches_are_the_unaugmented_normalised_images(tmp_path):
+  path = _npz_dataset(tmp_path)
+  config = _config(f"npz:{path}", augment="cifar", mean=(0.5, 0.5, 0.5), std=(0.25,) * 3)
+  batch = next(make_eval_batches(config, batch_size=16))
+  x_test = np.load(path)["x_test"]
+  np.testing.assert_allclose(batch["image"][:13], (x_test / 255 - 0.5) / 0.25, atol=1e-5)
+  assert batch["mask"].sum() == 13
+
+
+# Streamed (tf.data) datasets.
+
+
+class _TinyImagenet(tfds.builder_cls("imagenet2012"), skip_registration=True):
+  """imagenet2012's builder writing a few random JPEGs instead of reading the tars;
+  validation example i has label i, so coverage can be checked."""
+
+  name = "imagenet2012"
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(20, seed=0),
+            "validation": self._generate_examples(7, seed=1)}
+
+  def _generate_examples(self, count, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+      shape = (int(rng.integers(12, 30)), int(rng.integers(12, 30)), 3)
+      yield i, {"image": rng.integers(0, 256, shape, dtype=np.uint8), "label": i,
+                "file_name": f"{seed}_{i}.JPEG"}
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  _TinyImagenet(data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return str(data_dir)
+
+
+def test_streamed_imagenet_info_and_resume(tiny_imagenet_dir):
+  config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16, shuffle_buffer=8)
+  info = load_dataset_info(config)
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
+      1000, (16, 16, 3), 20, 7)
+  from_zero = _take(make_train_iterator(config, batch_size=4, seed=1), 7)
+  assert from_zero[0]["image"].shape == (4, 16, 16, 3)
+  resumed = _take(make_train_iterator(config, batch_size=4, seed=1, start_step=5), 2)
+  _assert_batches_equal(from_zero[5:], resumed)
+
+
+def test_streamed_eval_batches_cover_every_example_exactly_once(tiny_imagenet_dir):
+  config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16)
+  seen, counts = [], []
+  for index in range(2):
+    batches = list(make_eval_batches(config, batch_size=4, process_index=index,
+                                     process_count=2))
+    counts.append(len(batches))
+    for batch in batches:
+      assert batch["image"].shape == (2, 16, 16, 3)
+      seen.extend(batch["label"][batch["mask"]])
+  assert counts == [2, 2]
+  assert sorted(seen) == list(range(7))
+
+
+# Sources.
+
+
+def test_npz_dataset_info(tmp_path):
+  info = load_dataset_info({"name": f"npz:{_npz_dataset(tmp_path)}"})
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
+      5, (8, 8, 3), 40, 13)
+  assert info.class_names == ("0", "1", "2", "3", "4")
+
+
+def test_npz_statistics_default_to_the_training_pixels(tmp_path):
+  config = _config(f"npz:{_npz_dataset(tmp_path, train_count=400)}", augment="none")
+  images = np.concatenate([b["image"] for b in _take(make_train_iterator(
+      config, batch_size=100, seed=0), 4)])
+  np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
+
+
+def _write_image_folder(root, split_classes, height=5, width=6):
+  """RGB PNGs of random pixels; `split_classes` maps split -> {class: image count}."""
+  rng = np.random.default_rng(0)
+  for split, classes in split_classes.items():
+    for name, count in classes.items():
+      os.makedirs(root / split / name, exist_ok=True)
+      for i in range(count):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_image_folder_loads_classes_and_shapes(tmp_path):
+  _write_image_folder(tmp_path, {"train": {"dog": 3, "cat": 2}, "test": {"cat": 1, "dog": 2}})
+  config = _config(f"image_folder:{tmp_path}")
+  info = load_dataset_info(config)
+  assert info.class_names == ("cat", "dog")
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
+      2, (5, 6, 3), 5, 3)
+  batch = next(make_eval_batches(config, batch_size=4))
+  np.testing.assert_array_equal(batch["label"][batch["mask"]], [0, 1, 1])
+
+
+def test_image_folder_grayscale_and_resized(tmp_path):
+  _write_image_folder(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
+  config = _config(f"image_folder:{tmp_path}", mean=(0.5,), std=(0.5,), image_size=4)
+  assert load_dataset_info(config).image_shape == (4, 4, 1)
+  assert next(make_train_iterator(config, batch_size=2, seed=0))["image"].shape == (2, 4, 4, 1)
+
+
+# Augmentation details.
+
+
+def test_crop_and_resize_of_the_whole_image_is_the_identity():
+  images = np.random.default_rng(0).integers(0, 256, (3, 7, 5, 2), dtype=np.uint8)
+  boxes = np.tile([0.0, 0.0, 7.0, 5.0], (3, 1))
+  np.testing.assert_allclose(augment.crop_and_resize(images, boxes, (7, 5)), images, atol=1e-4)
+  flipped = augment.crop_and_resize(images, boxes, (7, 5), flips=np.array([True] * 3))
+  np.testing.assert_allclose(flipped, images[:, :, ::-1], atol=1e-4)
+
+
+def test_pad_crop_flip_shifts_in_zeros():
+  images = np.full((2, 4, 4, 1), 200, np.uint8)
+  offsets = np.array([[2, 2], [0, 4]])
+  cropped = augment.pad_crop_flip(images, offsets, np.array([False, False]), padding=2)
+  np.testing.assert_array_equal(cropped[0], images[0])
+  assert (cropped[1][:2] == 0).all() and (cropped[1][:, 2:] == 0).all()
+  assert (cropped[1][2:, :2] == 200).all()
+
+
+def test_resized_crop_boxes_stay_inside_the_image():
+  boxes = augment.sample_resized_crop_boxes(np.random.default_rng(0), 500, 20, 30)
+  top, left, height, width = boxes.T
+  assert (top >= 0).all() and (left >= 0).all()
+  assert (top + height <= 20 + 1e-9).all() and (left + width <= 30 + 1e-9).all()
+  area = height * width / 600
+  assert area.min() >= 0.08 - 1e-9 and area.max() <= 1.0 + 1e-9
+
+
+def test_prefetch_yields_in_order_and_reraises_errors():
+  assert list(prefetch(range(10), 2)) == list(range(10))
+
+  def failing():
+    yield 1
+    raise KeyError("broken source")
+
+  iterator = prefetch(failing(), 3)
+  assert next(iterator) == 1
+  with pytest.raises(KeyError, match="broken source"):
+    next(iterator)
+
+
+# Bad input.
+
+
+def _write_npz(path, **arrays):
+  np.savez(path, **arrays)
+  return f"npz:{path}"
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+  def info_of(name, **overrides):
+    return lambda: load_dataset_info(_config(name, **overrides))
+
+  image = np.zeros((4, 8, 8, 3), np.uint8)
+  labels = np.zeros(4, np.int64)
+  cases = [
+      ("unknown dataset name 'mnist_v9'", info_of("mnist_v9")),
+      ("npz file .* does not exist", info_of(f"npz:{tmp_path / 'absent.npz'}")),
+      ("lacks y_train, x_test, y_test",
+       info_of(_write_npz(tmp_path / "partial.npz", x_train=image))),
+      ("train images must be uint8",
+       info_of(_write_npz(tmp_path / "floats.npz", x_train=image.astype(np.float32),
+                          y_train=labels, x_test=image, y_test=labels))),
+      ("test labels must be integers of shape",
+       info_of(_write_npz(tmp_path / "short.npz", x_train=image, y_train=labels,
+                          x_test=image, y_test=labels[:3]))),
+      ("unknown data.augment 'autoaugment'",
+       info_of(f"npz:{tmp_path / 'floats.npz'}", augment="autoaugment")),
+  ]
+  (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+  (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
+  cases.append(("has no .jpg/.jpeg/.png images", info_of(f"image_folder:{tmp_path / 'empty'}")))
+  _write_image_folder(tmp_path / "mismatch", {"train": {"cat": 1, "dog": 1},
+                                              "test": {"cat": 1, "eel": 1}})
+  cases.append((r"train and test classes differ \(only in train: \['dog'\], only in test: "
+                 r"\['eel'\]\)", info_of(f"image_folder:{tmp_path / 'mismatch'}")))
+  for match, call in cases:
+    _assert_one_line_error(match, call)
+
+
+def test_batch_that_does_not_split_over_hosts_is_rejected(tmp_path):
+  config = _config(f"npz:{_npz_dataset(tmp_path)}")
+  _assert_one_line_error("multiple of the process count 3", make_train_iterator, config,
+                         batch_size=8, seed=0, process_count=3)
+
+
+def test_mean_with_the_wrong_channel_count_is_rejected(tmp_path):
+  config = _config(f"npz:{_npz_dataset(tmp_path)}", mean=(0.5,), std=(0.5,))
+  _assert_one_line_error("data.mean has 1 values but .* images have 3 channels",
+                         make_train_iterator, config, batch_size=8, seed=0)
