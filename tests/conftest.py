@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 # Tests run on the CPU with 8 simulated devices available for the multi-device cases;
@@ -10,12 +11,17 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
+import torch
 
-from jackpot_jax import models, optim, scores as scores_lib, sparsity, steps
+from jackpot_jax import config_defaults, models, optim, scores as scores_lib, sparsity, steps, train
+from jackpot_jax.testing.torch_models import CifarResNet
 
 
 def sgd_config(**overrides) -> ml_collections.ConfigDict:
@@ -23,6 +29,14 @@ def sgd_config(**overrides) -> ml_collections.ConfigDict:
                 nesterov=False, weight_decay=5e-4)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+  """`get_config()` of a configs/*.py file, as --config=path would load it."""
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 class TinySearch:
@@ -52,3 +66,54 @@ class TinySearch:
 @pytest.fixture(scope="session")
 def tiny_search() -> TinySearch:
   return TinySearch()
+
+
+@pytest.fixture(scope="session")
+def tiny_job(tmp_path_factory):
+  """A random ResNet-20 checkpoint (1 input channel) and a 10-class 8x8 npz dataset."""
+  root = tmp_path_factory.mktemp("job")
+  rng = np.random.default_rng(0)
+  arrays = {"x_train": rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8),
+            "y_train": np.arange(64) % 10, "x_test": rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8),
+            "y_test": np.arange(20) % 10}
+  np.savez(root / "data.npz", **arrays)
+  torch.manual_seed(0)
+  net = CifarResNet(20, num_classes=10, in_channels=1)
+  torch.save(net.state_dict(), root / "resnet20.pth")
+  return root
+
+
+def tiny_config(root: Path) -> ml_collections.ConfigDict:
+  """Six search steps of 16 examples on `tiny_job`, checkpoints every 2 steps."""
+  config = config_defaults.base_config()
+  config.model.name = "resnet20"
+  config.model.checkpoint = str(root / "resnet20.pth")
+  config.data.name = f"npz:{root / 'data.npz'}"
+  config.data.mean, config.data.std = (0.5,), (0.25,)
+  # Torch's default init scales weights by 1/sqrt(fan_in), so a global l1 threshold on a
+  # random network would empty the widest layers; trained networks do not look like that.
+  config.search.sparsity_plan = "uniform"
+  config.search.batch_size = 16
+  config.search.num_epochs = 1.5
+  config.eval.batch_size = 8
+  config.checkpoint.every_steps = 2
+  config.log_every_steps = 1
+  config.progress_bar = False
+  return config
+
+
+def tiny_overrides(root: Path) -> list[str]:
+  """Command-line flags that make configs/default.py compute what `tiny_config` does."""
+  return [f"--config.model.checkpoint={root / 'resnet20.pth'}",
+          f"--config.data.name=npz:{root / 'data.npz'}", "--config.data.mean=(0.5,)",
+          "--config.data.std=(0.25,)", "--config.search.sparsity_plan=uniform",
+          "--config.search.batch_size=16", "--config.search.num_epochs=1.5",
+          "--config.eval.batch_size=8", "--config.checkpoint.every_steps=2",
+          "--config.progress_bar=False"]
+
+
+def final_search_state(config, workdir) -> steps.SearchState:
+  """The latest search checkpoint of a workdir, on the host."""
+  setup = train.setup_search(config)
+  state, _ = train.restore_search_state(setup, Path(workdir))
+  return jax.device_get(state)

@@ -1,0 +1,24 @@
+"""Built-in default: the shipped Fashion-MNIST ResNet-20 searched to 90% conv sparsity.
+
+Runs offline on a 2-core CPU in minutes:
+  python -m jackpot_jax search --config=configs/default.py --workdir=workdirs/default
+"""
+
+from jackpot_jax.config_defaults import FASHION_MNIST_MEAN, FASHION_MNIST_STD, base_config
+
+
+def get_config():
+  config = base_config()
+  config.model.name = "resnet20"
+  config.model.checkpoint = "pretrained/resnet20_fashion_mnist.pth"
+  config.model.num_classes = 10
+  config.data.name = "fashion_mnist"
+  config.data.mean, config.data.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+  config.data.augment = "cifar"
+  config.search.sparsity = 0.9
+  config.search.num_epochs = 2.0
+  config.search.batch_size = 128
+  config.search.learning_rate = 0.1
+  config.eval.every_epochs = 1.0
+  config.checkpoint.every_steps = 200
+  return config

@@ -1,0 +1,11 @@
+"""Paper row: ResNet-50 on ImageNet, 80% conv sparsity, 30 search epochs + 10 weight-tuning epochs (reported top-1 76.66).
+
+  python -m jackpot_jax search --config=configs/paper/resnet50_imagenet_s80_e30_t10.py --workdir=DIR \\
+      --config.model.checkpoint=resnet50.pth --config.data.manual_dir=IMAGENET_TARS
+"""
+
+from jackpot_jax.config_defaults import paper_imagenet_config
+
+
+def get_config():
+  return paper_imagenet_config("resnet50", sparsity=0.80, search_epochs=30, tune_epochs=10)

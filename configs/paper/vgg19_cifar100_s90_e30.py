@@ -1,0 +1,11 @@
+"""Paper row: VGG-19 on CIFAR-100, 90% conv sparsity, 30 search epochs (reported top-1 72.59).
+
+  python -m jackpot_jax search --config=configs/paper/vgg19_cifar100_s90_e30.py --workdir=DIR \\
+      --config.model.checkpoint=PATH_TO_PRETRAINED.pth
+"""
+
+from jackpot_jax.config_defaults import paper_cifar_config
+
+
+def get_config():
+  return paper_cifar_config("vgg19", "cifar100", sparsity=0.90, epochs=30)

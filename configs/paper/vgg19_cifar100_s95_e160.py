@@ -1,0 +1,11 @@
+"""Paper row: VGG-19 on CIFAR-100, 95% conv sparsity, 160 search epochs (reported top-1 73.35).
+
+  python -m jackpot_jax search --config=configs/paper/vgg19_cifar100_s95_e160.py --workdir=DIR \\
+      --config.model.checkpoint=PATH_TO_PRETRAINED.pth
+"""
+
+from jackpot_jax.config_defaults import paper_cifar_config
+
+
+def get_config():
+  return paper_cifar_config("vgg19", "cifar100", sparsity=0.95, epochs=160)

@@ -1,0 +1,11 @@
+"""Paper row: VGG-19 on CIFAR-10, 95% conv sparsity, 160 search epochs (reported top-1 93.74).
+
+  python -m jackpot_jax search --config=configs/paper/vgg19_cifar10_s95_e160.py --workdir=DIR \\
+      --config.model.checkpoint=PATH_TO_PRETRAINED.pth
+"""
+
+from jackpot_jax.config_defaults import paper_cifar_config
+
+
+def get_config():
+  return paper_cifar_config("vgg19", "cifar10", sparsity=0.95, epochs=160)

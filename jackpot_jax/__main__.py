@@ -1,0 +1,4 @@
+from jackpot_jax.cli import run
+
+if __name__ == "__main__":
+  run()

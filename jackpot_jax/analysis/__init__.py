@@ -1,0 +1,1 @@
+"""Analyses of searched jackpots: pruning-criterion masks and their overlap with the jackpot."""

@@ -1,0 +1,163 @@
+"""Orbax checkpoints of the search state, with the metadata a resume needs.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+checkpoint interrupted mid-save is never listed; the process that saves next removes
+such leftovers with a warning. A listed checkpoint that still fails to restore is
+skipped with a warning and the previous one is used. A save that cannot fit on the disk
+is refused before it starts, as an OSError(ENOSPC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+STATE, META = "state", "meta"
+# Orbax's marker in the name of a step directory whose save has not finished.
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+def _directory_size(path: Path) -> int:
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+@contextlib.contextmanager
+def _disk_full_as_oserror(directory: Path):
+  """Orbax reports a full disk as TensorStore's ValueError; callers expect ENOSPC."""
+  try:
+    yield
+  except ValueError as error:
+    if "No space left on device" not in str(error):
+      raise
+    raise OSError(errno.ENOSPC, "No space left on device", str(directory)) from error
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  """The first line of an error, capped: TensorStore errors run to many lines of spec."""
+  lines = str(error).strip().splitlines()
+  text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+class SearchCheckpoints:
+  """Keeps the last `keep` checkpoints of one phase ("search" or "tune") in a workdir."""
+
+  def __init__(self, directory: str | Path, keep: int, *, writer: bool = False):
+    """Opens (and creates) the checkpoint directory.
+
+    Args:
+      writer: this process saves here (search, tuning). Only a writer removes the
+        leftovers of interrupted saves and moves unreadable checkpoints aside: a reader
+        (evaluate, export) may look at a workdir whose run is still saving.
+    """
+    self.directory = Path(directory).absolute()
+    self.writer = writer
+    if writer and jax.process_index() == 0 and self.directory.is_dir():
+      unfinished = sorted(p.name for p in self.directory.iterdir() if TMP_MARKER in p.name)
+      if unfinished:
+        logging.warning("removing %d unfinished checkpoint(s) left by an interrupted save: %s",
+                        len(unfinished), ", ".join(unfinished))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=writer,
+                                           cleanup_tmp_directories=writer)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=(STATE, META))
+    self._checkpoint_bytes = None
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Starts an asynchronous save of `step`, once the previous one has finished."""
+    with _disk_full_as_oserror(self.directory):
+      # Orbax waits for the previous save at the start of save() anyway; waiting first
+      # lets the free space be measured after it.
+      self.manager.wait_until_finished()
+      self._check_space(state)
+      self.manager.save(step, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), force=True)
+
+  def _check_space(self, state: Any) -> None:
+    """Raises OSError(ENOSPC) when the disk cannot hold one more checkpoint.
+
+    Failing here, before Orbax starts writing, leaves no partial checkpoint behind and
+    no error traceback from Orbax's background threads. The size is that of a complete
+    checkpoint on disk, or before the first one the state's size in memory.
+    """
+    if self._checkpoint_bytes is None:
+      latest = self.manager.latest_step()
+      if latest is not None and (self.directory / str(latest)).is_dir():
+        self._checkpoint_bytes = _directory_size(self.directory / str(latest))
+    needed = self._checkpoint_bytes
+    if needed is None:
+      needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    free = shutil.disk_usage(self.directory).free
+    fits = free >= needed
+    if jax.process_count() > 1:
+      # Orbax's save is collective: every process must refuse it, or none.
+      fits = bool(np.all(multihost_utils.process_allgather(np.asarray(fits))))
+    if not fits:
+      raise OSError(errno.ENOSPC, f"a checkpoint needs {needed} bytes, {free} are free",
+                    str(self.directory))
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
+    """Newest checkpoint that restores, as (state, meta); None when there is none.
+
+    Raises:
+      ValueError: checkpoints exist but none restores; starting afresh would hide that.
+    """
+    skipped = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
+      except Exception as error:  # a damaged checkpoint must not stop the resume
+        logging.warning("skipping unreadable checkpoint at step %d (%s); trying the previous "
+                        "one", step, _one_line(error))
+        skipped.append((step, error))
+        continue
+      self._set_aside([s for s, _ in skipped])
+      return restored[STATE], restored[META]
+    if skipped:
+      step, error = skipped[0]
+      raise ValueError(f"no checkpoint in {self.directory} can be read (step {step}: "
+                       f"{_one_line(error)}); move that directory away to start afresh")
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable checkpoints out of the way of the resumed run's saves.
+
+    The resumed run saves those steps again, which Orbax refuses while the old directory
+    is listed; moving rather than deleting keeps them for inspection.
+    """
+    if not steps or not self.writer:
+      return
+    if jax.process_index() == 0:
+      aside = self.directory.with_name(self.directory.name + "_unreadable")
+      aside.mkdir(exist_ok=True)
+      for step in steps:
+        target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        (self.directory / str(step)).rename(target)
+        logging.warning("moved unreadable checkpoint of step %d to %s", step, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f"jackpot_set_aside_{'_'.join(map(str, steps))}")
+    self.manager.reload()
+
+  def wait(self) -> None:
+    with _disk_full_as_oserror(self.directory):
+      self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    with _disk_full_as_oserror(self.directory):
+      self.manager.close()

@@ -1,0 +1,58 @@
+"""The `export` and `apply-masks` commands: from a workdir back to PyTorch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+from jackpot_jax import checkpointing, optim, steps, train
+from jackpot_jax.interop import apply_masks_file, export_torch, import_torch
+
+
+def _tuned_params(setup: train.SearchSetup, workdir: Path, batch_stats):
+  """The tuned weights and stats if a "+T" stage finished in this workdir, else None."""
+  directory = workdir / "tune_checkpoints"
+  if not directory.exists():
+    return None
+  tx = optim.make_optimizer(setup.config.tune, 1)
+  abstract = jax.eval_shape(lambda: steps.TuneState(
+      step=jax.numpy.zeros((), jax.numpy.int32), params=setup.params,
+      opt_state=tx.init(setup.params), batch_stats=batch_stats))
+  ckpts = checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep)
+  try:
+    restored = ckpts.restore_latest(abstract)
+  finally:
+    ckpts.close()
+  return None if restored is None else restored[0]
+
+
+def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
+                   format: str = "state_dict", clean_keys: bool = False) -> Path:
+  """Writes the workdir's latest jackpot (tuned weights if a tuning stage ran) for PyTorch.
+
+  BN running statistics are the ones the search re-estimated on the masked network, so
+  the exported model evaluates like the Flax jackpot.
+  """
+  workdir = Path(workdir)
+  setup = train.setup_search(train.load_workdir_config(workdir))
+  state, _ = train.restore_search_state(setup, workdir)
+  variables = {"params": setup.params, "batch_stats": state.batch_stats}
+  tuned = _tuned_params(setup, workdir, state.batch_stats)
+  if tuned is not None:
+    variables = {"params": tuned.params, "batch_stats": tuned.batch_stats}
+  return export_torch(setup.imported, jax.device_get(variables), jax.device_get(state.masks),
+                      output, format=format, clean_keys=clean_keys)
+
+
+def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike) -> Path:
+  """Applies a masks file to a fresh import of `config.model.checkpoint`, writes W * M.
+
+  The masks file carries a hash of the weights it was searched on; a different
+  checkpoint is refused rather than silently masked.
+  """
+  imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
+                          strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
+  masks = apply_masks_file(masks_path, imported)
+  return export_torch(imported, jax.device_get(imported.variables), masks, output)

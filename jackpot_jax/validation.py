@@ -1,0 +1,74 @@
+"""Cheap checks of a config before anything heavy is loaded, each failing with one line."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jackpot_jax import data as data_lib, models, optim, scores, sparsity, steps
+
+
+def _choice(value, allowed, field: str) -> None:
+  if value not in allowed:
+    raise ValueError(f"unknown {field} {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects values no run could use, naming the field and what to do."""
+  models.get_model_spec(config.model.name)
+  if not config.model.checkpoint:
+    raise ValueError("model.checkpoint is empty; pass --config.model.checkpoint=PATH to a "
+                     "pre-trained PyTorch checkpoint")
+  if config.model.num_classes < 1:
+    raise ValueError(f"model.num_classes must be positive, got {config.model.num_classes}")
+  search = config.search
+  if not 0.0 <= search.sparsity < 1.0:
+    raise ValueError(f"search.sparsity must be in [0, 1), got {search.sparsity}")
+  _choice(search.sparsity_plan, sparsity.PLANS, "search.sparsity_plan")
+  _choice(search.score_init, scores.SCORE_INITS, "search.score_init")
+  _choice(search.bn_mode, steps.BN_MODES, "search.bn_mode")
+  _choice(search.classifier, sparsity.LAYER_POLICIES, "search.classifier")
+  _choice(search.first_layer, sparsity.LAYER_POLICIES, "search.first_layer")
+  for section in ("search", "tune"):
+    part = config[section]
+    if part.batch_size < 1:
+      raise ValueError(f"{section}.batch_size must be positive, got {part.batch_size}")
+    if part.num_epochs < 0:
+      raise ValueError(f"{section}.num_epochs must be >= 0, got {part.num_epochs}")
+    if part.learning_rate <= 0:
+      raise ValueError(f"{section}.learning_rate must be positive, got {part.learning_rate}")
+    try:  # builds the optax chain only: names and arguments are checked, nothing runs
+      optim.make_optimizer(part, 1)
+    except TypeError as error:
+      raise ValueError(f"{section}.optimizer_kwargs do not fit {section}.optimizer "
+                       f"{part.optimizer!r}: {error}") from error
+  if config.eval.batch_size < 1:
+    raise ValueError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
+  if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
+    raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
+  data_lib.resolve_spec(config.data)
+
+
+def check_fit(config: ml_collections.ConfigDict, data_info: data_lib.DatasetInfo,
+              device_count: int) -> None:
+  """Checks the config against the dataset and the devices, before the checkpoint loads.
+
+  Each of these would otherwise fail only after the checkpoint import, the compilation
+  or, for the tuning stage, the whole search.
+  """
+  if data_info.num_classes != config.model.num_classes:
+    raise ValueError(f"model.num_classes={config.model.num_classes} but dataset "
+                     f"{config.data.name!r} has {data_info.num_classes} classes; set "
+                     f"--config.model.num_classes={data_info.num_classes}")
+  mean = data_lib.resolve_spec(config.data).mean
+  channels = data_info.image_shape[-1]
+  if mean is not None and len(mean) != channels:
+    raise ValueError(f"data.mean has {len(mean)} values but {config.data.name!r} images have "
+                     f"{channels} channel(s); give one mean and std per channel")
+  for section in ("search", "tune") if config.tune.num_epochs > 0 else ("search",):
+    field, size = f"{section}.batch_size", config[section].batch_size
+    if size > data_info.num_train:
+      raise ValueError(f"{field}={size} exceeds the {data_info.num_train} training examples "
+                       f"of {config.data.name!r}; lower it")
+    if size % device_count:
+      raise ValueError(f"{field}={size} is not divisible by the {device_count} devices; "
+                       f"choose a multiple of {device_count} or set mesh.num_devices")

@@ -1,0 +1,101 @@
+"""The main job end to end on tiny synthetic data: resume, overrides, reports, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from jackpot_jax import train
+from jackpot_jax.testing.torch_models import CifarResNet
+
+from conftest import final_search_state, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_resumed_search_ends_bitwise_equal_to_uninterrupted(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  train.search_and_evaluate(config, tmp_path / "straight")
+  stopped = train.search_and_evaluate(config, tmp_path / "resumed", stop_after=3)
+  assert stopped == {"stopped_at": 3}
+  train.search_and_evaluate(config, tmp_path / "resumed")
+  straight = final_search_state(config, tmp_path / "straight")
+  resumed = final_search_state(config, tmp_path / "resumed")
+  assert int(straight.step) == int(resumed.step) == 6
+  for a, b in zip(jax.tree.leaves((straight.scores, straight.masks)),
+                  jax.tree.leaves((resumed.scores, resumed.masks)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_report_has_the_contract_keys(tiny_job, tmp_path):
+  report = train.search_and_evaluate(tiny_config(tiny_job), tmp_path)
+  on_disk = json.loads((tmp_path / "report.json").read_text())
+  assert on_disk["model"] == "resnet20" and on_disk["checkpoint"].endswith("resnet20.pth")
+  assert on_disk["dataset"].startswith("npz:") and on_disk["target_sparsity"] == 0.9
+  assert set(on_disk["sparsity"]) >= {"conv", "prunable", "all_weights", "per_layer"}
+  assert set(on_disk["accuracy"]) >= {"dense", "magnitude", "jackpot"}
+  assert set(on_disk["search"]) >= {"steps", "epochs", "wall_seconds", "score_init", "sparsity_plan"}
+  assert on_disk["search"]["steps"] == 6 and on_disk["search"]["epochs"] == 1.5
+  assert abs(on_disk["sparsity"]["conv"] - 0.9) < 0.01
+  assert on_disk["sparsity"]["per_layer"]["linear"] == 0.0
+  for value in on_disk["accuracy"].values():
+    assert value is None or 0.0 <= value <= 1.0
+  assert report["accuracy"] == on_disk["accuracy"]
+  table = (tmp_path / "report.md").read_text()
+  assert "| layer1.0.conv1 |" in table and "jackpot" in table
+
+
+def test_workdir_with_other_config_is_refused_unless_forced(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  config.search.num_epochs = 0.25
+  train.search_and_evaluate(config, tmp_path)
+  config.search.sparsity = 0.8
+  with pytest.raises(ValueError, match="different config.*search.sparsity"):
+    train.search_and_evaluate(config, tmp_path)
+  assert train.search_and_evaluate(config, tmp_path, force=True)["target_sparsity"] == 0.8
+
+
+def _cli(*args, cwd=REPO):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  return subprocess.run([sys.executable, "-m", "jackpot_jax", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_search_applies_overrides_and_exports(tiny_job, tmp_path):
+  workdir = tmp_path / "run"
+  result = _cli("search", "--config=configs/default.py", f"--workdir={workdir}",
+                f"--config.model.checkpoint={tiny_job / 'resnet20.pth'}",
+                f"--config.data.name=npz:{tiny_job / 'data.npz'}",
+                "--config.search.sparsity=0.8", "--config.search.num_epochs=0.5",
+                "--config.search.sparsity_plan=uniform",
+                "--config.search.batch_size=16", "--config.eval.batch_size=10",
+                "--config.progress_bar=False")
+  assert result.returncode == 0, result.stderr[-2000:]
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["search"]["sparsity"] == 0.8 and saved["search"]["batch_size"] == 16
+  report = json.loads((workdir / "report.json").read_text())
+  assert report["target_sparsity"] == 0.8 and report["search"]["steps"] == 2
+  exported = tmp_path / "jackpot.pth"
+  result = _cli("export", f"--workdir={workdir}", f"--output={exported}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  net = CifarResNet(20, num_classes=10, in_channels=1)
+  net.load_state_dict(torch.load(exported, weights_only=True), strict=True)
+  conv_zeros = sum(int((m.weight == 0).sum()) for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+  conv_total = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+  assert abs(conv_zeros / conv_total - report["sparsity"]["conv"]) < 1e-3
+
+
+def test_command_line_bad_input_is_one_line_with_exit_status_2(tmp_path):
+  result = _cli("search", "--config=configs/default.py", f"--workdir={tmp_path}",
+                "--config.search.sparsity=1.5")
+  assert result.returncode == 2
+  assert result.stderr.strip().count("\n") == 0
+  assert "search.sparsity must be in [0, 1)" in result.stderr

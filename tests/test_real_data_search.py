@@ -1,0 +1,36 @@
+"""A short search on real Fashion-MNIST, from the shipped pre-trained ResNet-20."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jackpot_jax import train
+from jackpot_jax.data.fashion_mnist import prepare_fashion_mnist
+
+from conftest import load_config_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  prepare_fashion_mnist(data_dir)
+  return data_dir
+
+
+def test_short_search_beats_the_magnitude_pruned_mask(fashion_mnist_dir, tmp_path):
+  config = load_config_file(REPO / "configs" / "default.py")
+  config.model.checkpoint = str(REPO / "pretrained" / "resnet20_fashion_mnist.pth")
+  config.data.data_dir = str(fashion_mnist_dir)
+  config.search.num_epochs = 80 / 468  # 80 steps of 128 images
+  config.eval.every_epochs = 0.0
+  config.progress_bar = False
+  report = train.search_and_evaluate(config, tmp_path)
+  accuracy = report["accuracy"]
+  assert report["search"]["steps"] == 80
+  assert abs(report["sparsity"]["conv"] - 0.9) < 0.001
+  assert accuracy["dense"] > 0.88  # the shipped checkpoint is a real pre-trained model
+  assert accuracy["jackpot"] > accuracy["magnitude"] + 0.01, accuracy

@@ -1,0 +1,53 @@
+"""The search on a device mesh: 8 simulated CPU devices against 1, and checkpoints across them."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jackpot_jax import parallel, train
+
+from conftest import final_search_state, tiny_config
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+
+
+def _on(config, num_devices: int):
+  config = config.copy_and_resolve_references()
+  config.mesh.num_devices = num_devices
+  return config
+
+
+def _assert_close(a, b, atol=1e-5):
+  np.testing.assert_array_equal(jax.tree.leaves(a.masks)[0].shape, jax.tree.leaves(b.masks)[0].shape)
+  for x, y in zip(jax.tree.leaves(a.scores), jax.tree.leaves(b.scores), strict=True):
+    np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+  for x, y in zip(jax.tree.leaves(a.batch_stats), jax.tree.leaves(b.batch_stats), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_eight_devices_give_the_one_device_scores(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  train.search_and_evaluate(_on(config, 1), tmp_path / "one")
+  train.search_and_evaluate(_on(config, 8), tmp_path / "eight")
+  one = final_search_state(_on(config, 1), tmp_path / "one")
+  eight = final_search_state(_on(config, 8), tmp_path / "eight")
+  assert int(one.step) == int(eight.step) == 6
+  _assert_close(one, eight)
+
+
+@pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
+def test_checkpoint_restores_onto_another_device_count(tiny_job, tmp_path, first, second):
+  config = tiny_config(tiny_job)
+  train.search_and_evaluate(_on(config, 1), tmp_path / "reference")
+  assert train.search_and_evaluate(_on(config, first), tmp_path / "moved", stop_after=2) == {
+      "stopped_at": 2}
+  train.search_and_evaluate(_on(config, second), tmp_path / "moved")
+  _assert_close(final_search_state(_on(config, 1), tmp_path / "reference"),
+                final_search_state(_on(config, second), tmp_path / "moved"))
+
+
+def test_batch_must_divide_over_devices():
+  with pytest.raises(ValueError, match="batch size 12 is not divisible by the 8 devices"):
+    parallel.check_batch_size(12, parallel.make_mesh(num_devices=8))
