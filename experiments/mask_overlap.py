@@ -10,14 +10,13 @@ pre-trained weights, and writes overlap.json, overlap.md and overlap.png to --ou
 from __future__ import annotations
 
 import itertools
-import json
 import platform
 from pathlib import Path
 
 import jax
 from absl import app, flags
 
-from jackpot_jax import data as data_lib, fileio, parallel, train
+from jackpot_jax import data as data_lib, fileio, parallel, train, workdir as workdir_lib
 from jackpot_jax.analysis import criteria, overlap
 
 FLAGS = flags.FLAGS
@@ -65,7 +64,7 @@ def plot(result: dict, path: Path) -> None:
 def main(argv):
   del argv
   workdir = Path(FLAGS.workdir)
-  config = train.load_workdir_config(workdir)
+  config = workdir_lib.load_workdir_config(workdir)
   setup = train.setup_search(config)
   state, _ = train.restore_search_state(setup, workdir)
   batches = data_lib.make_train_iterator(config.data, batch_size=config.search.batch_size,

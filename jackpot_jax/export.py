@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import checkpointing, optim, steps, train
+from jackpot_jax import checkpointing, optim, steps, train, workdir as workdir_lib
 from jackpot_jax.interop import apply_masks_file, export_torch, import_torch
 
 
@@ -36,7 +36,7 @@ def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
   the exported model evaluates like the Flax jackpot.
   """
   workdir = Path(workdir)
-  setup = train.setup_search(train.load_workdir_config(workdir))
+  setup = train.setup_search(workdir_lib.load_workdir_config(workdir))
   state, _ = train.restore_search_state(setup, workdir)
   variables = {"params": setup.params, "batch_stats": state.batch_stats}
   tuned = _tuned_params(setup, workdir, state.batch_stats)

@@ -8,12 +8,10 @@ PyTorch checkpoint named in the config.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,16 +25,9 @@ import optax
 from jackpot_jax import (checkpointing, data as data_lib, fileio, masking, models, optim,
                          parallel, report as report_lib, scores as scores_lib, sparsity, steps,
                          validation)
+from jackpot_jax import progress, workdir as workdir_lib
 from jackpot_jax.errors import NonFiniteError
 from jackpot_jax.interop import import_torch
-
-CONFIG_FILE = "config.json"
-BASELINE_FILE = "baseline.json"
-# Fields that change how a run executes, not what it computes: a run may resume with
-# other values (e.g. a checkpoint written on 8 devices resumes on 1).
-RUNTIME_FIELDS = ("mesh", "checkpoint", "progress_bar", "log_every_steps", "eval.batch_size",
-                  "data.prefetch")
-
 
 @dataclasses.dataclass
 class SearchSetup:
@@ -55,10 +46,6 @@ class SearchSetup:
   steps_per_epoch: int
   total_steps: int
   tx: optax.GradientTransformation
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(config.to_json_best_effort())
 
 
 def setup_search(config: ml_collections.ConfigDict) -> SearchSetup:
@@ -190,61 +177,12 @@ def _check_finite(record: jax.Array, values: str, section: str, last_saved: int 
                        "with --force to resume from it")
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                    force: bool = False) -> Path:
-  """Creates the workdir and refuses to mix runs of different configs in it.
-
-  It only checks: `save_workdir_config` records the config once the run's inputs have
-  loaded, so a run that stops on bad input leaves no config behind to refuse the fix.
-  """
-  validation.check_config(config)
-  workdir = Path(workdir)
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    raise ValueError(f"cannot create workdir {workdir}: {error.strerror}") from error
-  try:  # a real write: permission bits say nothing about read-only mounts or root
-    tempfile.TemporaryFile(dir=workdir).close()
-  except OSError as error:
-    raise ValueError(f"workdir {workdir} is not writable ({error.strerror}); choose "
-                     "another --workdir") from error
-  saved = workdir / CONFIG_FILE
-  if saved.exists() and not force:
-    try:
-      previous = json.loads(saved.read_text())
-    except ValueError as error:
-      raise ValueError(f"{saved} is not valid JSON ({error}); restore it, or pass --force "
-                       "to replace it") from error
-    changed = sorted(k for k in _diff_keys(previous, config_to_json(config))
-                     if not any(k == f or k.startswith(f + ".") for f in RUNTIME_FIELDS))
-    if changed:
-      raise ValueError(f"workdir {workdir} holds a run with a different config (changed: "
-                       f"{', '.join(changed[:5])}); use a new --workdir or pass --force")
-  return workdir
-
-
-def save_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  if jax.process_index() == 0:
-    fileio.write_json(workdir / CONFIG_FILE, config_to_json(config))
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    keys = set(a) | set(b)
-    return [k for key in keys for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-  return [] if a == b else [prefix.rstrip(".")]
-
-
-def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  path = Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise ValueError(f"{workdir} holds no {CONFIG_FILE}; run `search` with this --workdir first")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+BASELINE_FILE = "baseline.json"
 
 
 def _baseline_inputs(config: ml_collections.ConfigDict) -> dict:
   """The config fields the dense and magnitude-pruned accuracies depend on."""
-  resolved = config_to_json(config)
+  resolved = workdir_lib.config_to_json(config)
   return {"model": resolved["model"],
           "data": {k: v for k, v in resolved["data"].items() if k != "prefetch"},
           "plan": {k: resolved["search"][k] for k in ("sparsity", "sparsity_plan", "classifier",
@@ -270,52 +208,6 @@ def _baseline(setup: SearchSetup, evaluator: Evaluator, workdir: Path) -> dict:
   if jax.process_index() == 0:
     fileio.write_json(path, baseline)
   return baseline
-
-
-class _Logger:
-  """Progress bar and TensorBoard scalars on process 0 only."""
-
-  def __init__(self, workdir: Path, total: int, start: int, enabled: bool):
-    self.is_writer = jax.process_index() == 0
-    self.directory = workdir / "tensorboard"
-    self.bar = None
-    self.writer = None
-    if self.is_writer:
-      from flax.metrics import tensorboard
-      self.writer = tensorboard.SummaryWriter(str(self.directory))
-      if enabled:
-        import tqdm
-        self.bar = tqdm.tqdm(total=total, initial=start, desc="search", unit="step",
-                             dynamic_ncols=True)
-
-  def step(self, step: int, metrics: dict | None, advanced: int) -> None:
-    if self.bar is not None:
-      self.bar.update(advanced)
-      if metrics is not None:
-        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                             flips=int(metrics["mask_flips"]))
-    if metrics is not None:
-      self.scalars(step, {f"search/{key}": value for key, value in metrics.items()})
-
-  def scalars(self, step: int, values: dict) -> None:
-    if self.writer is None:
-      return
-    try:
-      for key, value in values.items():
-        self.writer.scalar(key, float(value), step)
-    except Exception as error:  # TensorFlow reports a full disk as its own error type
-      if "No space left on device" not in str(error):
-        raise
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory)) from error
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
-    if self.writer is not None:
-      try:  # closed, not just flushed: one open file per run otherwise
-        self.writer.close()
-      except Exception as error:  # losing the last events must not hide why the run ended
-        logging.warning("could not write the last TensorBoard events (%s)", type(error).__name__)
 
 
 def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
@@ -345,7 +237,7 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
   layer_names = {l.path: l.name for l in setup.plan.masked_layers}
   eval_every = (max(int(round(config.eval.every_epochs * setup.steps_per_epoch)), 1)
                 if config.eval.every_epochs else 0)
-  logger = _Logger(workdir, setup.total_steps, start, config.progress_bar)
+  logger = progress.ProgressLogger(workdir, setup.total_steps, start, config.progress_bar)
   last_saved, logged_at = ckpts.latest_step(), start
   end = setup.total_steps if stop_after is None else min(stop_after, setup.total_steps)
   began = time.perf_counter() - meta["wall_seconds"]
@@ -477,9 +369,9 @@ def _evaluate_and_report(setup: SearchSetup, workdir: Path, evaluator: Evaluator
 def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                         force: bool = False, stop_after: int | None = None) -> dict:
   """The `search` command: returns the report (also written to workdir/report.{json,md})."""
-  workdir = prepare_workdir(config, workdir, force=force)
+  workdir = workdir_lib.prepare_workdir(config, workdir, force=force)
   setup = setup_search(config)
-  save_workdir_config(config, workdir)
+  workdir_lib.save_workdir_config(config, workdir)
   evaluator = Evaluator(setup)
   _baseline(setup, evaluator, workdir)
   state, meta = run_search(setup, workdir, evaluator, stop_after=stop_after)
@@ -506,6 +398,6 @@ def restore_search_state(setup: SearchSetup, workdir: Path) -> tuple[steps.Searc
 def evaluate_workdir(workdir: str | os.PathLike) -> dict:
   """The `evaluate` command: re-evaluates the latest checkpoint and rewrites the reports."""
   workdir = Path(workdir)
-  setup = setup_search(load_workdir_config(workdir))
+  setup = setup_search(workdir_lib.load_workdir_config(workdir))
   state, meta = restore_search_state(setup, workdir)
   return _evaluate_and_report(setup, workdir, Evaluator(setup), state, meta)

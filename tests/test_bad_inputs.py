@@ -23,7 +23,7 @@ import torch
 from absl import flags
 from PIL import Image
 
-from jackpot_jax import cli, train
+from jackpot_jax import cli, train, workdir as workdir_lib
 from jackpot_jax.testing.torch_models import CifarResNet
 
 from conftest import load_config_file, tiny_config, tiny_overrides
@@ -81,7 +81,7 @@ def assert_nothing_half_written(*roots: Path) -> None:
     if not root.exists():
       continue
     names = [p.name for p in root.rglob("*")]
-    leftovers = [n for n in names if n in ("report.json", "report.md", train.CONFIG_FILE,
+    leftovers = [n for n in names if n in ("report.json", "report.md", workdir_lib.CONFIG_FILE,
                                            train.BASELINE_FILE, "checkpoints")
                  or n.endswith(".tmp") or ".orbax-checkpoint-tmp" in n]
     assert not leftovers, f"{root}: {leftovers}"
@@ -153,7 +153,7 @@ def _saved_run(job: Path, workdir: Path) -> None:
   config.eval.batch_size, config.checkpoint.every_steps = 8, 2
   config.progress_bar = False
   workdir.mkdir(parents=True)
-  train.save_workdir_config(config, workdir)
+  workdir_lib.save_workdir_config(config, workdir)
 
 
 IN_PROCESS = [
@@ -256,13 +256,13 @@ def test_batch_size_not_divisible_by_the_devices(tiny_job, tmp_path):
 def test_workdir_of_another_config_is_refused_by_the_real_command(tiny_job, tmp_path):
   workdir = tmp_path / "run"
   _saved_run(tiny_job, workdir)
-  saved = (workdir / train.CONFIG_FILE).read_bytes()
+  saved = (workdir / workdir_lib.CONFIG_FILE).read_bytes()
   status, stderr = run_subprocess(["search", CONFIG, f"--workdir={workdir}",
                                    *tiny_overrides(tiny_job), "--config.search.sparsity=0.8"])
   assert_one_line_error(status, stderr, "holds a run with a different config")
   assert "pass --force" in stderr
-  assert (workdir / train.CONFIG_FILE).read_bytes() == saved
-  assert sorted(p.name for p in workdir.iterdir()) == [train.CONFIG_FILE]
+  assert (workdir / workdir_lib.CONFIG_FILE).read_bytes() == saved
+  assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.CONFIG_FILE]
 
 
 def test_read_only_workdir(tiny_job, tmp_path):

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jackpot_jax import checkpointing, errors, fileio, report as report_lib, steps, train
+from jackpot_jax import (checkpointing, errors, fileio, progress, report as report_lib, steps, train,
+                         workdir as workdir_lib)
 from jackpot_jax.interop import export_torch
 
 from conftest import final_search_state, tiny_config, tiny_overrides
@@ -258,7 +259,7 @@ def test_failed_writes_leave_old_outputs_whole_and_no_temporary_file(finished_ru
                                                                      tmp_path, monkeypatch):
   directory = tmp_path / "out"
   directory.mkdir()
-  for name in ("report.json", "report.md", train.CONFIG_FILE):
+  for name in ("report.json", "report.md", workdir_lib.CONFIG_FILE):
     (directory / name).write_text(f"the previous {name}\n")
   report = json.loads((finished_run / "report.json").read_text())
   config = tiny_config(tiny_job)
@@ -270,7 +271,7 @@ def test_failed_writes_leave_old_outputs_whole_and_no_temporary_file(finished_ru
   _fail_renames(monkeypatch)
   writers = {
       "reports": lambda: report_lib.write_reports(directory, report),
-      "config": lambda: train.save_workdir_config(config, directory),
+      "config": lambda: workdir_lib.save_workdir_config(config, directory),
       "state_dict": lambda: export_torch(setup.imported, variables, state.masks,
                                          directory / "jackpot.pth"),
       "prune": lambda: export_torch(setup.imported, variables, state.masks,
@@ -384,7 +385,7 @@ def test_export_to_a_full_disk_is_enospc_and_leaves_no_file(finished_run, tiny_j
 
 def test_tensorboard_on_a_full_disk_is_enospc(tmpfs):
   """TensorFlow's writer raises its own error type when the disk is full."""
-  logger = train._Logger(tmpfs("8k"), total=1, start=0, enabled=False)
+  logger = progress.ProgressLogger(tmpfs("8k"), total=1, start=0, enabled=False)
   with pytest.raises(OSError) as raised:
     for step in range(10_000):
       logger.scalars(step, {"search/loss": 1.0, "search/accuracy": 0.5})

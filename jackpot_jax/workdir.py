@@ -1,0 +1,80 @@
+"""The run directory: its saved config, and the rule for which config changes may resume.
+
+A workdir belongs to one experiment. `search` on a workdir saved with a different config
+is refused (unless --force), except for fields that only change how the run executes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from jackpot_jax import fileio, validation
+
+CONFIG_FILE = "config.json"
+# Fields that change how a run executes, not what it computes: a run may resume with
+# other values (e.g. a checkpoint written on 8 devices resumes on 1).
+RUNTIME_FIELDS = ("mesh", "checkpoint", "progress_bar", "log_every_steps", "eval.batch_size",
+                  "data.prefetch")
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                    force: bool = False) -> Path:
+  """Creates the workdir and refuses to mix runs of different configs in it.
+
+  It only checks: `save_workdir_config` records the config once the run's inputs have
+  loaded, so a run that stops on bad input leaves no config behind to refuse the fix.
+  """
+  validation.check_config(config)
+  workdir = Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise ValueError(f"cannot create workdir {workdir}: {error.strerror}") from error
+  try:  # a real write: permission bits say nothing about read-only mounts or root
+    tempfile.TemporaryFile(dir=workdir).close()
+  except OSError as error:
+    raise ValueError(f"workdir {workdir} is not writable ({error.strerror}); choose "
+                     "another --workdir") from error
+  saved = workdir / CONFIG_FILE
+  if saved.exists() and not force:
+    try:
+      previous = json.loads(saved.read_text())
+    except ValueError as error:
+      raise ValueError(f"{saved} is not valid JSON ({error}); restore it, or pass --force "
+                       "to replace it") from error
+    changed = sorted(k for k in _diff_keys(previous, config_to_json(config))
+                     if not any(k == f or k.startswith(f + ".") for f in RUNTIME_FIELDS))
+    if changed:
+      raise ValueError(f"workdir {workdir} holds a run with a different config (changed: "
+                       f"{', '.join(changed[:5])}); use a new --workdir or pass --force")
+  return workdir
+
+
+def save_workdir_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  if jax.process_index() == 0:
+    fileio.write_json(workdir / CONFIG_FILE, config_to_json(config))
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    keys = set(a) | set(b)
+    return [k for key in keys for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+  return [] if a == b else [prefix.rstrip(".")]
+
+
+def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise ValueError(f"{workdir} holds no {CONFIG_FILE}; run `search` with this --workdir first")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
