@@ -14,22 +14,11 @@ from torch.func import functional_call
 from jackpot_jax import models, optim, scores as scores_lib, sparsity, steps
 from jackpot_jax.interop import import_torch
 from jackpot_jax.testing.torch_models import CifarResNet, randomize_batch_norm
+from jackpot_jax.testing.torch_search import StraightThrough
 
 from conftest import sgd_config
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
-
-
-class _StraightThrough(torch.autograd.Function):
-  """Forward: the binary mask; backward: the gradient goes to the scores unchanged."""
-
-  @staticmethod
-  def forward(ctx, scores, mask):
-    return mask
-
-  @staticmethod
-  def backward(ctx, grad):
-    return grad, None
 
 
 def _torch_topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -48,7 +37,7 @@ def _torch_search(net, scores: dict, keeps: dict, images, labels, num_steps: int
   net.train()
   for _ in range(num_steps):
     masks = {k: _torch_topk_mask(s.detach(), keeps[k]) for k, s in scores.items()}
-    overrides = {k: weights[k].detach() * _StraightThrough.apply(s, masks[k])
+    overrides = {k: weights[k].detach() * StraightThrough.apply(s, masks[k])
                  for k, s in scores.items()}
     logits = functional_call(net, overrides, (images,), strict=False)
     loss = torch.nn.functional.cross_entropy(logits, labels)

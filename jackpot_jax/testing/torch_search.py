@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _StraightThrough(torch.autograd.Function):
+class StraightThrough(torch.autograd.Function):
   """Forward: the binary mask; backward: the gradient goes to the scores unchanged."""
 
   @staticmethod
@@ -46,7 +46,7 @@ def attach_scores(net: nn.Module, sparsity: float) -> list[nn.Module]:
 
 def _masked_forward(conv: nn.Conv2d):
   def forward(x):
-    mask = _StraightThrough.apply(conv.scores, conv.b_mask)
+    mask = StraightThrough.apply(conv.scores, conv.b_mask)
     return F.conv2d(x, conv.weight * mask, conv.bias, conv.stride, conv.padding,
                     conv.dilation, conv.groups)
   return forward
