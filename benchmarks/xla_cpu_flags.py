@@ -1,0 +1,56 @@
+"""Does any XLA CPU setting close the convolution gap to PyTorch? Times the JAX dense and
+search steps (benchmarks/step_speed.py) under each XLA_FLAGS variant in a fresh process.
+
+  python benchmarks/xla_cpu_flags.py --model=resnet20 --batch_size=128
+
+A flag this XLA build does not know makes the process exit; it is reported as
+"unsupported" rather than timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "resnet20", "registry name")
+flags.DEFINE_integer("batch_size", 128, "batch size")
+flags.DEFINE_integer("repeats", 3, "timed rounds per variant")
+
+VARIANTS = {
+    "default": "",
+    "fast_math": "--xla_cpu_enable_fast_math=true",
+    "no_multi_thread_eigen": "--xla_cpu_multi_thread_eigen=false",
+    "legacy_runtime": "--xla_cpu_use_thunk_runtime=false",
+    "onednn_custom_calls": "--xla_cpu_use_onednn=true",
+    "prefer_vector_width_512": "--xla_cpu_prefer_vector_width=512",
+}
+
+
+def main(argv):
+  del argv
+  script = Path(__file__).with_name("step_speed.py")
+  results = {}
+  for name, xla_flags in VARIANTS.items():
+    env = dict(os.environ, XLA_FLAGS=xla_flags, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run([sys.executable, str(script), f"--model={FLAGS.model}",
+                          f"--batch_size={FLAGS.batch_size}", f"--repeats={FLAGS.repeats}"],
+                         env=env, capture_output=True, text=True)
+    lines = [l for l in run.stdout.splitlines() if l.startswith("{")]
+    if run.returncode or not lines:
+      results[name] = {"xla_flags": xla_flags, "status": "unsupported",
+                       "error": (run.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    else:
+      measured = json.loads(lines[-1])
+      results[name] = {"xla_flags": xla_flags, "step_ms": measured["step_ms"],
+                       "jax_search_over_dense": measured["jax_search_over_dense"]}
+    print(json.dumps({name: results[name]}), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
