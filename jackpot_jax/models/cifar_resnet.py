@@ -9,6 +9,7 @@ as a 1x1 convolution, which the importer maps onto `linear`.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -28,9 +29,24 @@ def _option_a_shortcut(x: jax.Array, planes: int, stride: int) -> jax.Array:
   return x
 
 
+def projection_shortcut(x: jax.Array, planes: int, stride: int, train: bool) -> jax.Array:
+  """torchvision's shortcut: downsample.0 (1x1 conv) and downsample.1 (BN)."""
+  x = Conv(planes, (1, 1), (stride, stride), name="downsample_0")(x)
+  return batch_norm(train, "downsample_1")(x)
+
+
+def option_a_shortcut(x: jax.Array, planes: int, stride: int, train: bool) -> jax.Array:
+  del train  # parameter-free
+  return _option_a_shortcut(x, planes, stride)
+
+
 class BasicBlock(nn.Module):
+  """Two 3x3 convs with BN; the shortcut (option A or projection) applies where the
+  shape changes. Shared by the CIFAR ResNets and torchvision's ResNet-18/34."""
+
   planes: int
   stride: int = 1
+  shortcut: Callable[[jax.Array, int, int, bool], jax.Array] = option_a_shortcut
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -40,7 +56,7 @@ class BasicBlock(nn.Module):
     out = batch_norm(train, "bn2")(out)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
-      shortcut = _option_a_shortcut(x, self.planes, self.stride)
+      shortcut = self.shortcut(x, self.planes, self.stride, train)
     return nn.relu(out + shortcut)
 
 

@@ -15,31 +15,11 @@ import flax.linen as nn
 import jax
 
 from jackpot_jax.layers import Conv, Dense, batch_norm, global_avg_pool, max_pool
+from jackpot_jax.models.cifar_resnet import BasicBlock, projection_shortcut
 from jackpot_jax.models.registry import ModelSpec, register
 
-
-def _downsample(x: jax.Array, features: int, stride: int, train: bool) -> jax.Array:
-  """torchvision's projection shortcut: downsample.0 (1x1 conv) and downsample.1 (BN)."""
-  x = Conv(features, (1, 1), (stride, stride), name="downsample_0")(x)
-  return batch_norm(train, "downsample_1")(x)
-
-
-class BasicBlock(nn.Module):
-  """Two 3x3 convs; ResNet-18/34."""
-
-  planes: int
-  stride: int = 1
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    out = Conv(self.planes, (3, 3), (self.stride,) * 2, padding=1, name="conv1")(x)
-    out = nn.relu(batch_norm(train, "bn1")(out))
-    out = Conv(self.planes, (3, 3), padding=1, name="conv2")(out)
-    out = batch_norm(train, "bn2")(out)
-    shortcut = x
-    if self.stride != 1 or x.shape[-1] != self.planes:
-      shortcut = _downsample(x, self.planes, self.stride, train)
-    return nn.relu(out + shortcut)
+# ResNet-18/34's block: the CIFAR block with torchvision's projection shortcut.
+_BASIC_BLOCK = functools.partial(BasicBlock, shortcut=projection_shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -61,7 +41,7 @@ class Bottleneck(nn.Module):
     out = batch_norm(train, "bn3")(out)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_features:
-      shortcut = _downsample(x, out_features, self.stride, train)
+      shortcut = projection_shortcut(x, out_features, self.stride, train)
     return nn.relu(out + shortcut)
 
 
@@ -87,8 +67,8 @@ class TorchvisionResNet(nn.Module):
 
 
 _ARCHITECTURES = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet18": (_BASIC_BLOCK, (2, 2, 2, 2)),
+    "resnet34": (_BASIC_BLOCK, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
 }
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jackpot_jax.layers import Conv, Dense, batch_norm, max_pool
+from jackpot_jax.layers import Dense
+from jackpot_jax.models.vgg_cifar import vgg_features
 from jackpot_jax.models.registry import ModelSpec, register
 
 VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -65,15 +66,7 @@ class TorchvisionVGG(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    index = 0
-    for item in self.layout:
-      if item == "M":
-        x = max_pool(x, 2, 2)
-        index += 1
-        continue
-      x = Conv(item, (3, 3), padding=1, use_bias=True, name=f"features_{index}")(x)
-      x = nn.relu(batch_norm(train, f"features_{index + 1}")(x))
-      index += 3
+    x = vgg_features(x, self.layout, train, use_bias=True)
     x = adaptive_avg_pool(x, (7, 7))
     # NCHW flatten order, as torch.flatten sees it, so classifier.0 needs no permutation.
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
