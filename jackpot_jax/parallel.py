@@ -61,6 +61,13 @@ def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool = False, min_size: int = 2 
                                  if fsdp else P()), tree)
 
 
+def abstract_arrays(tree: Any, shardings: Any) -> Any:
+  """Shape, dtype and sharding of each leaf: the target Orbax restores onto, so a
+  checkpoint written on one device count lands on this mesh's."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   if batch_size % mesh.devices.size:
     raise ValueError(f"batch size {batch_size} is not divisible by the {mesh.devices.size} "

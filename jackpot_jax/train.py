@@ -223,8 +223,7 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
                                          writer=True)
   fresh = initial_state(setup)
   shardings = _state_shardings(setup, fresh)
-  restored = ckpts.restore_latest(jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), fresh, shardings))
+  restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
   state, meta = (fresh, {"wall_seconds": 0.0, "history": []}) if restored is None else restored
   start = int(state.step)
   if restored is not None:
@@ -291,8 +290,7 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
   fresh = jax.device_put(fresh, shardings)
   ckpts = checkpointing.SearchCheckpoints(workdir / "tune_checkpoints", config.checkpoint.keep,
                                          writer=True)
-  restored = ckpts.restore_latest(jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), fresh, shardings))
+  restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
   state = fresh if restored is None else restored[0]
   step_fn = functools.partial(steps.tune_step, model=setup.model, tx=tx,
                               label_smoothing=config.tune.label_smoothing)
@@ -386,8 +384,7 @@ def restore_search_state(setup: SearchSetup, workdir: Path) -> tuple[steps.Searc
   shardings = _state_shardings(setup, fresh)
   ckpts = checkpointing.SearchCheckpoints(workdir / "checkpoints", setup.config.checkpoint.keep)
   try:
-    restored = ckpts.restore_latest(jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), fresh, shardings))
+    restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
   finally:
     ckpts.close()
   if restored is None:
