@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import checkpointing, optim, steps, train, workdir as workdir_lib
+from jackpot_jax import checkpointing, optim, parallel, steps, train, workdir as workdir_lib
 from jackpot_jax.interop import apply_masks_file, export_torch, import_torch
 
 
@@ -20,9 +20,10 @@ def _tuned_params(setup: train.SearchSetup, workdir: Path, batch_stats):
   abstract = jax.eval_shape(lambda: steps.TuneState(
       step=jax.numpy.zeros((), jax.numpy.int32), params=setup.params,
       opt_state=tx.init(setup.params), batch_stats=batch_stats))
+  shardings = parallel.tree_shardings(abstract, setup.mesh, fsdp=setup.config.mesh.fsdp)
   ckpts = checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep)
   try:
-    restored = ckpts.restore_latest(abstract)
+    restored = ckpts.restore_latest(parallel.abstract_arrays(abstract, shardings))
   finally:
     ckpts.close()
   return None if restored is None else restored[0]

@@ -88,7 +88,8 @@ def initial_state(setup: SearchSetup) -> steps.SearchState:
   scores = scores_lib.init_scores(setup.params, setup.plan, config.search.score_init, init_rng)
   state = steps.init_search_state(scores, setup.keep_counts, setup.batch_stats, setup.tx,
                                   state_rng)
-  return jax.device_put(state, _state_shardings(setup, state))
+  # A copy: the jitted step donates its state, and setup.batch_stats must outlive it.
+  return jax.device_put(state, _state_shardings(setup, state), may_alias=False)
 
 
 def _state_shardings(setup: SearchSetup, state: Any) -> Any:
@@ -287,7 +288,8 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
   fresh = steps.TuneState(step=jnp.zeros((), jnp.int32), params=setup.params,
                           opt_state=tx.init(setup.params), batch_stats=batch_stats)
   shardings = parallel.tree_shardings(fresh, setup.mesh, fsdp=config.mesh.fsdp)
-  fresh = jax.device_put(fresh, shardings)
+  # A copy: the jitted step donates its state, and the pre-trained weights must outlive it.
+  fresh = jax.device_put(fresh, shardings, may_alias=False)
   ckpts = checkpointing.SearchCheckpoints(workdir / "tune_checkpoints", config.checkpoint.keep,
                                          writer=True)
   restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from jackpot_jax import train
+from jackpot_jax import export, train
 from jackpot_jax.testing.torch_models import CifarResNet
 
 from conftest import final_search_state, tiny_config
@@ -99,3 +99,19 @@ def test_command_line_bad_input_is_one_line_with_exit_status_2(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().count("\n") == 0
   assert "search.sparsity must be in [0, 1)" in result.stderr
+
+
+def test_export_after_tuning_writes_the_tuned_weights_under_the_mask(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  config.tune.num_epochs, config.tune.batch_size, config.tune.learning_rate = 0.5, 16, 0.5
+  report = train.search_and_evaluate(config, tmp_path / "run")
+  assert report["accuracy"]["tuned"] is not None
+  exported = export.export_workdir(tmp_path / "run", tmp_path / "tuned.pth")
+  original = torch.load(tiny_job / "resnet20.pth", weights_only=True)
+  tuned = torch.load(exported, weights_only=True)
+  masks = jax.device_get(final_search_state(config, tmp_path / "run").masks)
+  mask = torch.from_numpy(np.asarray(masks["layer1_0"]["conv1"]["kernel"]).transpose(3, 2, 0, 1).copy())
+  weight = tuned["layer1.0.conv1.weight"]
+  assert torch.all(weight[mask == 0] == 0)
+  kept_change = (weight - original["layer1.0.conv1.weight"])[mask == 1].abs().max()
+  assert kept_change > 1e-4, "the export holds the searched weights, not the tuned ones"
