@@ -13,7 +13,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from jackpot_jax import fileio
+from jackpot_jax import config_files, fileio
 
 import common
 
@@ -30,9 +30,9 @@ def main(argv):
   output = Path(FLAGS.output)
   rows = []
   for target in [float(s) for s in FLAGS.sparsities]:
-    overrides = {**common.parse_overrides(FLAGS.set), "search.sparsity": target,
+    overrides = {**config_files.parse_overrides(FLAGS.set), "search.sparsity": target,
                  "search.num_epochs": FLAGS.epochs, "progress_bar": False}
-    config = common.load_config(FLAGS.config, overrides)
+    config = config_files.load_config(FLAGS.config, overrides)
     report = common.run(config, output / f"sparsity_{target:g}")
     accuracy = report["accuracy"]
     rows.append({"target": target, "conv_sparsity": report["sparsity"]["conv"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 
 # Tests run on the CPU with 8 simulated devices available for the multi-device cases;
@@ -29,14 +28,6 @@ def sgd_config(**overrides) -> ml_collections.ConfigDict:
                 nesterov=False, weight_decay=5e-4)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
-
-
-def load_config_file(path) -> ml_collections.ConfigDict:
-  """`get_config()` of a configs/*.py file, as --config=path would load it."""
-  spec = importlib.util.spec_from_file_location("config_under_test", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 class TinySearch:

@@ -23,10 +23,10 @@ import torch
 from absl import flags
 from PIL import Image
 
-from jackpot_jax import cli, train, workdir as workdir_lib
+from jackpot_jax import cli, config_files, train, workdir as workdir_lib
 from jackpot_jax.testing.torch_models import CifarResNet
 
-from conftest import load_config_file, tiny_config, tiny_overrides
+from conftest import tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = f"--config={REPO / 'configs' / 'default.py'}"
@@ -144,7 +144,7 @@ def _search_with(make: Callable[[Path, Path], list[str]]) -> Args:
 
 def _saved_run(job: Path, workdir: Path) -> None:
   """A workdir whose run was `search` with the tiny overrides (its config is enough)."""
-  config = load_config_file(REPO / "configs" / "default.py")
+  config = config_files.load_config(REPO / "configs" / "default.py")
   config.model.checkpoint = str(job / "resnet20.pth")
   config.data.name = f"npz:{job / 'data.npz'}"
   config.data.mean, config.data.std = (0.5,), (0.25,)

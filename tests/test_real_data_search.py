@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from jackpot_jax import train
+from jackpot_jax import config_files, train
 from jackpot_jax.data.fashion_mnist import prepare_fashion_mnist
 
-from conftest import load_config_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +21,7 @@ def fashion_mnist_dir(tmp_path_factory):
 
 
 def test_short_search_beats_the_magnitude_pruned_mask(fashion_mnist_dir, tmp_path):
-  config = load_config_file(REPO / "configs" / "default.py")
+  config = config_files.load_config(REPO / "configs" / "default.py")
   config.model.checkpoint = str(REPO / "pretrained" / "resnet20_fashion_mnist.pth")
   config.data.data_dir = str(fashion_mnist_dir)
   config.search.num_epochs = 80 / 468  # 80 steps of 128 images

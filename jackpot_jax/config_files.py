@@ -1,0 +1,50 @@
+"""Config files outside the command line: `get_config()` of a configs/*.py file plus
+dotted-key overrides, as `--config=FILE --config.a.b=value` would build it.
+
+The experiment scripts and the tests load configs through this, so they see exactly
+what `python -m jackpot_jax search --config=FILE` sees.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+
+def load_config(path: str | os.PathLike,
+                overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """`get_config()` of the file at `path`, with {"search.sparsity": 0.95, ...} applied."""
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path} does not exist; pass a configs/<name>.py file")
+  spec = importlib.util.spec_from_file_location("jackpot_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split(".")
+    section = config
+    for parent in parents:
+      section = section.get(parent) if isinstance(section, ml_collections.ConfigDict) else None
+    if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
+      raise ValueError(f"unknown config field {key!r} in the overrides of {path}")
+    section[leaf] = value
+  return config
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+  """["search.sparsity=0.95", "data.name=npz:/x.npz"] -> {key: value}; values that read
+  as Python literals become them, anything else stays a string."""
+  overrides = {}
+  for pair in pairs:
+    key, separator, text = pair.partition("=")
+    if not separator:
+      raise ValueError(f"override {pair!r} is not key=value, e.g. search.sparsity=0.95")
+    try:
+      overrides[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      overrides[key] = text
+  return overrides

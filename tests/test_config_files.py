@@ -1,0 +1,34 @@
+"""Config files loaded outside the command line match what --config=FILE builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jackpot_jax import config_files
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "configs" / "default.py"
+
+
+def test_overrides_replace_fields_and_literals_are_parsed():
+  overrides = config_files.parse_overrides(
+      ["search.sparsity=0.95", "data.name=npz:/x.npz", "data.mean=(0.5,)"])
+  assert overrides == {"search.sparsity": 0.95, "data.name": "npz:/x.npz", "data.mean": (0.5,)}
+  config = config_files.load_config(DEFAULT, overrides)
+  assert config.search.sparsity == 0.95 and config.data.name == "npz:/x.npz"
+  assert config_files.load_config(DEFAULT).search.sparsity == 0.9
+
+
+@pytest.mark.parametrize("key", ["search.sparsty", "serach.sparsity", "search.sparsity.x"])
+def test_unknown_override_field_is_refused_by_name(key):
+  with pytest.raises(ValueError, match=f"unknown config field '{key}'"):
+    config_files.load_config(DEFAULT, {key: 0.5})
+
+
+def test_override_without_equals_sign_and_missing_file_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="is not key=value"):
+    config_files.parse_overrides(["search.sparsity"])
+  with pytest.raises(ValueError, match="does not exist"):
+    config_files.load_config(tmp_path / "none.py")
