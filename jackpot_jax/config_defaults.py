@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 500
   config.eval.every_epochs = 1.0  # 0 disables evaluation during the search
+  # > 0: end the search at the first evaluation within this of dense accuracy (0.01 = one
+  # point); the learning-rate schedule still spans search.num_epochs. 0 runs to the end.
+  config.eval.stop_within_dense = 0.0
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 500

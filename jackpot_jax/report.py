@@ -21,7 +21,10 @@ def render_markdown(report: dict) -> str:
       f"- target sparsity: {_pct(report['target_sparsity'])} of the conv weights "
       f"(plan `{search['sparsity_plan']}`, scores `{search['score_init']}`)",
       f"- search: {search['steps']} steps, {search['epochs']:.3g} epochs, "
-      f"{search['wall_seconds']:.1f} s",
+      f"{search['wall_seconds']:.1f} s"
+      + ("" if search.get("goal_reached_at") is None else
+         f" (ended early: within eval.stop_within_dense of dense; "
+         f"{search['planned_steps']} planned)"),
       "",
       "| accuracy | top-1 |",
       "|---|---|",

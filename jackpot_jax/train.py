@@ -212,12 +212,15 @@ def _baseline(setup: SearchSetup, evaluator: Evaluator, workdir: Path) -> dict:
 
 
 def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
-               stop_after: int | None = None) -> tuple[steps.SearchState, dict]:
+               stop_after: int | None = None,
+               goal_accuracy: float | None = None) -> tuple[steps.SearchState, dict]:
   """Runs (or resumes) the search to its last step and returns (state, meta).
 
   Args:
     stop_after: stop after this global step (tests use it to simulate a crash); the
       checkpoint written there lets the same call resume.
+    goal_accuracy: end the search at the first evaluation with at least this jackpot
+      accuracy; meta["goal_reached_at"] records the step, so a rerun does not go on.
   """
   config = setup.config
   ckpts = checkpointing.SearchCheckpoints(workdir / "checkpoints", config.checkpoint.keep,
@@ -240,6 +243,8 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
   logger = progress.ProgressLogger(workdir, setup.total_steps, start, config.progress_bar)
   last_saved, logged_at = ckpts.latest_step(), start
   end = setup.total_steps if stop_after is None else min(stop_after, setup.total_steps)
+  if meta.get("goal_reached_at") is not None:
+    end = start
   began = time.perf_counter() - meta["wall_seconds"]
   try:
     for step in range(start + 1, end + 1):
@@ -261,10 +266,17 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
                               for p, v in counted["per_layer"].items() if p in layer_names.values()})
         meta["history"].append({"step": step, "epoch": step / setup.steps_per_epoch,
                                 "jackpot_accuracy": jackpot})
+        if goal_accuracy is not None and jackpot >= goal_accuracy:
+          meta["goal_reached_at"] = step
+          save_now = True
       if save_now:
         meta["wall_seconds"] = time.perf_counter() - began
         ckpts.save(step, state, dict(meta))
         last_saved = step
+      if meta.get("goal_reached_at") == step:
+        logging.info("jackpot accuracy %.4f reached the goal %.4f at step %d; search ends",
+                     jackpot, goal_accuracy, step)
+        break
     if start == end and restored is None:
       ckpts.save(0, state, dict(meta))
     ckpts.wait()
@@ -343,6 +355,8 @@ def build_report(setup: SearchSetup, state: steps.SearchState, meta: dict, basel
                  "score_init": config.search.score_init,
                  "sparsity_plan": config.search.sparsity_plan,
                  "bn_mode": config.search.bn_mode, "batch_size": config.search.batch_size,
+                 "planned_steps": setup.total_steps,
+                 "goal_reached_at": meta.get("goal_reached_at"),
                  "history": meta.get("history", [])},
       "layers": {l.name: {"shape": list(l.shape), "kind": l.kind,
                           "kept": setup.plan.keep_count(l), "size": l.size}
@@ -373,9 +387,11 @@ def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pat
   setup = setup_search(config)
   workdir_lib.save_workdir_config(config, workdir)
   evaluator = Evaluator(setup)
-  _baseline(setup, evaluator, workdir)
-  state, meta = run_search(setup, workdir, evaluator, stop_after=stop_after)
-  if int(state.step) < setup.total_steps:
+  baseline = _baseline(setup, evaluator, workdir)
+  tolerance = config.eval.stop_within_dense
+  state, meta = run_search(setup, workdir, evaluator, stop_after=stop_after,
+                           goal_accuracy=baseline["dense"] - tolerance if tolerance > 0 else None)
+  if int(state.step) < setup.total_steps and meta.get("goal_reached_at") is None:
     return {"stopped_at": int(state.step)}
   return _evaluate_and_report(setup, workdir, evaluator, state, meta)
 

@@ -43,6 +43,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                        f"{part.optimizer!r}: {error}") from error
   if config.eval.batch_size < 1:
     raise ValueError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
+  if config.eval.stop_within_dense < 0:
+    raise ValueError(f"eval.stop_within_dense must be >= 0 (0 disables), got "
+                     f"{config.eval.stop_within_dense}")
+  if config.eval.stop_within_dense > 0 and config.eval.every_epochs <= 0:
+    raise ValueError("eval.stop_within_dense needs evaluations during the search; set "
+                     "eval.every_epochs > 0")
   if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
     raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
   data_lib.resolve_spec(config.data)

@@ -35,6 +35,27 @@ def test_resumed_search_ends_bitwise_equal_to_uninterrupted(tiny_job, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_search_ends_at_the_first_evaluation_within_tolerance_of_dense(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  config.eval.every_epochs = 0.5  # every 2 steps of 6
+  config.eval.stop_within_dense = 1.0  # any accuracy is within 100 points of dense
+  report = train.search_and_evaluate(config, tmp_path / "early")
+  assert report["search"]["steps"] == 2 and report["search"]["goal_reached_at"] == 2
+  assert report["search"]["planned_steps"] == 6
+  assert "ended early" in (tmp_path / "early" / "report.md").read_text()
+  again = train.search_and_evaluate(config, tmp_path / "early")
+  assert again["search"]["steps"] == 2 and len(again["search"]["history"]) == 1
+  config.eval.stop_within_dense = 0.0
+  assert train.search_and_evaluate(config, tmp_path / "full")["search"]["steps"] == 6
+  early = final_search_state(config, tmp_path / "early")
+  stopped = tmp_path / "stopped"
+  config.checkpoint.every_steps = 1
+  train.search_and_evaluate(config, stopped, stop_after=2)
+  for a, b in zip(jax.tree.leaves(early.scores), jax.tree.leaves(final_search_state(config, stopped).scores),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_report_has_the_contract_keys(tiny_job, tmp_path):
   report = train.search_and_evaluate(tiny_config(tiny_job), tmp_path)
   on_disk = json.loads((tmp_path / "report.json").read_text())
