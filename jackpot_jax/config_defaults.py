@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.num_devices = 0  # 0: every device of every process
   config.mesh.model = 1  # devices on the FSDP axis; 1 replicates scores and weights
   config.mesh.fsdp = False
+  config.mesh.fsdp_min_size = 2 ** 16  # with fsdp: leaves with fewer elements stay replicated
 
   config.log_every_steps = 50
   config.progress_bar = True

@@ -20,7 +20,7 @@ def _tuned_params(setup: train.SearchSetup, workdir: Path, batch_stats):
   abstract = jax.eval_shape(lambda: steps.TuneState(
       step=jax.numpy.zeros((), jax.numpy.int32), params=setup.params,
       opt_state=tx.init(setup.params), batch_stats=batch_stats))
-  shardings = parallel.tree_shardings(abstract, setup.mesh, fsdp=setup.config.mesh.fsdp)
+  shardings = parallel.config_shardings(abstract, setup.mesh, setup.config.mesh)
   ckpts = checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep)
   try:
     restored = ckpts.restore_latest(parallel.abstract_arrays(abstract, shardings))

@@ -53,6 +53,11 @@ def _fsdp_spec(shape: tuple[int, ...], model_size: int, min_size: int) -> P:
   return P()
 
 
+def config_shardings(tree: Any, mesh: Mesh, mesh_config: Any) -> Any:
+  """`tree_shardings` as the config's mesh section asks (mesh.fsdp, mesh.fsdp_min_size)."""
+  return tree_shardings(tree, mesh, fsdp=mesh_config.fsdp, min_size=mesh_config.fsdp_min_size)
+
+
 def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool = False, min_size: int = 2 ** 16) -> Any:
   """Per-leaf shardings: replicated, or with `fsdp` large leaves split over `model`."""
   model_size = mesh.shape[MODEL]

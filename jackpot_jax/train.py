@@ -71,7 +71,7 @@ def setup_search(config: ml_collections.ConfigDict) -> SearchSetup:
   total_steps = max(int(round(config.search.num_epochs * steps_per_epoch)), 0)
   if total_steps == 0 and config.search.num_epochs > 0:
     raise ValueError("search.num_epochs is too small for one step; raise it")
-  replicated = parallel.tree_shardings(params, mesh, fsdp=config.mesh.fsdp)
+  replicated = parallel.config_shardings(params, mesh, config.mesh)
   return SearchSetup(
       config=config, spec=spec, model=imported.model, imported=imported,
       params=jax.device_put(params, replicated),
@@ -93,7 +93,7 @@ def initial_state(setup: SearchSetup) -> steps.SearchState:
 
 
 def _state_shardings(setup: SearchSetup, state: Any) -> Any:
-  return parallel.tree_shardings(state, setup.mesh, fsdp=setup.config.mesh.fsdp)
+  return parallel.config_shardings(state, setup.mesh, setup.config.mesh)
 
 
 def magnitude_masks(setup: SearchSetup) -> Any:
@@ -299,7 +299,7 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
   tx = optim.make_optimizer(config.tune, tune_steps)
   fresh = steps.TuneState(step=jnp.zeros((), jnp.int32), params=setup.params,
                           opt_state=tx.init(setup.params), batch_stats=batch_stats)
-  shardings = parallel.tree_shardings(fresh, setup.mesh, fsdp=config.mesh.fsdp)
+  shardings = parallel.config_shardings(fresh, setup.mesh, config.mesh)
   # A copy: the jitted step donates its state, and the pre-trained weights must outlive it.
   fresh = jax.device_put(fresh, shardings, may_alias=False)
   ckpts = checkpointing.SearchCheckpoints(workdir / "tune_checkpoints", config.checkpoint.keep,

@@ -51,3 +51,18 @@ def test_checkpoint_restores_onto_another_device_count(tiny_job, tmp_path, first
 def test_batch_must_divide_over_devices():
   with pytest.raises(ValueError, match="batch size 12 is not divisible by the 8 devices"):
     parallel.check_batch_size(12, parallel.make_mesh(num_devices=8))
+
+
+def test_fsdp_sharded_scores_give_the_one_device_scores(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  sharded = _on(config, 8)
+  sharded.mesh.model, sharded.mesh.fsdp, sharded.mesh.fsdp_min_size = 2, True, 4096
+  setup = train.setup_search(sharded)
+  state = train.initial_state(setup)
+  specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.scores)]
+  assert any(parallel.MODEL in spec for spec in specs), "no score leaf is sharded"
+  assert any(spec == jax.sharding.PartitionSpec() for spec in specs), "small leaves should replicate"
+  train.search_and_evaluate(_on(config, 1), tmp_path / "one")
+  train.search_and_evaluate(sharded, tmp_path / "fsdp")
+  _assert_close(final_search_state(_on(config, 1), tmp_path / "one"),
+                final_search_state(sharded, tmp_path / "fsdp"))
