@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jackpot_jax import fileio, validation
+from jackpot_jax import config_defaults, fileio, validation
 
 CONFIG_FILE = "config.json"
 # Fields that change how a run executes, not what it computes: a run may resume with
@@ -26,6 +26,19 @@ RUNTIME_FIELDS = ("mesh", "checkpoint", "progress_bar", "log_every_steps", "eval
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
+
+
+def _with_defaults(saved: dict, defaults: dict | None = None) -> dict:
+  """A saved config with the fields added since it was written filled in from their
+  defaults, so a workdir from an older version still resumes, evaluates and exports."""
+  defaults = config_to_json(config_defaults.base_config()) if defaults is None else defaults
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_defaults(merged[key], value)
+  return merged
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
@@ -49,7 +62,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   saved = workdir / CONFIG_FILE
   if saved.exists() and not force:
     try:
-      previous = json.loads(saved.read_text())
+      previous = _with_defaults(json.loads(saved.read_text()))
     except ValueError as error:
       raise ValueError(f"{saved} is not valid JSON ({error}); restore it, or pass --force "
                        "to replace it") from error
@@ -77,4 +90,4 @@ def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict
   path = Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise ValueError(f"{workdir} holds no {CONFIG_FILE}; run `search` with this --workdir first")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text())))

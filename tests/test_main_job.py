@@ -136,3 +136,13 @@ def test_export_after_tuning_writes_the_tuned_weights_under_the_mask(tiny_job, t
   assert torch.all(weight[mask == 0] == 0)
   kept_change = (weight - original["layer1.0.conv1.weight"])[mask == 1].abs().max()
   assert kept_change > 1e-4, "the export holds the searched weights, not the tuned ones"
+
+
+def test_workdir_from_before_newer_config_fields_still_resumes_and_evaluates(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  train.search_and_evaluate(config, tmp_path, stop_after=2)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["eval"]["stop_within_dense"], saved["mesh"]["fsdp_min_size"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert train.search_and_evaluate(config, tmp_path)["search"]["steps"] == 6
+  assert train.evaluate_workdir(tmp_path)["search"]["steps"] == 6
