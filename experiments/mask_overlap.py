@@ -10,14 +10,14 @@ pre-trained weights, and writes overlap.json, overlap.md and overlap.png to --ou
 from __future__ import annotations
 
 import itertools
-import platform
 from pathlib import Path
 
-import jax
-from absl import app, flags
+from absl import flags
 
 from jackpot_jax import data as data_lib, fileio, parallel, train, workdir as workdir_lib
 from jackpot_jax.analysis import criteria, overlap
+
+import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "a workdir holding a finished search", required=True)
@@ -35,9 +35,7 @@ def render_table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = common.pyplot()
   names = list(result["overall"])
   layers = list(result["per_layer"][names[0]])
   fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [1, 4]})
@@ -56,8 +54,7 @@ def plot(result: dict, path: Path) -> None:
   fig.suptitle(f"{result['model']} on {result['dataset']}, {100 * result['target_sparsity']:.0f}% "
                "conv sparsity: criterion masks vs searched jackpot")
   fig.tight_layout()
-  with fileio.atomic_path(path) as tmp:
-    fig.savefig(tmp, format="png", dpi=110)
+  common.save_figure(fig, path)
   plt.close(fig)
 
 
@@ -80,7 +77,7 @@ def main(argv):
     print(f"{name:10s} overlap with the jackpot: {result['overall']:.4f}")
   result = {"model": config.model.name, "dataset": config.data.name,
             "target_sparsity": config.search.sparsity, "search_steps": int(state.step),
-            "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
+            "machine": common.machine(),
             "overall": overall, "per_layer": per_layer}
   output = Path(FLAGS.output)
   fileio.write_json(output / "overlap.json", result)
@@ -90,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main(main)

@@ -69,7 +69,8 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> RawCheckpo
 
 def _load_file(path: Path) -> tuple[Any, str]:
   if not path.is_file():
-    raise CheckpointNotFoundError(f"checkpoint {path} does not exist or is not a file")
+    relative = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+    raise CheckpointNotFoundError(f"checkpoint {path} does not exist or is not a file{relative}")
   with open(path, "rb") as f:
     head = f.read(16)
   if not head:
