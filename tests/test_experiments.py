@@ -1,0 +1,61 @@
+"""The three experiment scripts run end to end on tiny data and write what they promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  return subprocess.run([sys.executable, str(REPO / "experiments" / name), *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def _sets(job: Path) -> list[str]:
+  """tiny_overrides as the scripts' --set=key=value flags."""
+  return [f"--set={flag.removeprefix('--config.')}" for flag in tiny_overrides(job)]
+
+
+def test_sweep_then_overlap_write_tables_and_plots(tiny_job, tmp_path):
+  sweep = _script("sparsity_sweep.py", f"--output={tmp_path / 'sweep'}", "--sparsities=0.5,0.9",
+                  "--epochs=0.5", *_sets(tiny_job))
+  assert sweep.returncode == 0, sweep.stderr[-2000:]
+  rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+  assert [round(r["conv_sparsity"], 2) for r in rows] == [0.5, 0.9]
+  assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+  overlap = _script("mask_overlap.py", f"--workdir={tmp_path / 'sweep' / 'sparsity_0.9'}",
+                    f"--output={tmp_path / 'overlap'}", "--batches=1")
+  assert overlap.returncode == 0, overlap.stderr[-2000:]
+  result = json.loads((tmp_path / "overlap" / "overlap.json").read_text())
+  assert set(result["overall"]) == {"magnitude", "random", "snip", "grasp", "synflow"}
+  assert all(0.0 <= v <= 1.0 for v in result["overall"].values())
+  assert (tmp_path / "overlap" / "overlap.png").stat().st_size > 0
+
+
+def test_search_cost_gives_kaiming_the_claimed_multiple_of_the_budget(tiny_job, tmp_path):
+  result = _script("search_cost.py", f"--output={tmp_path}", "--sparsities=0.9",
+                   "--budgets=0.5,1", "--claim=3", "--eval_every_epochs=0.5",
+                   "--tolerance=1.0", *_sets(tiny_job))
+  assert result.returncode == 0, result.stderr[-2000:]
+  row = json.loads((tmp_path / "cost.json").read_text())["rows"][0]
+  assert row["magnitude"]["budget_epochs"] == 0.5 and row["magnitude"]["reached"]
+  assert row["kaiming"]["budget_epochs"] == 1.5
+  assert row["ratio"] == row["kaiming"]["steps"] / row["magnitude"]["steps"]
+  assert "| 0.90 |" in (tmp_path / "cost.md").read_text()
+
+
+def test_experiment_bad_input_is_one_line_with_exit_status_2(tmp_path):
+  result = _script("sparsity_sweep.py", f"--output={tmp_path}", "--set=search.sparsty=0.5")
+  assert result.returncode == 2
+  assert result.stderr.strip() == (
+      "sparsity_sweep.py: error: unknown config field 'search.sparsty' in the overrides of "
+      "configs/default.py")
+  assert not list(tmp_path.iterdir())
