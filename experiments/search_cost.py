@@ -63,9 +63,10 @@ def measure(target: float) -> dict:
       break
   magnitude = ladder[-1]
   if magnitude["reached"]:
-    goal, goal_name, tolerance = magnitude["dense"] - FLAGS.tolerance, "within tolerance of dense", FLAGS.tolerance
+    goal, goal_name, tolerance = (magnitude["dense"] - FLAGS.tolerance,
+                                  f"dense - {100 * FLAGS.tolerance:g} point(s)", FLAGS.tolerance)
   else:
-    goal, goal_name = magnitude["final"], "magnitude init's accuracy at its largest budget"
+    goal, goal_name = magnitude["final"], "magnitude init's final accuracy, largest budget"
     tolerance = magnitude["dense"] - goal + 1e-6  # float rounding must not miss equal accuracy
     print(f"  magnitude init never got within {100 * FLAGS.tolerance:g} point(s); the goal is "
           f"its own {100 * goal:.2f}%", flush=True)
@@ -86,8 +87,11 @@ def table(rows: list[dict]) -> str:
     cell = lambda run: (f"{run['budget_epochs']:g} ep, "
                         + (f"{run['steps']}" if run["reached"] else
                            f"not reached in {run['steps']} ({100 * run['final']:.2f}%)"))
+    magnitude = r["magnitude"]
+    magnitude_cell = (cell(magnitude) if magnitude["reached"] else
+                      f"{magnitude['budget_epochs']:g} ep, {magnitude['steps']} (sets the goal)")
     lines.append(f"| {r['target']:.2f} | {100 * r['goal']:.2f} ({r['goal_kind']}) | "
-                 f"{cell(r['magnitude'])} | {cell(r['kaiming'])} | "
+                 f"{magnitude_cell} | {cell(r['kaiming'])} | "
                  f"{'' if r['ratio_bound'] == '=' else '> '}{r['ratio']:.2f} |")
   lines += ["", "Magnitude-init runs (the ladder):", "",
             "| sparsity | budget | steps | reached | jackpot top-1 |", "|---|---|---|---|---|"]
