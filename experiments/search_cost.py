@@ -80,18 +80,20 @@ def measure(target: float) -> dict:
           "ratio_bound": "=" if reached else ">"}
 
 
+def _cell(run: dict) -> str:
+  return (f"{run['budget_epochs']:g} ep, " + (f"{run['steps']}" if run["reached"] else
+          f"not reached in {run['steps']} ({100 * run['final']:.2f}%)"))
+
+
 def table(rows: list[dict]) -> str:
   lines = ["| sparsity | goal (top-1) | magnitude init: budget, steps to goal | "
            "kaiming init: budget, steps to goal | kaiming / magnitude |", "|---|---|---|---|---|"]
   for r in rows:
-    cell = lambda run: (f"{run['budget_epochs']:g} ep, "
-                        + (f"{run['steps']}" if run["reached"] else
-                           f"not reached in {run['steps']} ({100 * run['final']:.2f}%)"))
     magnitude = r["magnitude"]
-    magnitude_cell = (cell(magnitude) if magnitude["reached"] else
+    magnitude_cell = (_cell(magnitude) if magnitude["reached"] else
                       f"{magnitude['budget_epochs']:g} ep, {magnitude['steps']} (sets the goal)")
     lines.append(f"| {r['target']:.2f} | {100 * r['goal']:.2f} ({r['goal_kind']}) | "
-                 f"{magnitude_cell} | {cell(r['kaiming'])} | "
+                 f"{magnitude_cell} | {_cell(r['kaiming'])} | "
                  f"{'' if r['ratio_bound'] == '=' else '> '}{r['ratio']:.2f} |")
   lines += ["", "Magnitude-init runs (the ladder):", "",
             "| sparsity | budget | steps | reached | jackpot top-1 |", "|---|---|---|---|---|"]

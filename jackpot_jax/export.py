@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import checkpointing, optim, parallel, steps, train, workdir as workdir_lib
+from jackpot_jax import checkpointing, optim, parallel, train, workdir as workdir_lib
 from jackpot_jax.interop import apply_masks_file, export_torch, import_torch
 
 
@@ -17,9 +17,7 @@ def _tuned_params(setup: train.SearchSetup, workdir: Path, batch_stats):
   if not directory.exists():
     return None
   tx = optim.make_optimizer(setup.config.tune, 1)
-  abstract = jax.eval_shape(lambda: steps.TuneState(
-      step=jax.numpy.zeros((), jax.numpy.int32), params=setup.params,
-      opt_state=tx.init(setup.params), batch_stats=batch_stats))
+  abstract = jax.eval_shape(lambda: train.fresh_tune_state(setup, tx, batch_stats))
   shardings = parallel.config_shardings(abstract, setup.mesh, setup.config.mesh)
   ckpts = checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep)
   try:

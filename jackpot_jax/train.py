@@ -287,6 +287,13 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
   return state, meta
 
 
+def fresh_tune_state(setup: SearchSetup, tx: optax.GradientTransformation,
+                     batch_stats: Any) -> steps.TuneState:
+  """The "+T" stage's first state: the pre-trained weights and a fresh optimizer state."""
+  return steps.TuneState(step=jnp.zeros((), jnp.int32), params=setup.params,
+                         opt_state=tx.init(setup.params), batch_stats=batch_stats)
+
+
 def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
                batch_stats: Any) -> steps.TuneState | None:
   """The optional "+T" stage: weights fine-tuned with the searched mask fixed."""
@@ -297,8 +304,7 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
     return None
   parallel.check_batch_size(config.tune.batch_size, setup.mesh)
   tx = optim.make_optimizer(config.tune, tune_steps)
-  fresh = steps.TuneState(step=jnp.zeros((), jnp.int32), params=setup.params,
-                          opt_state=tx.init(setup.params), batch_stats=batch_stats)
+  fresh = fresh_tune_state(setup, tx, batch_stats)
   shardings = parallel.config_shardings(fresh, setup.mesh, config.mesh)
   # A copy: the jitted step donates its state, and the pre-trained weights must outlive it.
   fresh = jax.device_put(fresh, shardings, may_alias=False)

@@ -19,8 +19,9 @@ from jackpot_jax.layers import Conv, Dense, batch_norm, global_avg_pool
 from jackpot_jax.models.registry import ModelSpec, register
 
 
-def _option_a_shortcut(x: jax.Array, planes: int, stride: int) -> jax.Array:
+def option_a_shortcut(x: jax.Array, planes: int, stride: int, train: bool) -> jax.Array:
   """Subsample spatially and zero-pad channels, as option A in He et al. 2016."""
+  del train  # parameter-free
   if stride != 1:
     x = x[:, ::stride, ::stride, :]
   extra = planes - x.shape[-1]
@@ -33,11 +34,6 @@ def projection_shortcut(x: jax.Array, planes: int, stride: int, train: bool) -> 
   """torchvision's shortcut: downsample.0 (1x1 conv) and downsample.1 (BN)."""
   x = Conv(planes, (1, 1), (stride, stride), name="downsample_0")(x)
   return batch_norm(train, "downsample_1")(x)
-
-
-def option_a_shortcut(x: jax.Array, planes: int, stride: int, train: bool) -> jax.Array:
-  del train  # parameter-free
-  return _option_a_shortcut(x, planes, stride)
 
 
 class BasicBlock(nn.Module):
