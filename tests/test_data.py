@@ -15,7 +15,10 @@ import tensorflow_datasets as tfds
 
 from jackpot_jax.data import (augment, default_data_config, fashion_mnist, load_dataset_info,
                               make_eval_batches, make_train_iterator, prepare_fashion_mnist)
+from jackpot_jax.data import prepare as prepare_lib
+from jackpot_jax.data.config import resolve_spec
 from jackpot_jax.data.prefetch import prefetch
+from jackpot_jax.data.sources import load_arrays
 
 tfds.disable_progress_bar()
 
@@ -94,8 +97,9 @@ def test_prepare_fashion_mnist_builds_the_registered_tfds_dataset_offline(tmp_pa
   builder = tfds.builder("fashion_mnist", data_dir=data_dir)
   assert builder.is_prepared() and os.fspath(builder.data_dir) == path
   assert builder.info.splits["train"].num_examples == 12
-  test = tfds.as_numpy(tfds.load("fashion_mnist", split="test", data_dir=data_dir,
-                                 batch_size=-1, download=False))
+  # TFDS's own reader of the prepared files (array_record: the TensorFlow-free format).
+  source = tfds.data_source("fashion_mnist", split="test", data_dir=data_dir, download=False)
+  test = {key: np.stack([example[key] for example in source]) for key in ("image", "label")}
   assert test["image"].shape == (6, 28, 28, 1)
   # TFDS shuffles the records; each image's fill value says which it was.
   fill = test["image"][:, 0, 0, 0].astype(int)
@@ -110,6 +114,32 @@ def test_prepare_fashion_mnist_is_idempotent_without_its_sources(tmp_path):
   for name in os.listdir(source_dir):
     os.remove(source_dir / name)
   assert prepare_fashion_mnist(data_dir, source_dir=source_dir) == first
+
+
+def test_a_dataset_prepared_as_tfrecord_gets_array_record_files_with_the_same_examples(tmp_path):
+  """Directories prepared by older versions (tfrecord, read only by TensorFlow) are refused
+  with the command that converts them; after it, the TensorFlow-free reader sees exactly
+  the examples TensorFlow's reader does."""
+  source_dir, data_dir = tmp_path / "source", tmp_path / "tfds"
+  _write_fashion_mnist_sources(source_dir)
+  builder = fashion_mnist._LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir,
+                                            file_format="tfrecord")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  config = _config("fashion_mnist", data_dir=str(data_dir))
+  _assert_one_line_error("prepared as tfrecord.*jackpot_jax.data.prepare", load_arrays,
+                         resolve_spec(config))
+
+  prepare_lib.add_array_record(os.fspath(builder.data_dir))
+  arrays = load_arrays(resolve_spec(config))
+  for split in ("train", "test"):
+    expected = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images, labels = arrays.split(split)
+    np.testing.assert_array_equal(images, expected["image"])
+    np.testing.assert_array_equal(labels, expected["label"])
+  assert sorted(p for p in os.listdir(builder.data_dir) if "array_record" in p) == [
+      "fashion_mnist-test.array_record-00000-of-00001",
+      "fashion_mnist-train.array_record-00000-of-00001"]
 
 
 def test_prepared_fashion_mnist_feeds_the_pipeline(tmp_path):

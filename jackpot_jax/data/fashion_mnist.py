@@ -90,7 +90,8 @@ def prepare_fashion_mnist(data_dir: str | os.PathLike | None = None,
   """Builds TFDS's `fashion_mnist` in `data_dir` from local IDX files, with no network.
 
   Idempotent: an already prepared dataset is left as it is (and the source files are not
-  needed then).
+  needed then). A new one is written as array_record files; `jackpot_jax.data.prepare`
+  adds them to one prepared earlier as tfrecord.
 
   Args:
     data_dir: TFDS data directory; None means TFDS's default (`$TFDS_DATA_DIR` or
@@ -103,6 +104,9 @@ def prepare_fashion_mnist(data_dir: str | os.PathLike | None = None,
   builder = _LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir)
   if not builder.is_prepared():
     check_source_dir(source_dir)
+    # array_record: the format `tfds.data_source` reads without TensorFlow.
+    builder = _LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir,
+                                 file_format="array_record")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return os.fspath(builder.data_dir)

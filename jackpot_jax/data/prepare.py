@@ -6,7 +6,9 @@
 fashion_mnist (the default) is built offline from Debian's dataset-fashion-mnist files
 (see `jackpot_jax.data.fashion_mnist`); any other TFDS name goes through TFDS's own
 preparation, which downloads unless the dataset reads `--manual_dir` (imagenet2012).
-Both skip a dataset that is already prepared. Bad input ends with one line on stderr and
+Both skip a dataset that is already prepared, and both leave array_record files (the
+format the search reads without TensorFlow), converting a dataset prepared earlier as
+tfrecord. Bad input ends with one line on stderr and
 exit status 2, as with the main command line.
 """
 
@@ -18,7 +20,9 @@ import sys
 from absl import app, flags
 import tensorflow_datasets as tfds
 
+from jackpot_jax.data.config import STREAMED_TFDS_NAMES
 from jackpot_jax.data.fashion_mnist import DEBIAN_SOURCE_DIR, prepare_fashion_mnist
+from jackpot_jax.data.tfds_source import FILE_FORMAT
 from jackpot_jax.errors import USER_ERRORS
 
 _DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset name.")
@@ -32,13 +36,53 @@ _MANUAL_DIR = flags.DEFINE_string(
 
 def prepare(dataset: str, data_dir: str | None, source_dir: str = DEBIAN_SOURCE_DIR,
             manual_dir: str | None = None) -> str:
-  """Prepares `dataset` in `data_dir` and returns the prepared dataset's directory."""
+  """Prepares `dataset` in `data_dir` and returns the prepared dataset's directory.
+
+  The result holds array_record files, which the search reads without TensorFlow; a
+  dataset prepared earlier in another format gets them added beside its own files.
+  Streamed datasets (imagenet2012) keep TFDS's default format, which their tf.data
+  reader needs.
+  """
   if dataset == "fashion_mnist":
-    return prepare_fashion_mnist(data_dir, source_dir)
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False))
-  return os.fspath(builder.data_dir)
+    path = prepare_fashion_mnist(data_dir, source_dir)
+  else:
+    # Streamed datasets are read with tf.data, which reads TFDS's default format only.
+    file_format = None if dataset in STREAMED_TFDS_NAMES else FILE_FORMAT
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if not builder.is_prepared():
+      builder = tfds.builder(dataset, data_dir=data_dir, file_format=file_format)
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, try_download_gcs=False))
+    path = os.fspath(builder.data_dir)
+    if file_format is None:
+      return path
+  add_array_record(path)
+  return path
+
+
+def add_array_record(dataset_version_dir: str) -> None:
+  """Adds array_record copies of a prepared dataset version's shards, unless it has them.
+
+  Each shard is rewritten record for record (the serialized examples are the same in
+  every TFDS file format), and dataset_info.json lists the new format as an alternative.
+  TFDS's own converter would do the same but needs Apache Beam installed.
+  """
+  from tensorflow_datasets.core import dataset_info as dataset_info_lib  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=import-outside-toplevel
+  info = tfds.builder_from_directory(dataset_version_dir).info
+  present = [f.value for f in (info.file_format, *info.alternative_file_formats)]
+  if FILE_FORMAT in present:
+    return
+  reader = file_adapters.ADAPTER_FOR_FORMAT[info.file_format]
+  writer = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat(FILE_FORMAT)]
+  for split in info.splits.values():
+    for path in split.filepaths:
+      target = path.parent / path.name.replace(f".{present[0]}-", f".{FILE_FORMAT}-")
+      records = reader.make_tf_data(path).as_numpy_iterator()
+      writer.write_examples(target, ((None, record) for record in records))
+  proto = info.as_proto
+  proto.alternative_file_formats.append(FILE_FORMAT)
+  dataset_info_lib.write_dataset_info_proto(proto, dataset_info_dir=dataset_version_dir)
 
 
 def main(argv: list[str]) -> None:
