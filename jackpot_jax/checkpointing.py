@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from jax.experimental import multihost_utils
 
 STATE, META = "state", "meta"
@@ -49,6 +50,25 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
   lines = str(error).strip().splitlines()
   text = f"{type(error).__name__}: {lines[0] if lines else ''}"
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _unreadable_arrays(state_directory: Path) -> str | None:
+  """Why the array store of one checkpoint cannot be read in full, or None if it can.
+
+  Every key of the OCDBT database Orbax writes (array metadata and chunks) is read once,
+  blocking, with TensorStore. Orbax's own restore runs its reads as asyncio tasks in an
+  event loop it closes as soon as one read fails; the reads still in flight then complete
+  into that closed loop from TensorStore's threads ("Event loop is closed" in a thread
+  nobody waits for). Reading first keeps a damaged checkpoint away from that path.
+  """
+  try:
+    store = ts.KvStore.open({"driver": "ocdbt",
+                             "base": f"file://{state_directory.absolute()}/"}).result()
+    for key in store.list().result():
+      store.read(key).result()
+  except Exception as error:  # any failure means: not restorable, say why in one line
+    return _one_line(error)
+  return None
 
 
 class SearchCheckpoints:
@@ -119,6 +139,12 @@ class SearchCheckpoints:
     """
     skipped = []
     for step in sorted(self.manager.all_steps(), reverse=True):
+      damage = _unreadable_arrays(self.directory / str(step) / STATE)
+      if damage is not None:
+        logging.warning("skipping unreadable checkpoint at step %d (%s); trying the previous "
+                        "one", step, damage)
+        skipped.append((step, damage))
+        continue
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
@@ -132,7 +158,8 @@ class SearchCheckpoints:
     if skipped:
       step, error = skipped[0]
       raise ValueError(f"no checkpoint in {self.directory} can be read (step {step}: "
-                       f"{_one_line(error)}); move that directory away to start afresh")
+                       f"{error if isinstance(error, str) else _one_line(error)}); move that "
+                       "directory away to start afresh")
     return None
 
   def _set_aside(self, steps: list[int]) -> None:
@@ -161,3 +188,9 @@ class SearchCheckpoints:
   def close(self) -> None:
     with _disk_full_as_oserror(self.directory):
       self.manager.close()
+
+  def __enter__(self) -> "SearchCheckpoints":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

@@ -19,11 +19,8 @@ def _tuned_params(setup: train.SearchSetup, workdir: Path, batch_stats):
   tx = optim.make_optimizer(setup.config.tune, 1)
   abstract = jax.eval_shape(lambda: train.fresh_tune_state(setup, tx, batch_stats))
   shardings = parallel.config_shardings(abstract, setup.mesh, setup.config.mesh)
-  ckpts = checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep)
-  try:
+  with checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep) as ckpts:
     restored = ckpts.restore_latest(parallel.abstract_arrays(abstract, shardings))
-  finally:
-    ckpts.close()
   return None if restored is None else restored[0]
 
 

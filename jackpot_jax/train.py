@@ -7,6 +7,7 @@ PyTorch checkpoint named in the config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,9 +23,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jackpot_jax import (checkpointing, data as data_lib, fileio, masking, models, optim,
-                         parallel, report as report_lib, scores as scores_lib, sparsity, steps,
-                         validation)
+from jackpot_jax import (checkpointing, data as data_lib, dispatch, fileio, masking, models,
+                         optim, parallel, report as report_lib, scores as scores_lib, sparsity,
+                         steps, validation)
 from jackpot_jax import progress, workdir as workdir_lib
 from jackpot_jax.errors import NonFiniteError
 from jackpot_jax.interop import import_torch
@@ -136,9 +137,13 @@ class Evaluator:
 
   def accuracy(self, params: Any, batch_stats: Any, masks: Any | None) -> float:
     totals = None
-    for batch in self.batches():
-      sums = self.step(params, batch_stats, masks, parallel.put_batch(batch, self.setup.mesh))
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    # Closed on every way out, so no input thread outlives a failed evaluation.
+    window = dispatch.DispatchWindow()
+    with contextlib.closing(self.batches()) as batches:
+      for batch in batches:
+        sums = self.step(params, batch_stats, masks, parallel.put_batch(batch, self.setup.mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        window.admit(totals)
     totals = jax.device_get(totals)
     return float(totals["correct"] / max(totals["count"], 1.0))
 
@@ -223,33 +228,39 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
       accuracy; meta["goal_reached_at"] records the step, so a rerun does not go on.
   """
   config = setup.config
-  ckpts = checkpointing.SearchCheckpoints(workdir / "checkpoints", config.checkpoint.keep,
-                                         writer=True)
-  fresh = initial_state(setup)
-  shardings = _state_shardings(setup, fresh)
-  restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
-  state, meta = (fresh, {"wall_seconds": 0.0, "history": []}) if restored is None else restored
-  start = int(state.step)
-  if restored is not None:
-    logging.info("resuming the search from step %d", start)
-  search_step = _jit_search_step(setup, shardings)
-  nonfinite = jax.device_put(_ALL_FINITE, parallel.replicated(setup.mesh))
-  batches = data_lib.make_train_iterator(
-      config.data, batch_size=config.search.batch_size, seed=config.search.seed,
-      start_step=start, process_index=jax.process_index(), process_count=jax.process_count())
-  layer_names = {l.path: l.name for l in setup.plan.masked_layers}
-  eval_every = (max(int(round(config.eval.every_epochs * setup.steps_per_epoch)), 1)
-                if config.eval.every_epochs else 0)
-  logger = progress.ProgressLogger(workdir, setup.total_steps, start, config.progress_bar)
-  last_saved, logged_at = ckpts.latest_step(), start
-  end = setup.total_steps if stop_after is None else min(stop_after, setup.total_steps)
-  if meta.get("goal_reached_at") is not None:
-    end = start
-  began = time.perf_counter() - meta["wall_seconds"]
-  try:
+  # Everything opened below is closed on every way out, errors included, newest first:
+  # no checkpoint save, input thread or event file outlives the call.
+  with contextlib.ExitStack() as opened:
+    ckpts = opened.enter_context(checkpointing.SearchCheckpoints(
+        workdir / "checkpoints", config.checkpoint.keep, writer=True))
+    fresh = initial_state(setup)
+    shardings = _state_shardings(setup, fresh)
+    restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
+    state, meta = (fresh, {"wall_seconds": 0.0, "history": []}) if restored is None else restored
+    start = int(state.step)
+    if restored is not None:
+      logging.info("resuming the search from step %d", start)
+    search_step = _jit_search_step(setup, shardings)
+    nonfinite = jax.device_put(_ALL_FINITE, parallel.replicated(setup.mesh))
+    batches = opened.enter_context(contextlib.closing(data_lib.make_train_iterator(
+        config.data, batch_size=config.search.batch_size, seed=config.search.seed,
+        start_step=start, process_index=jax.process_index(),
+        process_count=jax.process_count())))
+    layer_names = {l.path: l.name for l in setup.plan.masked_layers}
+    eval_every = (max(int(round(config.eval.every_epochs * setup.steps_per_epoch)), 1)
+                  if config.eval.every_epochs else 0)
+    logger = opened.enter_context(
+        progress.ProgressLogger(workdir, setup.total_steps, start, config.progress_bar))
+    last_saved, logged_at = ckpts.latest_step(), start
+    end = setup.total_steps if stop_after is None else min(stop_after, setup.total_steps)
+    if meta.get("goal_reached_at") is not None:
+      end = start
+    began = time.perf_counter() - meta["wall_seconds"]
+    window = dispatch.DispatchWindow()
     for step in range(start + 1, end + 1):
       state, metrics, nonfinite = search_step(
           setup.params, state, parallel.put_batch(next(batches), setup.mesh), nonfinite)
+      window.admit(metrics)
       log_now = step % config.log_every_steps == 0 or step == end
       eval_now = eval_every and (step % eval_every == 0 or step == setup.total_steps)
       save_now = step % config.checkpoint.every_steps == 0 or step == end
@@ -280,9 +291,6 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
     if start == end and restored is None:
       ckpts.save(0, state, dict(meta))
     ckpts.wait()
-  finally:
-    logger.close()
-    ckpts.close()
   meta["wall_seconds"] = meta.get("wall_seconds", 0.0)
   return state, meta
 
@@ -308,10 +316,7 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
   shardings = parallel.config_shardings(fresh, setup.mesh, config.mesh)
   # A copy: the jitted step donates its state, and the pre-trained weights must outlive it.
   fresh = jax.device_put(fresh, shardings, may_alias=False)
-  ckpts = checkpointing.SearchCheckpoints(workdir / "tune_checkpoints", config.checkpoint.keep,
-                                         writer=True)
-  restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
-  state = fresh if restored is None else restored[0]
+  replicated = parallel.replicated(setup.mesh)
   step_fn = functools.partial(steps.tune_step, model=setup.model, tx=tx,
                               label_smoothing=config.tune.label_smoothing)
 
@@ -319,26 +324,30 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
     state, metrics = step_fn(state, batch, masks)
     return state, metrics, _track_nonfinite(nonfinite, state.step, metrics["loss"], state.params)
 
-  replicated = parallel.replicated(setup.mesh)
   tune_step = jax.jit(guarded_step, out_shardings=(shardings, replicated, replicated),
                       donate_argnums=(0,))
-  nonfinite = jax.device_put(_ALL_FINITE, replicated)
-  batches = data_lib.make_train_iterator(
-      config.data, batch_size=config.tune.batch_size, seed=config.search.seed + 1,
-      start_step=int(state.step), process_index=jax.process_index(),
-      process_count=jax.process_count())
-  last_saved = ckpts.latest_step()
-  try:
+  # As in run_search: closed on every way out.
+  with contextlib.ExitStack() as opened:
+    ckpts = opened.enter_context(checkpointing.SearchCheckpoints(
+        workdir / "tune_checkpoints", config.checkpoint.keep, writer=True))
+    restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
+    state = fresh if restored is None else restored[0]
+    nonfinite = jax.device_put(_ALL_FINITE, replicated)
+    batches = opened.enter_context(contextlib.closing(data_lib.make_train_iterator(
+        config.data, batch_size=config.tune.batch_size, seed=config.search.seed + 1,
+        start_step=int(state.step), process_index=jax.process_index(),
+        process_count=jax.process_count())))
+    last_saved = ckpts.latest_step()
+    window = dispatch.DispatchWindow()
     for step in range(int(state.step) + 1, tune_steps + 1):
-      state, _, nonfinite = tune_step(state, parallel.put_batch(next(batches), setup.mesh), masks,
-                                      nonfinite)
+      state, metrics, nonfinite = tune_step(state, parallel.put_batch(next(batches), setup.mesh),
+                                            masks, nonfinite)
+      window.admit(metrics)
       if step % config.checkpoint.every_steps == 0 or step == tune_steps:
         _check_finite(nonfinite, "tuned weights", "tune", last_saved)
         ckpts.save(step, state, {})
         last_saved = step
     ckpts.wait()
-  finally:
-    ckpts.close()
   return state
 
 
@@ -406,11 +415,9 @@ def restore_search_state(setup: SearchSetup, workdir: Path) -> tuple[steps.Searc
   """The latest search checkpoint of a workdir, or a one-line error when it has none."""
   fresh = initial_state(setup)
   shardings = _state_shardings(setup, fresh)
-  ckpts = checkpointing.SearchCheckpoints(workdir / "checkpoints", setup.config.checkpoint.keep)
-  try:
+  with checkpointing.SearchCheckpoints(workdir / "checkpoints",
+                                      setup.config.checkpoint.keep) as ckpts:
     restored = ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
-  finally:
-    ckpts.close()
   if restored is None:
     raise ValueError(f"{workdir} holds no search checkpoint; run `search` first")
   return restored

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
+import threading
+import time
 
 # Tests run on the CPU with 8 simulated devices available for the multi-device cases;
 # single-device tests use only the first.
@@ -52,6 +56,42 @@ class TinySearch:
     self.step = jax.jit(functools.partial(
         steps.search_step, model=self.model, keep_counts=self.keep_counts, tx=self.tx,
         bn_mode=bn_mode))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory) -> Path:
+  """Real Fashion-MNIST prepared offline from Debian's files, once per session.
+
+  Prepared in a child process: preparation is the one step that uses TensorFlow, and the
+  test process stays as free of it as the search processes it stands for.
+  $JACKPOT_TEST_TFDS_DIR names a directory to prepare in (once) instead, so repeated runs
+  (scripts/stress.sh) skip the preparation.
+  """
+  data_dir = os.environ.get("JACKPOT_TEST_TFDS_DIR") or tmp_path_factory.mktemp("tfds")
+  subprocess.run([sys.executable, "-m", "jackpot_jax.data.prepare", f"--data_dir={data_dir}"],
+                 check=True, capture_output=True, cwd=REPO)
+  return data_dir
+
+
+# How long a thread a test started may take to finish after the test: a closed input
+# iterator's producer notices within 0.1 s, a finished save at once.
+_THREAD_GRACE_SECONDS = 30.0
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test():
+  """Fails a test that leaves a Python thread running (input producers, checkpoint
+  savers): every way out of a search must close what it opened."""
+  before = set(threading.enumerate())
+  yield
+  deadline = time.monotonic() + _THREAD_GRACE_SECONDS
+  for thread in set(threading.enumerate()) - before:
+    thread.join(max(deadline - time.monotonic(), 0.0))
+  left = sorted(t.name for t in set(threading.enumerate()) - before if t.is_alive())
+  assert not left, f"threads still running after the test: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from jackpot_jax import config_files, train
-from jackpot_jax.data.fashion_mnist import prepare_fashion_mnist
 
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("tfds")
-  prepare_fashion_mnist(data_dir)
-  return data_dir
 
 
 def test_short_search_beats_the_magnitude_pruned_mask(fashion_mnist_dir, tmp_path):

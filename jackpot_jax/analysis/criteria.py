@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jackpot_jax import masking, steps
+from jackpot_jax import dispatch, masking, steps
 from jackpot_jax.sparsity import SparsityPlan
 
 CRITERIA = ("magnitude", "random", "snip", "grasp", "synflow")
@@ -46,9 +46,11 @@ def _loss_fn(model: nn.Module, batch_stats: PyTree, batch: dict) -> Callable:
 
 def _mean_over(batches: Iterable[dict], fn: Callable[[dict], dict]) -> dict:
   total, count = None, 0
+  window = dispatch.DispatchWindow()
   for batch in batches:
     value = fn(batch)
     total = value if total is None else jax.tree.map(jnp.add, total, value)
+    window.admit(total)
     count += 1
   return jax.tree.map(lambda x: x / count, total)
 

@@ -1,0 +1,71 @@
+"""Bounded dispatch: no loop queues more than two jitted steps, so XLA's CPU client cannot
+deadlock in a collective (the cause of "Fatal Python error: Aborted" in long searches)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+from jackpot_jax import dispatch, train
+from conftest import REPO, tiny_config
+
+# Many independent 8-device programs, each ending in an all-reduce, dispatched as fast as
+# the host can: without the window, XLA's CPU client deadlocks within seconds and its
+# watchdog aborts the process (here after 40 s, XLA's default).
+_COLLECTIVE_LOOP = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jackpot_jax.dispatch import DispatchWindow
+
+mesh = Mesh(np.array(jax.devices()), ("data",))
+split, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+weights = jax.device_put(jnp.ones((64, 64)), replicated)
+summed = jax.jit(lambda w, x: jnp.sum(jnp.tanh(x @ w)), out_shardings=replicated)
+window = DispatchWindow()
+rng = np.random.default_rng(0)
+for _ in range(3000):
+  window.admit(summed(weights, jax.device_put(rng.random((128, 64), np.float32), split)))
+print("finished")
+"""
+
+
+def test_a_window_keeps_at_most_its_limit_of_steps_outstanding():
+  window = dispatch.DispatchWindow(limit=2)
+  outputs = [jnp.arange(4) * i for i in range(5)]
+  for output in outputs:
+    window.admit(output)
+  assert len(window._outstanding) == 2
+  assert all(output.is_ready() for output in outputs[:3])
+  with pytest.raises(ValueError, match="at least one step"):
+    dispatch.DispatchWindow(limit=0)
+
+
+def test_thousands_of_collective_programs_through_the_window_never_deadlock():
+  finished = subprocess.run([sys.executable, "-c", _COLLECTIVE_LOOP], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  assert "finished" in finished.stdout
+
+
+def test_every_search_step_and_eval_batch_passes_through_a_window(tiny_job, tmp_path,
+                                                                  monkeypatch):
+  admitted = []
+  real_admit = dispatch.DispatchWindow.admit
+
+  def counting_admit(self, outputs):
+    admitted.append(self.limit)
+    real_admit(self, outputs)
+
+  monkeypatch.setattr(dispatch.DispatchWindow, "admit", counting_admit)
+  config = tiny_config(tiny_job)
+  config.eval.every_epochs = 0.0
+  report = train.search_and_evaluate(config, tmp_path / "run")
+  eval_batches = -(-20 // config.eval.batch_size)  # 20 test examples
+  # Dense and magnitude baselines, the search's steps, the jackpot's evaluation.
+  assert len(admitted) == 3 * eval_batches + report["search"]["steps"]
+  assert set(admitted) == {dispatch.STEPS_IN_FLIGHT}
