@@ -4,13 +4,19 @@ Runs offline on a 2-core CPU in minutes:
   python -m jackpot_jax search --config=configs/default.py --workdir=workdirs/default
 """
 
+import os
+
 from jackpot_jax.config_defaults import FASHION_MNIST_MEAN, FASHION_MNIST_STD, base_config
+
+# Shipped assets are found beside this file, whatever directory the command starts in
+# (launch scripts and schedulers rarely start in the repository).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config():
   config = base_config()
   config.model.name = "resnet20"
-  config.model.checkpoint = "pretrained/resnet20_fashion_mnist.pth"
+  config.model.checkpoint = os.path.join(_REPO, "pretrained", "resnet20_fashion_mnist.pth")
   config.model.num_classes = 10
   config.data.name = "fashion_mnist"
   config.data.mean, config.data.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD

@@ -16,6 +16,6 @@ shift 4
 repo_dir=${REPO_DIR:-~/jackpot_jax}
 printf -v overrides ' %q' "$@"
 gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command="\
-cd $repo_dir && bash launch/setup.sh && \
+cd $repo_dir && bash launch/setup.sh tpu && \
 .venv/bin/python -m jackpot_jax search --distributed \
   --config=$config --workdir=$workdir$overrides"

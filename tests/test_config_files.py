@@ -32,3 +32,11 @@ def test_override_without_equals_sign_and_missing_file_are_refused(tmp_path):
     config_files.parse_overrides(["search.sparsity"])
   with pytest.raises(ValueError, match="does not exist"):
     config_files.load_config(tmp_path / "none.py")
+
+
+def test_the_default_config_finds_its_shipped_checkpoint_from_any_directory(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = config_files.load_config(REPO / "configs" / "default.py")
+  assert Path(config.model.checkpoint).is_absolute()
+  assert Path(config.model.checkpoint).is_file()
