@@ -94,8 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = False
   config.mesh.fsdp_min_size = 2 ** 16  # with fsdp: leaves with fewer elements stay replicated
 
-  config.log_every_steps = 50
+  config.log_every_steps = 50  # metrics are averaged over this window of steps
   config.progress_bar = True
+  config.profile_steps = ""  # "A,B": jax.profiler trace of steps A..B into <workdir>/profile
   return config
 
 

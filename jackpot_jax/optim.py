@@ -22,6 +22,12 @@ def make_schedule(name: str, learning_rate: float, total_steps: int,
   return decay
 
 
+def learning_rate_of(config: Any, total_steps: int) -> optax.Schedule:
+  """The schedule of a config section (search or tune): step -> learning rate."""
+  return make_schedule(config.lr_schedule, config.learning_rate, total_steps,
+                       config.get("warmup_steps", 0))
+
+
 def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
   """Builds `add_decayed_weights -> optimizer` from a config section.
 
@@ -35,8 +41,7 @@ def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformatio
       nesterov, weight_decay, optimizer_kwargs, clip_grad_norm.
     total_steps: length of the schedule.
   """
-  schedule = make_schedule(config.lr_schedule, config.learning_rate, total_steps,
-                           config.get("warmup_steps", 0))
+  schedule = learning_rate_of(config, total_steps)
   parts = []
   if config.get("clip_grad_norm"):
     parts.append(optax.clip_by_global_norm(config.clip_grad_norm))

@@ -1,4 +1,8 @@
-"""Progress bar and TensorBoard scalars, written by process 0 only.
+"""Progress bar and TensorBoard scalars of a training loop, written by process 0 only.
+
+Every step's metrics are summed on the device (no host sync); at each log step the
+window's means are written with the loop's speed (steps/s, images/s), its learning rate
+and the fraction of wall time the host spent waiting for input.
 
 Events go through tensorboardX's `RecordWriter` (TFRecord framing of `Event` protos) from
 the calling thread. Its `SummaryWriter` writes from a background thread, where a full
@@ -12,21 +16,41 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 # The file-version record TensorBoard expects first in every event file.
 _FILE_VERSION = "brain.Event:2"
 
+# What the progress bar shows: (label, metric, format).
+_SHOWN = (("loss", "loss", "{:.3f}"), ("acc", "accuracy", "{:.3f}"),
+          ("flips", "mask_flips", "{:.0f}"), ("img/s", "images_per_second", "{:.0f}"),
+          ("wait", "input_wait_fraction", "{:.2f}"))
+
+_add = jax.jit(lambda total, metrics: jax.tree.map(jnp.add, total, metrics))
+
 
 class ProgressLogger:
-  """Progress bar and TensorBoard scalars on process 0 only."""
+  """Progress bar and TensorBoard scalars of one loop ("search" or "tune")."""
 
-  def __init__(self, workdir: Path, total: int, start: int, enabled: bool):
+  def __init__(self, workdir: Path, total: int, start: int, enabled: bool, *,
+               phase: str = "search", batch_size: int = 0,
+               learning_rate: Callable[[int], Any] | None = None):
+    """
+    Args:
+      phase: tag prefix and progress-bar label.
+      batch_size: global batch, for images/s.
+      learning_rate: the optimizer's schedule, step -> rate.
+    """
     self.is_writer = jax.process_index() == 0
     self.directory = workdir / "tensorboard"
+    self.phase, self.batch_size, self.learning_rate = phase, batch_size, learning_rate
     self.bar = None
     self.writer = None
+    self._window_sums, self._window_steps, self._input_seconds = None, 0, 0.0
+    self._window_began = time.perf_counter()
     if self.is_writer:
       # Imported here: tensorboardX imports torch, which only process 0 needs for this.
       from tensorboardX.record_writer import RecordWriter
@@ -36,17 +60,36 @@ class ProgressLogger:
       self._write([{"file_version": _FILE_VERSION}])
       if enabled:
         import tqdm
-        self.bar = tqdm.tqdm(total=total, initial=start, desc="search", unit="step",
+        self.bar = tqdm.tqdm(total=total, initial=start, desc=phase, unit="step",
                              dynamic_ncols=True)
 
+  def record(self, metrics: dict, input_seconds: float = 0.0) -> None:
+    """Adds one step's metrics (device arrays, not synced) and its wait for input."""
+    self._window_sums = metrics if self._window_sums is None else _add(self._window_sums,
+                                                                         metrics)
+    self._window_steps += 1
+    self._input_seconds += input_seconds
+
   def step(self, step: int, metrics: dict | None, advanced: int) -> None:
+    """Writes the window's means (or `metrics` as given), speed and learning rate at `step`."""
+    if metrics is None and self._window_steps:
+      metrics = {key: float(value) / self._window_steps
+                 for key, value in jax.device_get(self._window_sums).items()}
+    wall = max(time.perf_counter() - self._window_began, 1e-9)
+    values = dict(metrics or {})
+    if self._window_steps:
+      values.update(steps_per_second=self._window_steps / wall,
+                    images_per_second=self._window_steps * self.batch_size / wall,
+                    input_wait_fraction=min(self._input_seconds / wall, 1.0))
+    if self.learning_rate is not None:
+      values["learning_rate"] = float(self.learning_rate(step))
+    self._window_sums, self._window_steps, self._input_seconds = None, 0, 0.0
+    self._window_began = time.perf_counter()
     if self.bar is not None:
       self.bar.update(advanced)
-      if metrics is not None:
-        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                             flips=int(metrics["mask_flips"]))
-    if metrics is not None:
-      self.scalars(step, {f"search/{key}": value for key, value in metrics.items()})
+      self.bar.set_postfix({label: fmt.format(values[key]) for label, key, fmt in _SHOWN
+                            if key in values})
+    self.scalars(step, {f"{self.phase}/{key}": value for key, value in values.items()})
 
   def scalars(self, step: int, values: dict) -> None:
     """Appends one scalar event per value and flushes them to disk (a full disk raises

@@ -24,8 +24,8 @@ import numpy as np
 import optax
 
 from jackpot_jax import (checkpointing, data as data_lib, dispatch, fileio, masking, models,
-                         optim, parallel, report as report_lib, scores as scores_lib, sparsity,
-                         steps, validation)
+                         optim, parallel, profiling, report as report_lib, scores as scores_lib,
+                         sparsity, steps, validation)
 from jackpot_jax import progress, workdir as workdir_lib
 from jackpot_jax.errors import NonFiniteError
 from jackpot_jax.interop import import_torch
@@ -249,8 +249,12 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
     layer_names = {l.path: l.name for l in setup.plan.masked_layers}
     eval_every = (max(int(round(config.eval.every_epochs * setup.steps_per_epoch)), 1)
                   if config.eval.every_epochs else 0)
-    logger = opened.enter_context(
-        progress.ProgressLogger(workdir, setup.total_steps, start, config.progress_bar))
+    schedule = optim.learning_rate_of(config.search, max(setup.total_steps, 1))
+    logger = opened.enter_context(progress.ProgressLogger(
+        workdir, setup.total_steps, start, config.progress_bar, phase="search",
+        batch_size=config.search.batch_size, learning_rate=lambda s: schedule(s - 1)))
+    profiler = opened.enter_context(profiling.StepProfiler(
+        workdir / "profile", profiling.parse_profile_steps(config.profile_steps)))
     last_saved, logged_at = ckpts.latest_step(), start
     end = setup.total_steps if stop_after is None else min(stop_after, setup.total_steps)
     if meta.get("goal_reached_at") is not None:
@@ -258,16 +262,22 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
     began = time.perf_counter() - meta["wall_seconds"]
     window = dispatch.DispatchWindow()
     for step in range(start + 1, end + 1):
+      waited = time.perf_counter()
+      batch = next(batches)
+      waited = time.perf_counter() - waited
+      profiler.before(step)
       state, metrics, nonfinite = search_step(
-          setup.params, state, parallel.put_batch(next(batches), setup.mesh), nonfinite)
+          setup.params, state, parallel.put_batch(batch, setup.mesh), nonfinite)
       window.admit(metrics)
+      logger.record(metrics, waited)
+      profiler.after(step, metrics)
       log_now = step % config.log_every_steps == 0 or step == end
       eval_now = eval_every and (step % eval_every == 0 or step == setup.total_steps)
       save_now = step % config.checkpoint.every_steps == 0 or step == end
       if log_now or eval_now or save_now:
         _check_finite(nonfinite, "scores", "search", last_saved)
       if log_now:
-        logger.step(step, jax.device_get(metrics), step - logged_at)
+        logger.step(step, None, step - logged_at)
         logged_at = step
       if eval_now:
         jackpot = evaluator.accuracy(setup.params, state.batch_stats, state.masks)
@@ -337,14 +347,28 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
         config.data, batch_size=config.tune.batch_size, seed=config.search.seed + 1,
         start_step=int(state.step), process_index=jax.process_index(),
         process_count=jax.process_count())))
-    last_saved = ckpts.latest_step()
+    schedule = optim.learning_rate_of(config.tune, tune_steps)
+    logger = opened.enter_context(progress.ProgressLogger(
+        workdir, tune_steps, int(state.step), config.progress_bar, phase="tune",
+        batch_size=config.tune.batch_size, learning_rate=lambda s: schedule(s - 1)))
+    last_saved, logged_at = ckpts.latest_step(), int(state.step)
     window = dispatch.DispatchWindow()
     for step in range(int(state.step) + 1, tune_steps + 1):
-      state, metrics, nonfinite = tune_step(state, parallel.put_batch(next(batches), setup.mesh),
-                                            masks, nonfinite)
+      waited = time.perf_counter()
+      batch = next(batches)
+      waited = time.perf_counter() - waited
+      state, metrics, nonfinite = tune_step(state, parallel.put_batch(batch, setup.mesh), masks,
+                                            nonfinite)
       window.admit(metrics)
-      if step % config.checkpoint.every_steps == 0 or step == tune_steps:
+      logger.record(metrics, waited)
+      log_now = step % config.log_every_steps == 0 or step == tune_steps
+      save_now = step % config.checkpoint.every_steps == 0 or step == tune_steps
+      if log_now or save_now:
         _check_finite(nonfinite, "tuned weights", "tune", last_saved)
+      if log_now:
+        logger.step(step, None, step - logged_at)
+        logged_at = step
+      if save_now:
         ckpts.save(step, state, {})
         last_saved = step
     ckpts.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jackpot_jax import data as data_lib, models, optim, scores, sparsity, steps
+from jackpot_jax import data as data_lib, models, optim, profiling, scores, sparsity, steps
 
 
 def _choice(value, allowed, field: str) -> None:
@@ -51,6 +51,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      "eval.every_epochs > 0")
   if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
     raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
+  if config.log_every_steps < 1:
+    raise ValueError(f"log_every_steps must be positive, got {config.log_every_steps}")
+  profiling.parse_profile_steps(config.profile_steps)
   data_lib.resolve_spec(config.data)
 
 

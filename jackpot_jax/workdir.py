@@ -20,8 +20,8 @@ from jackpot_jax import config_defaults, fileio, validation
 CONFIG_FILE = "config.json"
 # Fields that change how a run executes, not what it computes: a run may resume with
 # other values (e.g. a checkpoint written on 8 devices resumes on 1).
-RUNTIME_FIELDS = ("mesh", "checkpoint", "progress_bar", "log_every_steps", "eval.batch_size",
-                  "data.prefetch")
+RUNTIME_FIELDS = ("mesh", "checkpoint", "progress_bar", "log_every_steps", "profile_steps",
+                  "eval.batch_size", "data.prefetch")
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:

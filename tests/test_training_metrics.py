@@ -1,0 +1,43 @@
+"""What a long run shows: window-averaged metrics, speed and learning rate for the search
+and the tuning stage, and a profiler trace of chosen steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from jackpot_jax import profiling, train
+from conftest import tiny_config
+
+
+def test_search_and_tuning_log_speed_learning_rate_and_window_means(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)  # 6 search steps of 16 examples
+  config.log_every_steps = 3
+  config.tune.num_epochs = 1.0
+  config.tune.batch_size = 16
+  config.profile_steps = "2,3"
+  workdir = tmp_path / "run"
+  train.search_and_evaluate(config, workdir)
+
+  events = EventAccumulator(str(workdir / "tensorboard"))
+  events.Reload()
+  tags = set(events.Tags()["scalars"])
+  for phase in ("search", "tune"):
+    for name in ("loss", "accuracy", "steps_per_second", "images_per_second",
+                 "learning_rate", "input_wait_fraction"):
+      assert f"{phase}/{name}" in tags, (phase, name)
+  assert [e.step for e in events.Scalars("search/loss")] == [3, 6]
+  # Cosine from 0.1 over 6 steps: the rate the step just taken used.
+  rates = [e.value for e in events.Scalars("search/learning_rate")]
+  assert rates[0] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 2 / 6)), rel=1e-4)
+  assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("search/input_wait_fraction"))
+  assert all(e.value > 0 for e in events.Scalars("search/images_per_second"))
+  assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace written"
+
+
+@pytest.mark.parametrize("text", ["3", "0,2", "5,4", "a,b"])
+def test_profile_steps_must_be_a_range_of_steps(text):
+  with pytest.raises(ValueError, match="profile_steps"):
+    profiling.parse_profile_steps(text)
