@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import checkpointing, optim, parallel, train, workdir as workdir_lib
+from jackpot_jax import checkpointing, fileio, optim, parallel, train, workdir as workdir_lib
 from jackpot_jax.interop import apply_masks_file, export_torch, import_torch
 
 
@@ -31,7 +31,8 @@ def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
   BN running statistics are the ones the search re-estimated on the masked network, so
   the exported model evaluates like the Flax jackpot.
   """
-  workdir = Path(workdir)
+  workdir = fileio.local_path(workdir, "--workdir")
+  output = fileio.local_path(output, "--output")
   setup = train.setup_search(workdir_lib.load_workdir_config(workdir))
   state, _ = train.restore_search_state(setup, workdir)
   variables = {"params": setup.params, "batch_stats": state.batch_stats}
@@ -48,7 +49,8 @@ def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike
   The masks file carries a hash of the weights it was searched on; a different
   checkpoint is refused rather than silently masked.
   """
+  output = fileio.local_path(output, "--output")
   imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
                           strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
-  masks = apply_masks_file(masks_path, imported)
+  masks = apply_masks_file(fileio.local_path(masks_path, "--masks"), imported)
   return export_torch(imported, jax.device_get(imported.variables), masks, output)

@@ -1,4 +1,4 @@
-"""Atomic output files: written under a temporary name, then renamed into place.
+"""Local paths, and atomic output files: written under a temporary name, then renamed.
 
 A crash or a full disk never leaves a truncated file under the real name, and readers
 see either the old file or the complete new one.
@@ -10,10 +10,29 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+# scheme://... (gs://, s3://, https://): pathlib would read it as a local folder "gs:".
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_path(path: str | os.PathLike, what: str) -> Path:
+  """`path` as a local Path; a cloud URL is refused in one line instead of silently
+  becoming a local folder named "gs:".
+
+  Raises:
+    ValueError: `path` is a URL.
+  """
+  text = os.fspath(path)
+  if _URL.match(text):
+    raise ValueError(f"{what} {text} is a URL; this version reads and writes local paths "
+                     "only: mount the bucket (e.g. with gcsfuse) and pass the mounted path")
+  return Path(text)
 
 
 def _new_file_mode() -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from jackpot_jax import data as data_lib, models, optim, profiling, scores, sparsity, steps
+from jackpot_jax import (data as data_lib, fileio, models, optim, profiling, scores, sparsity,
+                         steps)
 
 
 def _choice(value, allowed, field: str) -> None:
@@ -18,6 +19,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not config.model.checkpoint:
     raise ValueError("model.checkpoint is empty; pass --config.model.checkpoint=PATH to a "
                      "pre-trained PyTorch checkpoint")
+  fileio.local_path(config.model.checkpoint, "model.checkpoint")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes must be positive, got {config.model.num_classes}")
   search = config.search

@@ -49,7 +49,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   loaded, so a run that stops on bad input leaves no config behind to refuse the fix.
   """
   validation.check_config(config)
-  workdir = Path(workdir)
+  workdir = fileio.local_path(workdir, "--workdir")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as error:
@@ -87,7 +87,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  path = Path(workdir) / CONFIG_FILE
+  path = fileio.local_path(workdir, "--workdir") / CONFIG_FILE
   if not path.exists():
     raise ValueError(f"{workdir} holds no {CONFIG_FILE}; run `search` with this --workdir first")
   return ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text())))

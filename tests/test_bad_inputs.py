@@ -203,6 +203,14 @@ IN_PROCESS = [
         f"--workdir={i / 'a_file' / 'run'}"]), "cannot create workdir"),
     Case("workdir_of_another_config", _search("--config.search.sparsity=0.8"),
          "holds a run with a different config (changed: search.sparsity)", prepare=_saved_run),
+    Case("cloud_workdir", lambda job, inputs, workdir: [
+        "search", CONFIG, "--workdir=gs://bucket/run", *tiny_overrides(job)],
+         "--workdir gs://bucket/run is a URL"),
+    Case("cloud_checkpoint", _search("--config.model.checkpoint=gs://bucket/resnet20.pth"),
+         "model.checkpoint gs://bucket/resnet20.pth is a URL"),
+    Case("export_to_a_bucket", lambda job, inputs, workdir: [
+        "export", f"--workdir={workdir}", "--output=s3://bucket/jackpot.pth"],
+         "--output s3://bucket/jackpot.pth is a URL", prepare=_saved_run),
     Case("search_without_workdir",
          lambda job, inputs, workdir: ["search", CONFIG, *tiny_overrides(job)],
          "--workdir is required"),
@@ -230,6 +238,14 @@ def test_bad_input_in_process(case, tiny_job, inputs, tmp_path):
   else:  # the prepared run is left exactly as it was
     assert sorted(p.name for p in workdir.rglob("*")) == before
   assert not (workdir / "jackpot.pth").exists()
+
+
+def test_a_cloud_workdir_never_becomes_a_local_folder(tiny_job, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  status, stderr = run_in_process(["search", CONFIG, "--workdir=gs://bucket/run",
+                                   *tiny_overrides(tiny_job)])
+  assert_one_line_error(status, stderr, "is a URL")
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_value_fails_through_the_real_command_in_one_line(tiny_job, tmp_path):
