@@ -174,6 +174,10 @@ def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: s
     if counts[l.name] >= l.size:
       raise ValueError(f"the sparsity plan leaves layer {l.name} with no kept weight; "
                        "lower search.sparsity or override that layer")
+  if not any(counts.values()):
+    raise ValueError(f"the {method} plan at search.sparsity={sparsity} prunes no weight of any "
+                     "layer, so there is nothing to search; raise search.sparsity or set a "
+                     "search.layer_overrides entry above 0")
   return SparsityPlan(layers=tuple(layers), prune_counts=counts, method=method,
                       target=float(sparsity))
 

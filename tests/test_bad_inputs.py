@@ -164,6 +164,8 @@ IN_PROCESS = [
     Case("plan_empties_a_layer",
          _search("--config.search.sparsity=0.99", "--config.search.sparsity_plan=l1"),
          "with no kept weight"),
+    Case("plan_masks_nothing", _search("--config.search.sparsity=0.0"),
+         "prunes no weight of any layer"),
     Case("unknown_model", _search("--config.model.name=resnet99"), "unknown model 'resnet99'"),
     Case("unknown_dataset", _search("--config.data.name=cifar11"),
          "unknown dataset name 'cifar11'"),
