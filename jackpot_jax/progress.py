@@ -70,14 +70,14 @@ class ProgressLogger:
     self._window_steps += 1
     self._input_seconds += input_seconds
 
-  def step(self, step: int, metrics: dict | None, advanced: int) -> None:
-    """Writes the window's means (or `metrics` as given), speed and learning rate at `step`."""
-    if metrics is None and self._window_steps:
-      metrics = {key: float(value) / self._window_steps
-                 for key, value in jax.device_get(self._window_sums).items()}
+  def step(self, step: int, advanced: int) -> None:
+    """Writes the window's metric means, speed and learning rate at `step` and advances the
+    progress bar by `advanced` steps."""
     wall = max(time.perf_counter() - self._window_began, 1e-9)
-    values = dict(metrics or {})
+    values = {}
     if self._window_steps:
+      values = {key: float(value) / self._window_steps
+                for key, value in jax.device_get(self._window_sums).items()}
       values.update(steps_per_second=self._window_steps / wall,
                     images_per_second=self._window_steps * self.batch_size / wall,
                     input_wait_fraction=min(self._input_seconds / wall, 1.0))

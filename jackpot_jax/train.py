@@ -277,7 +277,7 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
       if log_now or eval_now or save_now:
         _check_finite(nonfinite, "scores", "search", last_saved)
       if log_now:
-        logger.step(step, None, step - logged_at)
+        logger.step(step, step - logged_at)
         logged_at = step
       if eval_now:
         jackpot = evaluator.accuracy(setup.params, state.batch_stats, state.masks)
@@ -366,7 +366,7 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
       if log_now or save_now:
         _check_finite(nonfinite, "tuned weights", "tune", last_saved)
       if log_now:
-        logger.step(step, None, step - logged_at)
+        logger.step(step, step - logged_at)
         logged_at = step
       if save_now:
         ckpts.save(step, state, {})
