@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.search.classifier = "dense"  # dense | plan
   config.search.first_layer = "plan"  # plan | dense
   config.search.layer_overrides = ml_collections.ConfigDict()  # {"pattern": sparsity}
-  config.search.score_init = "magnitude"  # magnitude | magnitude_abs | kaiming | random
+  config.search.score_init = "magnitude"  # magnitude | magnitude_abs | kaiming | edge_popup | random
   config.search.bn_mode = "recalibrate"  # recalibrate | frozen
   config.search.num_epochs = 30.0  # fractions allowed
   config.search.batch_size = 256

@@ -37,9 +37,18 @@ def topk_mask(scores: jax.Array, keep_count: int) -> jax.Array:
   return jnp.zeros(size, bool).at[kept].set(True).reshape(scores.shape)
 
 
-def compute_masks(scores: PyTree, keep_counts: PyTree) -> PyTree:
-  """Applies `topk_mask` leaf by leaf; `keep_counts` mirrors `scores` with Python ints."""
-  return jax.tree.map(topk_mask, scores, keep_counts)
+def ranking_values(scores: PyTree, by_magnitude: bool) -> PyTree:
+  """What the top-k ranks: the scores, or their absolute values (edge-popup's |S|)."""
+  return jax.tree.map(jnp.abs, scores) if by_magnitude else scores
+
+
+def compute_masks(scores: PyTree, keep_counts: PyTree, by_magnitude: bool = False) -> PyTree:
+  """Applies `topk_mask` leaf by leaf; `keep_counts` mirrors `scores` with Python ints.
+
+  Args:
+    by_magnitude: rank |score| (edge-popup) instead of the signed score (the reference).
+  """
+  return jax.tree.map(topk_mask, ranking_values(scores, by_magnitude), keep_counts)
 
 
 @jax.custom_vjp

@@ -11,7 +11,14 @@ from flax import traverse_util
 
 from jackpot_jax.sparsity import SparsityPlan
 
-SCORE_INITS = ("magnitude", "magnitude_abs", "kaiming", "random")
+SCORE_INITS = ("magnitude", "magnitude_abs", "kaiming", "edge_popup", "random")
+# Inits whose masks rank |score| rather than the signed score.
+RANKED_BY_MAGNITUDE = ("edge_popup",)
+
+
+def ranks_by_magnitude(method: str) -> bool:
+  """Whether the search with this init keeps the largest |score| (edge-popup)."""
+  return method in RANKED_BY_MAGNITUDE
 
 # The reference code's values: pruned entries start just below the kept ones, so the
 # first top-k mask is the magnitude mask while every score starts almost equal.
@@ -32,7 +39,7 @@ def _magnitude_abs(weight: jax.Array) -> jax.Array:
 
 
 def _kaiming(weight: jax.Array, rng: jax.Array) -> jax.Array:
-  """Edge-popup's kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  """Edge-popup's scores, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   fan_in = math.prod(weight.shape[:-1])
   bound = 1.0 / math.sqrt(fan_in)
   return jax.random.uniform(rng, weight.shape, jnp.float32, -bound, bound)
@@ -46,8 +53,10 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
     params: frozen pre-trained parameters.
     plan: the sparsity plan; only its masked layers get scores.
     method: "magnitude" (reference: 1 / 0.99, so the first mask is the layer-wise
-      magnitude mask), "magnitude_abs" (|w| / max |w| per layer), "kaiming" (edge-popup)
-      or "random" (U(0, 1)).
+      magnitude mask), "magnitude_abs" (|w| / max |w| per layer), "kaiming" (Kaiming-
+      uniform scores ranked signed, as the lottery-jackpots code's random init),
+      "edge_popup" (the same scores ranked by |score|, as Ramanujan et al.'s
+      allenai/hidden-networks) or "random" (U(0, 1)).
     rng: PRNG key for the random initialisations.
   """
   if method not in SCORE_INITS:
@@ -61,7 +70,7 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
       scores = _magnitude(weight, plan.prune_counts[layer.name])
     elif method == "magnitude_abs":
       scores = _magnitude_abs(weight)
-    elif method == "kaiming":
+    elif method in ("kaiming", "edge_popup"):
       scores = _kaiming(weight, layer_rng)
     else:
       scores = jax.random.uniform(layer_rng, weight.shape, jnp.float32)

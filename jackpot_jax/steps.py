@@ -49,10 +49,11 @@ class TuneState:
 
 
 def init_search_state(scores: PyTree, keep_counts: PyTree, batch_stats: PyTree,
-                      tx: optax.GradientTransformation, rng: jax.Array) -> SearchState:
+                      tx: optax.GradientTransformation, rng: jax.Array,
+                      rank_by_magnitude: bool = False) -> SearchState:
   """Optimizer state exists for the scores only: frozen weights get no moments."""
   return SearchState(step=jnp.zeros((), jnp.int32), scores=scores,
-                     masks=masking.compute_masks(scores, keep_counts),
+                     masks=masking.compute_masks(scores, keep_counts, rank_by_magnitude),
                      opt_state=tx.init(scores), batch_stats=batch_stats, rng=rng)
 
 
@@ -83,15 +84,20 @@ def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
-                         model: nn.Module, bn_mode: str, label_smoothing: float = 0.0):
+                         model: nn.Module, bn_mode: str, label_smoothing: float = 0.0,
+                         rank_by_magnitude: bool = False):
   """Loss and dL/dS through the straight-through mask: dL/dS = dL/d(W*M) * W.
+
+  With `rank_by_magnitude` (edge-popup) the mask is top-k of |S| and the estimator passes
+  through |S|: dL/dS = dL/d(W*M) * W * sign(S).
 
   Returns:
     ((loss, (logits, new batch_stats)), score gradients).
   """
 
   def loss_fn(scores):
-    masks = jax.tree.map(masking.straight_through, scores, state.masks)
+    masks = jax.tree.map(masking.straight_through,
+                         masking.ranking_values(scores, rank_by_magnitude), state.masks)
     variables = {"params": params, "batch_stats": state.batch_stats, MASKS: masks}
     logits, batch_stats = _forward(model, variables, batch["image"], bn_mode)
     return cross_entropy(logits, batch["label"], label_smoothing), (logits, batch_stats)
@@ -101,17 +107,20 @@ def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
 
 def search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
                 keep_counts: PyTree, tx: optax.GradientTransformation, bn_mode: str,
-                label_smoothing: float = 0.0) -> tuple[SearchState, dict]:
+                label_smoothing: float = 0.0,
+                rank_by_magnitude: bool = False) -> tuple[SearchState, dict]:
   """One score update: straight-through top-k forward/backward, optax update, new masks.
 
   Gradients are taken with respect to the scores only, so BN affine parameters, biases
   and weights are untouched by construction; batch statistics follow `bn_mode`.
+  `rank_by_magnitude` ranks |score| (edge-popup) instead of the signed score.
   """
   (loss, (logits, batch_stats)), grads = score_loss_and_grads(
-      params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing)
+      params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing,
+      rank_by_magnitude=rank_by_magnitude)
   updates, opt_state = tx.update(grads, state.opt_state, state.scores)
   scores = optax.apply_updates(state.scores, updates)
-  masks = masking.compute_masks(scores, keep_counts)
+  masks = masking.compute_masks(scores, keep_counts, rank_by_magnitude)
   metrics = {
       "loss": loss,
       "accuracy": _accuracy(logits, batch["label"]),

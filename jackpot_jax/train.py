@@ -88,7 +88,8 @@ def initial_state(setup: SearchSetup) -> steps.SearchState:
   init_rng, state_rng = jax.random.split(rng)
   scores = scores_lib.init_scores(setup.params, setup.plan, config.search.score_init, init_rng)
   state = steps.init_search_state(scores, setup.keep_counts, setup.batch_stats, setup.tx,
-                                  state_rng)
+                                  state_rng,
+                                  scores_lib.ranks_by_magnitude(config.search.score_init))
   # A copy: the jitted step donates its state, and setup.batch_stats must outlive it.
   return jax.device_put(state, _state_shardings(setup, state), may_alias=False)
 
@@ -108,7 +109,9 @@ def _jit_search_step(setup: SearchSetup, state_shardings: Any):
   config = setup.config
   step = functools.partial(steps.search_step, model=setup.model, keep_counts=setup.keep_counts,
                            tx=setup.tx, bn_mode=config.search.bn_mode,
-                           label_smoothing=config.search.label_smoothing)
+                           label_smoothing=config.search.label_smoothing,
+                           rank_by_magnitude=scores_lib.ranks_by_magnitude(
+                               config.search.score_init))
 
   def guarded_step(params, state, batch, nonfinite):
     state, metrics = step(params, state, batch)

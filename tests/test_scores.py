@@ -69,3 +69,18 @@ def test_unknown_score_init_is_rejected(setup):
   params, plan = setup
   with pytest.raises(ValueError, match="unknown search.score_init 'bogus'"):
     scores_lib.init_scores(params, plan, "bogus", jax.random.PRNGKey(0))
+
+
+def test_edge_popup_keeps_the_largest_absolute_scores(setup):
+  params, plan = setup
+  scores = scores_lib.init_scores(params, plan, "edge_popup", jax.random.PRNGKey(1))
+  assert scores_lib.ranks_by_magnitude("edge_popup")
+  assert not scores_lib.ranks_by_magnitude("kaiming")
+  masks = masking.compute_masks(scores, plan.keep_counts(), by_magnitude=True)
+  flat_scores = traverse_util.flatten_dict(scores)
+  for key, mask in traverse_util.flatten_dict(masks).items():
+    expected = _magnitude_pruning_mask(np.asarray(flat_scores[key]), int(mask.sum()))
+    np.testing.assert_array_equal(np.asarray(mask), expected, err_msg=str(key))
+    # Kaiming-uniform scores are signed: large negative scores are kept, unlike with the
+    # signed ranking.
+    assert np.any(np.asarray(flat_scores[key])[np.asarray(mask)] < 0), key

@@ -90,6 +90,27 @@ def test_score_gradient_equals_effective_weight_gradient_times_weight(tiny_searc
                                rtol=1e-5, atol=1e-7, err_msg=str(key))
 
 
+def test_edge_popup_gradient_passes_through_the_absolute_score():
+  """Ranking |S|, the estimator is the identity of |S|: dL/dS = dL/d(W*M) * W * sign(S)."""
+  search = TinySearch(score_init="edge_popup")
+  state = steps.init_search_state(search.scores, search.keep_counts, search.batch_stats,
+                                  search.tx, jax.random.PRNGKey(3), rank_by_magnitude=True)
+  signed_masks = masking.compute_masks(search.scores, search.keep_counts)
+  (_, _), by_magnitude = steps.score_loss_and_grads(
+      search.params, state, search.batch, model=search.model, bn_mode="recalibrate",
+      rank_by_magnitude=True)
+  # The same masks through the signed estimator: the gradients differ exactly by sign(S).
+  (_, _), plain = steps.score_loss_and_grads(
+      search.params, state, search.batch, model=search.model, bn_mode="recalibrate")
+  flat_scores = traverse_util.flatten_dict(search.scores)
+  for key, grad in traverse_util.flatten_dict(by_magnitude).items():
+    np.testing.assert_allclose(grad, traverse_util.flatten_dict(plain)[key]
+                               * np.sign(flat_scores[key]), rtol=1e-6, atol=1e-9)
+  # And the masks themselves rank |S|, not S.
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(
+      jax.tree.leaves(state.masks), jax.tree.leaves(signed_masks)))
+
+
 def test_optimizer_state_holds_moments_for_scores_only(tiny_search):
   momentum = [leaf for leaf in jax.tree.leaves(tiny_search.state.opt_state) if leaf.ndim > 0]
   score_leaves = jax.tree.leaves(tiny_search.state.scores)
