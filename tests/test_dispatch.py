@@ -12,28 +12,6 @@ import pytest
 from jackpot_jax import dispatch, train
 from conftest import REPO, tiny_config
 
-# Many independent 8-device programs, each ending in an all-reduce, dispatched as fast as
-# the host can: without the window, XLA's CPU client deadlocks within seconds and its
-# watchdog aborts the process (here after 40 s, XLA's default).
-_COLLECTIVE_LOOP = """
-import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jackpot_jax.dispatch import DispatchWindow
-
-mesh = Mesh(np.array(jax.devices()), ("data",))
-split, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-weights = jax.device_put(jnp.ones((64, 64)), replicated)
-summed = jax.jit(lambda w, x: jnp.sum(jnp.tanh(x @ w)), out_shardings=replicated)
-window = DispatchWindow()
-rng = np.random.default_rng(0)
-for _ in range(3000):
-  window.admit(summed(weights, jax.device_put(rng.random((128, 64), np.float32), split)))
-print("finished")
-"""
-
-
 def test_a_window_keeps_at_most_its_limit_of_steps_outstanding():
   window = dispatch.DispatchWindow(limit=2)
   outputs = [jnp.arange(4) * i for i in range(5)]
@@ -46,10 +24,14 @@ def test_a_window_keeps_at_most_its_limit_of_steps_outstanding():
 
 
 def test_thousands_of_collective_programs_through_the_window_never_deadlock():
-  finished = subprocess.run([sys.executable, "-c", _COLLECTIVE_LOOP], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+  """scripts/collective_deadlock.py with --in_flight=64 aborts within seconds (XLA's
+  watchdog, after its 40 s); with the window's two in flight it must finish."""
+  finished = subprocess.run(
+      [sys.executable, "scripts/collective_deadlock.py", "--programs=3000",
+       f"--in_flight={dispatch.STEPS_IN_FLIGHT}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
   assert finished.returncode == 0, finished.stderr[-2000:]
-  assert "finished" in finished.stdout
+  assert "finished 3000 programs" in finished.stdout
 
 
 def test_every_search_step_and_eval_batch_passes_through_a_window(tiny_job, tmp_path,
