@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +120,13 @@ def _jit_search_step(setup: SearchSetup, state_shardings: Any):
   replicated = parallel.replicated(setup.mesh)
   return jax.jit(guarded_step, out_shardings=(state_shardings, replicated, replicated),
                  donate_argnums=(1,))
+
+
+def _next_timed(batches: Iterator[dict]) -> tuple[dict, float]:
+  """The next batch and the seconds the loop waited for it (the input-wait metric)."""
+  began = time.perf_counter()
+  batch = next(batches)
+  return batch, time.perf_counter() - began
 
 
 class Evaluator:
@@ -265,9 +272,7 @@ def run_search(setup: SearchSetup, workdir: Path, evaluator: Evaluator,
     began = time.perf_counter() - meta["wall_seconds"]
     window = dispatch.DispatchWindow()
     for step in range(start + 1, end + 1):
-      waited = time.perf_counter()
-      batch = next(batches)
-      waited = time.perf_counter() - waited
+      batch, waited = _next_timed(batches)
       profiler.before(step)
       state, metrics, nonfinite = search_step(
           setup.params, state, parallel.put_batch(batch, setup.mesh), nonfinite)
@@ -357,9 +362,7 @@ def run_tuning(setup: SearchSetup, workdir: Path, masks: Any,
     last_saved, logged_at = ckpts.latest_step(), int(state.step)
     window = dispatch.DispatchWindow()
     for step in range(int(state.step) + 1, tune_steps + 1):
-      waited = time.perf_counter()
-      batch = next(batches)
-      waited = time.perf_counter() - waited
+      batch, waited = _next_timed(batches)
       state, metrics, nonfinite = tune_step(state, parallel.put_batch(batch, setup.mesh), masks,
                                             nonfinite)
       window.admit(metrics)
