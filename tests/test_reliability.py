@@ -354,6 +354,11 @@ def tmpfs(tmp_path):
       raise AssertionError(f"{point} was still in use after the test: a file left open")
 
 
+# Known remainder: when a save fails inside Orbax (here forced by bypassing the free-space
+# check that normally refuses it first), Orbax's write tasks complete into the event loop
+# it already closed, from TensorStore's threads; how many depends on timing. That is
+# Orbax's own leak on its failure path, not ours; the run itself ends with ENOSPC.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_disk_full_inside_an_orbax_save_is_reported_as_enospc(tiny_job, tmpfs, monkeypatch):
   """Without the free-space check (as when another process fills the disk meanwhile),
   Orbax's background save fails; the run still stops with ENOSPC, step 2 intact."""
