@@ -149,17 +149,17 @@ class SearchCheckpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
       except Exception as error:  # a damaged checkpoint must not stop the resume
+        damage = _one_line(error)
         logging.warning("skipping unreadable checkpoint at step %d (%s); trying the previous "
-                        "one", step, _one_line(error))
-        skipped.append((step, error))
+                        "one", step, damage)
+        skipped.append((step, damage))
         continue
       self._set_aside([s for s, _ in skipped])
       return restored[STATE], restored[META]
     if skipped:
-      step, error = skipped[0]
+      step, damage = skipped[0]
       raise ValueError(f"no checkpoint in {self.directory} can be read (step {step}: "
-                       f"{error if isinstance(error, str) else _one_line(error)}); move that "
-                       "directory away to start afresh")
+                       f"{damage}); move that directory away to start afresh")
     return None
 
   def _set_aside(self, steps: list[int]) -> None:
