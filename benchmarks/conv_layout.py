@@ -19,9 +19,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from jackpot_jax import fileio
+from jackpot_jax import entrypoint, fileio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 128, "batch size")
@@ -191,4 +191,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entrypoint.run(main)

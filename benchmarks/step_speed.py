@@ -2,11 +2,14 @@
 
 jackpot_jax's search step adds a top-k per masked layer and W*M to a dense step (goal:
 search/dense <= 1.05 for ResNet-20 at batch 128). `--torch` also times a straightforward
-PyTorch search (jackpot_jax.testing.torch_search: the authors' per-layer host sort after
+PyTorch search (jackpot_jax.torch_reference.torch_search: the authors' per-layer host sort after
 every step) and PyTorch's own dense step, on the same CPU threads, so the overheads can be
 compared apart from the frameworks' different convolution speed.
 
-  python benchmarks/step_speed.py --model=resnet20 --batch_size=128 --torch
+  python benchmarks/step_speed.py --model=resnet20 --batch_size=128 --torch \
+      [--config=configs/default.py --config.search.sparsity=0.95 ...]
+
+The search settings come from --config (see benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -19,28 +22,20 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from jackpot_jax import models, optim, scores as scores_lib, sparsity, steps
+from jackpot_jax import steps
+
+import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet20", "registry name (--torch supports the CIFAR ResNets)")
-flags.DEFINE_integer("batch_size", 128, "batch size")
 flags.DEFINE_integer("image_size", 32, "input height and width")
 flags.DEFINE_integer("channels", 3, "input channels")
-flags.DEFINE_integer("num_classes", 10, "classes")
-flags.DEFINE_float("sparsity", 0.9, "target conv sparsity")
 flags.DEFINE_integer("warmup", 2, "untimed rounds after compilation")
 flags.DEFINE_integer("repeats", 5, "timed rounds; the median round is reported")
 flags.DEFINE_integer("steps_per_round", 10, "steps per timed round")
 flags.DEFINE_bool("torch", False, "also time the PyTorch search and dense steps")
-
-
-def _optimizer_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(optimizer="sgd", learning_rate=0.1, lr_schedule="cosine",
-                                        momentum=0.9, nesterov=False, weight_decay=5e-4))
 
 
 def _median_step_seconds(rounds: dict) -> dict:
@@ -57,24 +52,18 @@ def _median_step_seconds(rounds: dict) -> dict:
   return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def jax_rounds(images: np.ndarray, labels: np.ndarray) -> dict:
-  spec = models.get_model_spec(FLAGS.model)
-  model = spec.build(num_classes=FLAGS.num_classes)
+def jax_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
   batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
-  rng = jax.random.PRNGKey(0)
-  variables = model.init(rng, batch["image"][:2], train=False)
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  plan = sparsity.build_sparsity_plan(params, sparsity=FLAGS.sparsity, method="uniform", spec=spec)
-  keep_counts = plan.keep_counts()
-  tx = optim.make_optimizer(_optimizer_config(), 1000)
-  search = jax.jit(functools.partial(steps.search_step, model=model, keep_counts=keep_counts,
-                                     tx=tx, bn_mode="recalibrate"), donate_argnums=(1,))
-  state = steps.init_search_state(scores_lib.init_scores(params, plan, "magnitude", rng),
-                                  keep_counts, batch_stats, tx, rng)
-  dense = jax.jit(functools.partial(steps.dense_train_step, model=model, tx=tx),
-                  donate_argnums=(0, 1, 2))
-  dense_params, dense_opt_state = jax.tree.map(jnp.copy, params), tx.init(params)
-  dense_stats = jax.tree.map(jnp.copy, batch_stats)
+  bench = common.random_search(config, images.shape[1:], jax.random.PRNGKey(0))
+  params, state = bench.params, bench.state
+  search = jax.jit(bench.step, donate_argnums=(1,))
+  # Dense training of the same network: the tuning step without a mask.
+  dense = jax.jit(functools.partial(steps.tune_step, model=bench.model, tx=bench.tx),
+                  donate_argnums=(1,))
+  dense_state = steps.TuneState(step=jnp.zeros((), jnp.int32),
+                                params=jax.tree.map(jnp.copy, params),
+                                opt_state=bench.tx.init(params),
+                                batch_stats=jax.tree.map(jnp.copy, bench.batch_stats))
 
   def search_round():
     nonlocal state
@@ -83,33 +72,33 @@ def jax_rounds(images: np.ndarray, labels: np.ndarray) -> dict:
     jax.block_until_ready(metrics)
 
   def dense_round():
-    nonlocal dense_params, dense_opt_state, dense_stats
+    nonlocal dense_state
     for _ in range(FLAGS.steps_per_round):
-      dense_params, dense_opt_state, dense_stats, loss = dense(
-          dense_params, dense_opt_state, dense_stats, batch)
-    jax.block_until_ready(loss)
+      dense_state, metrics = dense(None, dense_state, batch)
+    jax.block_until_ready(metrics)
 
   return {"jax_search": search_round, "jax_dense": dense_round}
 
 
-def torch_rounds(images: np.ndarray, labels: np.ndarray) -> dict:
+def torch_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
   import torch
-  from jackpot_jax.testing import torch_search
-  from jackpot_jax.testing.torch_models import CifarResNet
+  from jackpot_jax.torch_reference import torch_search
+  from jackpot_jax.torch_reference.torch_models import CifarResNet
   torch.set_flush_denormal(True)  # without it PyTorch slows ~10x on denormal activations
   torch.set_num_threads(os.cpu_count() or 1)
-  if not FLAGS.model.startswith("resnet") or FLAGS.model not in ("resnet20", "resnet32", "resnet56"):
+  if config.model.name not in ("resnet20", "resnet32", "resnet56"):
     raise ValueError("--torch supports resnet20/32/56")
-  depth = int(FLAGS.model[len("resnet"):])
+  depth = int(config.model.name[len("resnet"):])
+  num_classes, search = config.model.num_classes, config.search
   x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
   y = torch.from_numpy(labels.astype(np.int64))
   torch.manual_seed(0)
-  search_net = CifarResNet(depth, FLAGS.num_classes, in_channels=FLAGS.channels).train()
-  convs = torch_search.attach_scores(search_net, FLAGS.sparsity)
-  search_opt = torch.optim.SGD([c.scores for c in convs], lr=0.1, momentum=0.9,
-                               weight_decay=5e-4)
-  dense_net = CifarResNet(depth, FLAGS.num_classes, in_channels=FLAGS.channels).train()
-  dense_opt = torch.optim.SGD(dense_net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+  search_net = CifarResNet(depth, num_classes, in_channels=FLAGS.channels).train()
+  convs = torch_search.attach_scores(search_net, search.sparsity)
+  sgd = dict(lr=search.learning_rate, momentum=search.momentum, weight_decay=search.weight_decay)
+  search_opt = torch.optim.SGD([c.scores for c in convs], **sgd)
+  dense_net = CifarResNet(depth, num_classes, in_channels=FLAGS.channels).train()
+  dense_opt = torch.optim.SGD(dense_net.parameters(), **sgd)
 
   def search_round():
     for _ in range(FLAGS.steps_per_round):
@@ -131,19 +120,21 @@ def torch_rounds(images: np.ndarray, labels: np.ndarray) -> dict:
 
 def main(argv):
   del argv
+  config = common.settings()
+  batch_size, num_classes = config.search.batch_size, config.model.num_classes
   rng = np.random.default_rng(0)
-  shape = (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+  shape = (batch_size, FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
   images = rng.normal(size=shape).astype(np.float32)
-  labels = rng.integers(0, FLAGS.num_classes, FLAGS.batch_size).astype(np.int32)
-  rounds = jax_rounds(images, labels)
+  labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
+  rounds = jax_rounds(config, images, labels)
   if FLAGS.torch:
-    rounds.update(torch_rounds(images, labels))
+    rounds.update(torch_rounds(config, images, labels))
   seconds = _median_step_seconds(rounds)
-  result = {"model": FLAGS.model, "batch_size": FLAGS.batch_size, "input": list(shape[1:]),
-            "sparsity": FLAGS.sparsity, "jax_backend": jax.default_backend(),
+  result = {"model": config.model.name, "batch_size": batch_size, "input": list(shape[1:]),
+            "sparsity": config.search.sparsity, "jax_backend": jax.default_backend(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "step_ms": {k: round(v * 1e3, 2) for k, v in seconds.items()},
-            "images_per_s": {k: round(FLAGS.batch_size / v, 1) for k, v in seconds.items()},
+            "images_per_s": {k: round(batch_size / v, 1) for k, v in seconds.items()},
             "jax_search_over_dense": round(seconds["jax_search"] / seconds["jax_dense"], 4)}
   if FLAGS.torch:
     result["torch_search_over_dense"] = round(seconds["torch_search"] / seconds["torch_dense"], 4)
@@ -153,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main(main)

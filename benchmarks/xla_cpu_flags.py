@@ -1,7 +1,7 @@
 """Does any XLA CPU setting close the convolution gap to PyTorch? Times the JAX dense and
 search steps (benchmarks/step_speed.py) under each XLA_FLAGS variant in a fresh process.
 
-  python benchmarks/xla_cpu_flags.py --model=resnet20 --batch_size=128
+  python benchmarks/xla_cpu_flags.py --model=resnet20 --batch_size=128 [--config.a.b=value ...]
 
 A flag this XLA build does not know makes the process exit; it is reported as
 "unsupported" rather than timed.
@@ -15,11 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet20", "registry name")
-flags.DEFINE_integer("batch_size", 128, "batch size")
 flags.DEFINE_integer("repeats", 3, "timed rounds per variant")
 
 VARIANTS = {
@@ -38,8 +38,10 @@ def main(argv):
   results = {}
   for name, xla_flags in VARIANTS.items():
     env = dict(os.environ, XLA_FLAGS=xla_flags, TF_CPP_MIN_LOG_LEVEL="3")
-    run = subprocess.run([sys.executable, str(script), f"--model={FLAGS.model}",
-                          f"--batch_size={FLAGS.batch_size}", f"--repeats={FLAGS.repeats}"],
+    # The same --config, shorthands and overrides this process was given.
+    passed = [a for a in sys.argv[1:] if a.startswith(("--config", "--model", "--batch_size",
+                                                       "--num_classes"))]
+    run = subprocess.run([sys.executable, str(script), *passed, f"--repeats={FLAGS.repeats}"],
                          env=env, capture_output=True, text=True)
     lines = [l for l in run.stdout.splitlines() if l.startswith("{")]
     if run.returncode or not lines:
@@ -53,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main(main)

@@ -1,30 +1,44 @@
-"""Shared pieces of the experiment scripts: entry point, runs in sub-workdirs, plots."""
+"""Shared pieces of the experiment scripts: the config flag, runs in sub-workdirs, plots.
+
+Every script takes `--config=configs/<name>.py` (default: configs/default.py) and
+`--config.a.b=value` overrides exactly as `python -m jackpot_jax search` does.
+"""
 
 from __future__ import annotations
 
+import copy
 import platform
-import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import ml_collections
-from absl import app, logging
+from absl import flags
+from ml_collections import config_flags
 
-from jackpot_jax import errors, fileio, train
+from jackpot_jax import config_files, entrypoint, fileio, train
+
+FLAGS = flags.FLAGS
+entrypoint.define_config_flag()
 
 
 def main(entry: Callable[[list[str]], None]) -> None:
-  """app.run(entry) as the `jackpot` command runs: Orbax's per-save INFO lines off, and
-  bad input (a missing checkpoint, an unknown config field) as one line with exit 2."""
-  def guarded(argv):
-    logging.set_verbosity(logging.WARNING)
-    try:
-      entry(argv)
-    except errors.USER_ERRORS as error:
-      print(f"{Path(sys.argv[0]).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
-      sys.exit(2)
-  app.run(guarded)
+  """Runs `entry` as the `jackpot` command runs: --config defaults to configs/default.py,
+  Orbax's per-save INFO lines are off, bad input is one line with exit status 2."""
+  entrypoint.run(entry, default_config=entrypoint.DEFAULT_CONFIG)
+
+
+def config_with(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The command line's config with this run's fields, e.g. {"search.sparsity": 0.9}."""
+  return config_files.apply_overrides(copy.deepcopy(FLAGS.config), overrides,
+                                      "the experiment's settings")
+
+
+def config_source() -> dict:
+  """The --config file and its --config.a.b overrides, for the results' JSON."""
+  return {"config": config_flags.get_config_filename(FLAGS["config"]),
+          "overrides": {k: repr(v) for k, v in
+                        config_flags.get_override_values(FLAGS["config"]).items()}}
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:

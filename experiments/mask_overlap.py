@@ -4,17 +4,22 @@ Run after a search; it reads the jackpot from the workdir's latest checkpoint, c
 masks of magnitude, random, SNIP, GraSP and SynFlow at the same keep counts on the same
 pre-trained weights, and writes overlap.json, overlap.md and overlap.png to --output.
 
-  python experiments/mask_overlap.py --workdir=workdirs/default --output=results/overlap
+  python experiments/mask_overlap.py --workdir=workdirs/default --output=results/overlap \
+      [--config.eval.batch_size=N --config.data.data_dir=DIR ...]
+
+Like `jackpot evaluate`, it reads the workdir's saved config; --config.a.b overrides may
+change how it runs, not what was searched.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 
 from absl import flags
 
-from jackpot_jax import data as data_lib, fileio, parallel, train, workdir as workdir_lib
+from jackpot_jax import data as data_lib, entrypoint, fileio, parallel, train
 from jackpot_jax.analysis import criteria, overlap
 
 import common
@@ -60,11 +65,9 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv):
   del argv
-  workdir = Path(FLAGS.workdir)
-  config = workdir_lib.load_workdir_config(workdir)
-  setup = train.setup_search(config)
-  state, _ = train.restore_search_state(setup, workdir)
-  batches = data_lib.make_train_iterator(config.data, batch_size=config.search.batch_size,
+  setup, state, _ = train.load_workdir(FLAGS.workdir, entrypoint.split_overrides(sys.argv)[1])
+  config = setup.config
+  batches = data_lib.make_train_iterator(setup.spec.data, batch_size=config.search.batch_size,
                                          seed=config.search.seed + 7)
   sample = [parallel.put_batch(b, setup.mesh) for b in itertools.islice(batches, FLAGS.batches)]
   per_layer, overall = {}, {}
@@ -87,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.main(main)
+  entrypoint.run(main, parse=lambda argv: entrypoint.parse_flags(argv, workdir_overrides=True))

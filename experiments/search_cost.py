@@ -1,7 +1,7 @@
 """Search cost: how many search steps magnitude init and Kaiming (edge-popup) init need.
 
   python experiments/search_cost.py --config=configs/default.py --output=results/cost \
-      [--budgets=0.5,1,2] [--claim=3] [--sparsities=0.9,0.95] [--set=key=value ...]
+      [--budgets=0.5,1,2] [--claim=3] [--sparsities=0.9,0.95] [--config.a.b=value ...]
 
 Each run is a whole search with its own cosine schedule over its budget (epochs) that
 ends at the first evaluation reaching the goal (eval.stop_within_dense), so the steps it
@@ -20,28 +20,26 @@ from pathlib import Path
 
 from absl import flags
 
-from jackpot_jax import config_files, fileio
+from jackpot_jax import fileio
 
 import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/default.py", "config file")
 flags.DEFINE_string("output", "results/cost", "output directory")
 flags.DEFINE_list("sparsities", ["0.9", "0.95"], "target conv sparsities")
 flags.DEFINE_list("budgets", ["0.5", "1", "2"], "magnitude-init search budgets (epochs), tried in order")
 flags.DEFINE_float("claim", 3.0, "Kaiming init gets this many times magnitude init's budget")
 flags.DEFINE_float("eval_every_epochs", 0.25, "evaluation interval")
 flags.DEFINE_float("tolerance", 0.01, "within this of dense accuracy counts as reached")
-flags.DEFINE_multi_string("set", [], "config overrides, key=value")
 
 
 def search(target: float, init: str, epochs: float, stop_within_dense: float) -> dict:
   """One search run (resumed or reused if its sub-workdir already holds it), summarised."""
-  overrides = {**config_files.parse_overrides(FLAGS.set), "search.sparsity": target,
-               "search.score_init": init, "search.num_epochs": epochs,
-               "eval.every_epochs": FLAGS.eval_every_epochs,
-               "eval.stop_within_dense": stop_within_dense, "progress_bar": False}
-  config = config_files.load_config(FLAGS.config, overrides)
+  config = common.config_with({"search.sparsity": target, "search.score_init": init,
+                               "search.num_epochs": epochs,
+                               "eval.every_epochs": FLAGS.eval_every_epochs,
+                               "eval.stop_within_dense": stop_within_dense,
+                               "progress_bar": False})
   report = common.run(config, Path(FLAGS.output) / f"sparsity_{target:g}_{init}_{epochs:g}ep")
   run = {"init": init, "budget_epochs": epochs, "budget_steps": report["search"]["planned_steps"],
          "steps": report["search"]["steps"], "reached": report["search"]["goal_reached_at"] is not None,
@@ -109,7 +107,7 @@ def main(argv):
   rows = [measure(float(s)) for s in FLAGS.sparsities]
   output = Path(FLAGS.output)
   fileio.write_json(output / "cost.json", {
-      "config": FLAGS.config, "overrides": FLAGS.set, "budgets": FLAGS.budgets,
+      **common.config_source(), "budgets": FLAGS.budgets,
       "claim": FLAGS.claim, "eval_every_epochs": FLAGS.eval_every_epochs,
       "tolerance": FLAGS.tolerance, "machine": common.machine(), "rows": rows})
   fileio.write_text(output / "cost.md", table(rows))

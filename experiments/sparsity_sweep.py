@@ -1,7 +1,7 @@
 """Sparsity sweep: jackpot vs magnitude-pruning-only accuracy from 50% to 98% sparsity.
 
   python experiments/sparsity_sweep.py --config=configs/default.py --output=results/sweep \
-      [--epochs=1] [--set=data.name=image_folder:/data/flowers ...]
+      [--epochs=1] [--config.data.name=image_folder:/data/flowers ...]
 
 Each sparsity runs in its own sub-workdir of --output (a rerun resumes or reuses it) and
 the script writes sweep.json, sweep.md and sweep.png.
@@ -13,16 +13,14 @@ from pathlib import Path
 
 from absl import flags
 
-from jackpot_jax import config_files, fileio
+from jackpot_jax import fileio
 
 import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/default.py", "config file")
 flags.DEFINE_string("output", "results/sweep", "output directory")
 flags.DEFINE_list("sparsities", ["0.5", "0.7", "0.9", "0.95", "0.98"], "target conv sparsities")
 flags.DEFINE_float("epochs", 1.0, "search epochs per sparsity")
-flags.DEFINE_multi_string("set", [], "config overrides, key=value")
 
 
 def main(argv):
@@ -30,9 +28,8 @@ def main(argv):
   output = Path(FLAGS.output)
   rows = []
   for target in [float(s) for s in FLAGS.sparsities]:
-    overrides = {**config_files.parse_overrides(FLAGS.set), "search.sparsity": target,
-                 "search.num_epochs": FLAGS.epochs, "progress_bar": False}
-    config = config_files.load_config(FLAGS.config, overrides)
+    config = common.config_with({"search.sparsity": target, "search.num_epochs": FLAGS.epochs,
+                                 "progress_bar": False})
     report = common.run(config, output / f"sparsity_{target:g}")
     accuracy = report["accuracy"]
     rows.append({"target": target, "conv_sparsity": report["sparsity"]["conv"],
@@ -42,7 +39,7 @@ def main(argv):
                  "wall_seconds": report["search"]["wall_seconds"]})
     print(f"sparsity {target:.2f}: magnitude {accuracy['magnitude']:.4f}  "
           f"jackpot {accuracy['jackpot']:.4f}  dense {accuracy['dense']:.4f}")
-  result = {"config": FLAGS.config, "overrides": FLAGS.set, "epochs": FLAGS.epochs,
+  result = {**common.config_source(), "epochs": FLAGS.epochs,
             "machine": common.machine(), "rows": rows}
   fileio.write_json(output / "sweep.json", result)
   lines = ["| conv sparsity (counted) | dense | magnitude only | jackpot | search steps | wall s |",

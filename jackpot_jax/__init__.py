@@ -6,8 +6,8 @@
 The PyTorch entry points load lazily, so importing the package does not import torch.
 """
 
-_LAZY = {"import_torch": "jackpot_jax.interop", "export_torch": "jackpot_jax.interop",
-         "apply_masks_file": "jackpot_jax.interop",
+_LAZY = {"import_torch": "jackpot_jax.pytorch", "export_torch": "jackpot_jax.pytorch",
+         "apply_masks_file": "jackpot_jax.pytorch",
          "search_and_evaluate": "jackpot_jax.train", "evaluate_workdir": "jackpot_jax.train"}
 
 __all__ = sorted(_LAZY)

@@ -24,6 +24,8 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
+from jackpot_jax import errors
+
 STATE, META = "state", "meta"
 # Orbax's marker in the name of a step directory whose save has not finished.
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -45,13 +47,6 @@ def _disk_full_as_oserror(directory: Path):
     raise OSError(errno.ENOSPC, "No space left on device", str(directory)) from error
 
 
-def _one_line(error: BaseException, limit: int = 200) -> str:
-  """The first line of an error, capped: TensorStore errors run to many lines of spec."""
-  lines = str(error).strip().splitlines()
-  text = f"{type(error).__name__}: {lines[0] if lines else ''}"
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _unreadable_arrays(state_directory: Path) -> str | None:
   """Why the array store of one checkpoint cannot be read in full, or None if it can.
 
@@ -67,7 +62,7 @@ def _unreadable_arrays(state_directory: Path) -> str | None:
     for key in store.list().result():
       store.read(key).result()
   except Exception as error:  # any failure means: not restorable, say why in one line
-    return _one_line(error)
+    return errors.one_line(error, 200)
   return None
 
 
@@ -149,7 +144,7 @@ class SearchCheckpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
       except Exception as error:  # a damaged checkpoint must not stop the resume
-        damage = _one_line(error)
+        damage = errors.one_line(error, 200)
         logging.warning("skipping unreadable checkpoint at step %d (%s); trying the previous "
                         "one", step, damage)
         skipped.append((step, damage))
@@ -186,8 +181,26 @@ class SearchCheckpoints:
       self.manager.wait_until_finished()
 
   def close(self) -> None:
-    with _disk_full_as_oserror(self.directory):
-      self.manager.close()
+    try:
+      self.wait()
+    except BaseException:
+      self._close_after_failed_save()
+      raise
+    self.manager.close()
+
+  def _close_after_failed_save(self) -> None:
+    """Closes what Orbax's own close() leaves open after a failed save.
+
+    Orbax's close() starts by waiting for the last save and, when that wait raises (the
+    save failed: a full disk), closes nothing else; its metadata-store threads would
+    outlive the run. Each part is closed here on its own, whatever the others do.
+    """
+    for part in ("_checkpointer", "_non_blocking_metadata_store", "_blocking_metadata_store",
+                 "_checkpoint_deleter"):
+      closer = getattr(getattr(self.manager, part, None), "close", None)
+      if closer is not None:
+        with contextlib.suppress(Exception):
+          closer()
 
   def __enter__(self) -> "SearchCheckpoints":
     return self

@@ -1,103 +1,144 @@
-"""The full set of config fields with reference defaults; configs/*.py start from here.
+"""Every config field, declared once: its default and a one-line doc. configs/*.py start here.
 
-Field names under model, data and search are a contract with users and checks:
-keep them, add new ones freely.
+Field names are a contract with users and checks: keep them, add new ones freely. A new
+field is one row of `FIELDS`; `run_spec.resolve` is the one place that validates it.
+`describe()` lists every field with its doc (`python -m jackpot_jax.config_defaults`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
-# Reference normalisation (ALGORITHM.md) and Fashion-MNIST's own statistics.
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+# The normalisations the usual training recipes (and the paper's code) use, on the [0, 1]
+# scale. CIFAR-10's std is the reference code's (0.2023, ...), not the true pixel std.
+STANDARD_STATISTICS = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+CIFAR_MEAN, CIFAR_STD = STANDARD_STATISTICS["cifar10"]
+IMAGENET_MEAN, IMAGENET_STD = STANDARD_STATISTICS["imagenet2012"]
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = STANDARD_STATISTICS["fashion_mnist"]
+
+
+class _Unset:
+  """A default of None that later takes values of `type` (a fresh placeholder per config:
+  a shared one would carry one config's value into the next)."""
+
+  def __init__(self, type_: type):
+    self.type = type_
+
+  def __repr__(self) -> str:
+    return "None"
+
+
+def _optimizer_fields(section: str, learning_rate: float, weight_decay: float,
+                      what: str) -> list[tuple[str, Any, str]]:
+  """The optimizer rows the search and the tuning stage share, for `what` is trained."""
+  return [
+      (f"{section}.optimizer", "sgd", f"optimizer of the {what}: sgd or any optax name"),
+      (f"{section}.optimizer_kwargs", {}, "extra arguments of that optax optimizer"),
+      (f"{section}.learning_rate", learning_rate, "peak learning rate"),
+      (f"{section}.lr_schedule", "cosine", "cosine (to 0 over the run, per step) | constant"),
+      (f"{section}.warmup_steps", 0, "linear warm-up steps before the schedule"),
+      (f"{section}.momentum", 0.9, "SGD momentum"),
+      (f"{section}.nesterov", False, "Nesterov momentum for SGD"),
+      (f"{section}.weight_decay", weight_decay, f"L2 weight decay on the {what}"),
+      (f"{section}.clip_grad_norm", 0.0, "clip the global gradient norm to this; 0 disables"),
+      (f"{section}.label_smoothing", 0.0, "label smoothing of the cross-entropy"),
+  ]
+
+
+# (dotted key, default, one-line doc).
+FIELDS: list[tuple[str, Any, str]] = [
+    ("model.name", "resnet32", "registry name of the network (jackpot_jax.models)"),
+    ("model.checkpoint", "", "path of the pre-trained PyTorch checkpoint"),
+    ("model.num_classes", 10, "classes of the classifier"),
+    ("model.strict", True, "every checkpoint tensor used and every variable filled"),
+    ("model.kwargs", {}, "extra builder arguments of the model, e.g. width"),
+
+    ("data.name", "cifar10", "TFDS name, image_folder:<root> or npz:<file>"),
+    ("data.mean", CIFAR_MEAN, "per-channel mean on the [0, 1] scale; None: the dataset's"),
+    ("data.std", CIFAR_STD, "per-channel std on the [0, 1] scale; None: the dataset's"),
+    ("data.image_size", _Unset(int), "square side the model sees; None: native"),
+    ("data.augment", "cifar", "cifar (pad and crop, flip) | imagenet | none"),
+    ("data.crop_padding", 4, "zero pixels around the 'cifar' random crop"),
+    ("data.channels", _Unset(int), "image folders: 1 or 3; None: len(mean)"),
+    ("data.prefetch", 2, "batches a background thread keeps ready; 0: none"),
+    ("data.shuffle_buffer", 16_384, "tf.data shuffle buffer of streamed datasets"),
+    ("data.data_dir", _Unset(str), "TFDS data dir; None: TFDS's default"),
+    ("data.manual_dir", _Unset(str), "manually downloaded archives (ImageNet)"),
+    ("data.eval_split", "test", "split the accuracies are measured on"),
+
+    ("search.sparsity", 0.9, "target sparsity over the conv weights"),
+    ("search.sparsity_plan", "l1", "l1 | uniform | erk: how sparsity spreads over layers"),
+    ("search.classifier", "dense", "dense | plan: whether the classifier is masked"),
+    ("search.first_layer", "plan", "plan | dense: whether the first conv is masked"),
+    ("search.layer_overrides", {}, "{layer name pattern: sparsity} beside the plan"),
+    ("search.score_init", "magnitude",
+     "magnitude | magnitude_abs | kaiming | edge_popup | random"),
+    ("search.bn_mode", "recalibrate", "recalibrate (train-mode BN statistics) | frozen"),
+    ("search.num_epochs", 30.0, "search length in epochs; fractions allowed"),
+    ("search.batch_size", 256, "global search batch size"),
+    ("search.seed", 0, "seed of the scores' init and the batch order"),
+    *_optimizer_fields("search", 0.1, 5e-4, "scores"),
+
+    ("tune.num_epochs", 0.0, "epochs of the '+T' stage (weights tuned, mask fixed); 0: none"),
+    ("tune.batch_size", 256, "global batch size of the tuning stage"),
+    *_optimizer_fields("tune", 0.01, 0.0, "weights"),
+
+    ("eval.batch_size", 500, "evaluation batch size (rounded up to the device count)"),
+    ("eval.every_epochs", 1.0, "evaluate the jackpot this often during the search; 0: never"),
+    ("eval.stop_within_dense", 0.0,
+     "> 0: end at the first evaluation within this of dense (0.01 = one point)"),
+
+    ("checkpoint.every_steps", 500, "save a checkpoint this often"),
+    ("checkpoint.keep", 3, "checkpoints kept per stage"),
+
+    ("mesh.num_devices", 0, "devices to use; 0: every device of every process"),
+    ("mesh.model", 1, "devices on the FSDP axis; 1 replicates scores and weights"),
+    ("mesh.fsdp", False, "shard large leaves over the model axis"),
+    ("mesh.fsdp_min_size", 2 ** 16, "with fsdp: leaves with fewer elements stay replicated"),
+
+    ("log_every_steps", 50, "metrics are averaged over this window of steps"),
+    ("progress_bar", True, "show a progress line on stderr"),
+    ("profile_steps", "", "'A,B': jax.profiler trace of steps A..B into <workdir>/profile"),
+]
+
+DOCS = {key: doc for key, _, doc in FIELDS}
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Every field the library reads, set to the reference (CIFAR) defaults."""
   config = ml_collections.ConfigDict()
-
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "resnet32"
-  config.model.checkpoint = ""  # path of the pre-trained PyTorch checkpoint
-  config.model.num_classes = 10
-  config.model.strict = True  # every checkpoint tensor used, every variable filled
-  config.model.kwargs = ml_collections.ConfigDict()  # extra builder arguments, e.g. width
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "cifar10"  # TFDS name, image_folder:<root> or npz:<file>
-  config.data.mean = CIFAR_MEAN
-  config.data.std = CIFAR_STD
-  config.data.image_size = config_dict.placeholder(int)  # None: native size
-  config.data.augment = "cifar"  # cifar | imagenet | none
-  config.data.crop_padding = 4  # zero pixels around the 'cifar' random crop
-  config.data.channels = config_dict.placeholder(int)  # image folders: 1 or 3
-  config.data.prefetch = 2  # batches a background thread keeps ready
-  config.data.shuffle_buffer = 16_384  # tf.data shuffle buffer of streamed datasets
-  config.data.data_dir = config_dict.placeholder(str)  # TFDS data dir; None: TFDS default
-  config.data.manual_dir = config_dict.placeholder(str)  # e.g. ImageNet's downloaded tars
-  config.data.eval_split = "test"
-
-  config.search = ml_collections.ConfigDict()
-  config.search.sparsity = 0.9  # target sparsity over the conv weights
-  config.search.sparsity_plan = "l1"  # l1 | uniform | erk
-  config.search.classifier = "dense"  # dense | plan
-  config.search.first_layer = "plan"  # plan | dense
-  config.search.layer_overrides = ml_collections.ConfigDict()  # {"pattern": sparsity}
-  config.search.score_init = "magnitude"  # magnitude | magnitude_abs | kaiming | edge_popup | random
-  config.search.bn_mode = "recalibrate"  # recalibrate | frozen
-  config.search.num_epochs = 30.0  # fractions allowed
-  config.search.batch_size = 256
-  config.search.seed = 0
-  config.search.label_smoothing = 0.0
-  config.search.optimizer = "sgd"  # sgd or any optax optimizer name
-  config.search.optimizer_kwargs = ml_collections.ConfigDict()
-  config.search.learning_rate = 0.1
-  config.search.lr_schedule = "cosine"
-  config.search.warmup_steps = 0
-  config.search.momentum = 0.9
-  config.search.nesterov = False
-  config.search.weight_decay = 5e-4
-  config.search.clip_grad_norm = 0.0
-
-  # Optional "+T" stage: weights fine-tuned with the searched mask fixed.
-  config.tune = ml_collections.ConfigDict()
-  config.tune.num_epochs = 0.0
-  config.tune.batch_size = 256
-  config.tune.optimizer = "sgd"
-  config.tune.optimizer_kwargs = ml_collections.ConfigDict()
-  config.tune.learning_rate = 0.01
-  config.tune.lr_schedule = "cosine"
-  config.tune.warmup_steps = 0
-  config.tune.momentum = 0.9
-  config.tune.nesterov = False
-  config.tune.weight_decay = 0.0
-  config.tune.clip_grad_norm = 0.0
-  config.tune.label_smoothing = 0.0
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 500
-  config.eval.every_epochs = 1.0  # 0 disables evaluation during the search
-  # > 0: end the search at the first evaluation within this of dense accuracy (0.01 = one
-  # point); the learning-rate schedule still spans search.num_epochs. 0 runs to the end.
-  config.eval.stop_within_dense = 0.0
-
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 500
-  config.checkpoint.keep = 3
-
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.num_devices = 0  # 0: every device of every process
-  config.mesh.model = 1  # devices on the FSDP axis; 1 replicates scores and weights
-  config.mesh.fsdp = False
-  config.mesh.fsdp_min_size = 2 ** 16  # with fsdp: leaves with fewer elements stay replicated
-
-  config.log_every_steps = 50  # metrics are averaged over this window of steps
-  config.progress_bar = True
-  config.profile_steps = ""  # "A,B": jax.profiler trace of steps A..B into <workdir>/profile
+  for key, default, _ in FIELDS:
+    *parents, leaf = key.split(".")
+    section = config
+    for parent in parents:
+      if parent not in section:
+        section[parent] = ml_collections.ConfigDict()
+      section = section[parent]
+    if isinstance(default, _Unset):
+      default = config_dict.placeholder(default.type)
+    section[leaf] = ml_collections.ConfigDict() if default == {} else default
   return config
+
+
+def describe() -> str:
+  """Every field with its default and doc, one a line."""
+  config = base_config()
+  lines = []
+  for key, _, doc in FIELDS:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    shown = dict(value) if isinstance(value, ml_collections.ConfigDict) else value
+    lines.append(f"{key} = {shown!r}  # {doc}")
+  return "\n".join(lines)
 
 
 def imagenet_config() -> ml_collections.ConfigDict:
@@ -139,3 +180,7 @@ def paper_imagenet_config(model: str, sparsity: float, search_epochs: float,
   config.search.num_epochs = float(search_epochs)
   config.tune.num_epochs = float(tune_epochs)
   return config
+
+
+if __name__ == "__main__":
+  print(describe())

@@ -1,8 +1,9 @@
 """Config files outside the command line: `get_config()` of a configs/*.py file plus
 dotted-key overrides, as `--config=FILE --config.a.b=value` would build it.
 
-The experiment scripts and the tests load configs through this, so they see exactly
-what `python -m jackpot_jax search --config=FILE` sees.
+Tests and notebooks load configs through this, so they see exactly what
+`python -m jackpot_jax search --config=FILE` sees; `evaluate` and `export` apply their
+`--config.a.b=value` overrides to a workdir's saved config with `apply_overrides`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,22 @@ def load_config(path: str | os.PathLike,
   spec = importlib.util.spec_from_file_location("jackpot_config_file", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in (overrides or {}).items():
+  return apply_overrides(module.get_config(), overrides or {}, f"the overrides of {path}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                    where: str, allowed: tuple[str, ...] | None = None) -> ml_collections.ConfigDict:
+  """`config` with {"search.sparsity": 0.95, ...} applied in place; a key that names no
+  field, or (with `allowed`) none of the fields or sections listed there, is refused."""
+  for key, value in overrides.items():
     *parents, leaf = key.split(".")
     section = config
     for parent in parents:
       section = section.get(parent) if isinstance(section, ml_collections.ConfigDict) else None
     if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
-      raise ValueError(f"unknown config field {key!r} in the overrides of {path}")
+      raise ValueError(f"unknown config field {key!r} in {where}")
+    if allowed is not None and not any(key == f or key.startswith(f + ".") for f in allowed):
+      raise ValueError(f"{key} cannot be changed in {where}; these can: {', '.join(allowed)}")
     section[leaf] = value
   return config
 

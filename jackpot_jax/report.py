@@ -1,10 +1,46 @@
-"""report.json (machine-readable, a contract) and report.md (a per-layer table for people)."""
+"""Reporting: report.json (machine-readable, a contract) and report.md (a per-layer table
+for people)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from jackpot_jax import fileio
+import jax
+
+from jackpot_jax import fileio, sparsity
+from jackpot_jax.run_setup import SearchSetup
+
+
+def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
+                 jackpot: float, tuned: float | None) -> dict:
+  """report.json's content; the keys named in the main-job issue are a contract."""
+  config = setup.config
+  counted = sparsity.count_sparsity(setup.params, state.masks)
+  step = int(state.step)
+  return {
+      "model": config.model.name,
+      "dataset": config.data.name,
+      "checkpoint": str(config.model.checkpoint),
+      "target_sparsity": float(config.search.sparsity),
+      "sparsity": counted,
+      "accuracy": {"dense": baseline["dense"], "magnitude": baseline["magnitude"],
+                   "jackpot": jackpot, "tuned": tuned},
+      "search": {"steps": step, "epochs": step / setup.steps_per_epoch,
+                 "wall_seconds": float(meta.get("wall_seconds", 0.0)),
+                 "score_init": config.search.score_init,
+                 "sparsity_plan": config.search.sparsity_plan,
+                 "bn_mode": config.search.bn_mode, "batch_size": config.search.batch_size,
+                 "planned_steps": setup.total_steps,
+                 "goal_reached_at": meta.get("goal_reached_at"),
+                 "history": meta.get("history", [])},
+      "layers": {l.name: {"shape": list(l.shape), "kind": l.kind,
+                          "kept": setup.plan.keep_count(l), "size": l.size}
+                 for l in setup.plan.layers},
+      "source_sha256": setup.imported.source_sha256,
+      "devices": {"count": jax.device_count(), "platform": jax.default_backend(),
+                  "processes": jax.process_count()},
+  }
 
 
 def _pct(value: float | None) -> str:

@@ -1,8 +1,11 @@
 """Pure step functions: mask search, masked evaluation and weight tuning.
 
-Each step is `(frozen, state, batch) -> (state, metrics)` with static pieces (model,
-keep counts, optimizer) bound by `functools.partial` before `jax.jit`. Frozen weights
-are an argument, not a closure, so they are never baked into the compiled program.
+Every step takes `(frozen, state, batch)` positionally, with the static pieces (model,
+keep counts, optimizer) keyword-only and bound by `functools.partial` before `jax.jit`:
+`frozen` is what the step reads but never changes (the pre-trained weights for the
+search, the jackpot masks for tuning), `state` what it trains (returned updated, with
+metrics) or, for evaluation, what it evaluates. Frozen arrays are arguments, not
+closures, so they are never baked into the compiled program.
 """
 
 from __future__ import annotations
@@ -133,32 +136,20 @@ def search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Mo
   return new_state, metrics
 
 
-def dense_train_step(params: PyTree, opt_state: optax.OptState, batch_stats: PyTree,
-                     batch: dict, *, model: nn.Module, tx: optax.GradientTransformation):
-  """An ordinary dense training step, the baseline the search step's overhead is measured on."""
-
-  def loss_fn(params):
-    logits, batch_stats_new = _forward(
-        model, {"params": params, "batch_stats": batch_stats}, batch["image"], "recalibrate")
-    return cross_entropy(logits, batch["label"]), batch_stats_new
-
-  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, batch_stats, loss
-
-
-def tune_step(state: TuneState, batch: dict, masks: PyTree, *, model: nn.Module,
+def tune_step(masks: PyTree | None, state: TuneState, batch: dict, *, model: nn.Module,
               tx: optax.GradientTransformation,
               label_smoothing: float = 0.0) -> tuple[TuneState, dict]:
-  """Fine-tunes the weights with the jackpot mask fixed.
+  """Trains the weights with the jackpot mask fixed; `masks=None` is dense training.
 
   The forward pass uses W * M, so pruned weights receive zero gradient; the caller
   re-applies the mask at export, so an optimizer with weight decay cannot revive them.
+  Dense training is also the baseline the search step's overhead is measured on.
   """
-  float_masks = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
 
   def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats, MASKS: float_masks}
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if masks is not None:
+      variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
     logits, batch_stats = _forward(model, variables, batch["image"], "recalibrate")
     return cross_entropy(logits, batch["label"], label_smoothing), (logits, batch_stats)
 
@@ -171,16 +162,16 @@ def tune_step(state: TuneState, batch: dict, masks: PyTree, *, model: nn.Module,
                        batch_stats=batch_stats), metrics
 
 
-def eval_step(params: PyTree, batch_stats: PyTree, masks: PyTree | None, batch: dict, *,
-              model: nn.Module) -> dict:
-  """Sums of correct predictions, loss and examples; `masks=None` evaluates dense.
+def eval_step(params: PyTree, evaluated: dict, batch: dict, *, model: nn.Module) -> dict:
+  """Sums of correct predictions, loss and examples of the network `evaluated` describes:
+  {"batch_stats": ..., "masks": ...}, with masks None for the dense network.
 
   `batch['mask']` (1 for real examples, 0 for padding) lets the last partial batch be
   padded to a fixed shape without counting the padding.
   """
-  variables = {"params": params, "batch_stats": batch_stats}
-  if masks is not None:
-    variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
+  variables = {"params": params, "batch_stats": evaluated["batch_stats"]}
+  if evaluated.get("masks") is not None:
+    variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), evaluated["masks"])
   logits = model.apply(variables, batch["image"], train=False)
   weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32)).astype(jnp.float32)
   targets = jax.nn.one_hot(batch["label"], logits.shape[-1])

@@ -15,13 +15,18 @@ from typing import Any
 import jax
 import ml_collections
 
-from jackpot_jax import config_defaults, fileio, validation
+from jackpot_jax import config_defaults, config_files, fileio
+from jackpot_jax.run_spec import RunSpec
 
 CONFIG_FILE = "config.json"
 # Fields that change how a run executes, not what it computes: a run may resume with
 # other values (e.g. a checkpoint written on 8 devices resumes on 1).
 RUNTIME_FIELDS = ("mesh", "checkpoint", "progress_bar", "log_every_steps", "profile_steps",
                   "eval.batch_size", "data.prefetch")
+# What `evaluate` and `export` may change in a finished run's config: how it runs, and
+# where its data lives (a dataset copied to another disk or machine).
+REEVALUATION_FIELDS = ("eval.batch_size", "data.data_dir", "data.prefetch", "mesh",
+                       "progress_bar")
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
@@ -41,14 +46,12 @@ def _with_defaults(saved: dict, defaults: dict | None = None) -> dict:
   return merged
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                    force: bool = False) -> Path:
+def prepare_workdir(spec: RunSpec, workdir: str | os.PathLike, force: bool = False) -> Path:
   """Creates the workdir and refuses to mix runs of different configs in it.
 
   It only checks: `save_workdir_config` records the config once the run's inputs have
   loaded, so a run that stops on bad input leaves no config behind to refuse the fix.
   """
-  validation.check_config(config)
   workdir = fileio.local_path(workdir, "--workdir")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +69,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLik
     except ValueError as error:
       raise ValueError(f"{saved} is not valid JSON ({error}); restore it, or pass --force "
                        "to replace it") from error
-    changed = sorted(k for k in _diff_keys(previous, config_to_json(config))
+    changed = sorted(k for k in _diff_keys(previous, config_to_json(spec.config))
                      if not any(k == f or k.startswith(f + ".") for f in RUNTIME_FIELDS))
     if changed:
       raise ValueError(f"workdir {workdir} holds a run with a different config (changed: "
@@ -86,8 +89,13 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
   return [] if a == b else [prefix.rstrip(".")]
 
 
-def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+def load_workdir_config(workdir: str | os.PathLike,
+                        overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """The config a workdir's run was made with; `overrides` may change the fields of
+  REEVALUATION_FIELDS (how `evaluate` and `export` run and where the data lives)."""
   path = fileio.local_path(workdir, "--workdir") / CONFIG_FILE
   if not path.exists():
     raise ValueError(f"{workdir} holds no {CONFIG_FILE}; run `search` with this --workdir first")
-  return ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text())))
+  config = ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text())))
+  return config_files.apply_overrides(config, overrides or {}, f"the config of {workdir}",
+                                      allowed=REEVALUATION_FIELDS)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from jackpot_jax.data import fashion_mnist
-from jackpot_jax.testing.torch_models import CifarResNet
+from jackpot_jax.torch_reference.torch_models import CifarResNet
 
 
 def parse_args() -> argparse.Namespace:

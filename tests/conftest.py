@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from jackpot_jax import config_defaults, models, optim, scores as scores_lib, sparsity, steps, train
-from jackpot_jax.testing.torch_models import CifarResNet
+from jackpot_jax import (config_defaults, models, optim, run_setup, run_spec, scores as scores_lib,
+                         sparsity, steps, train)
+from jackpot_jax.torch_reference.torch_models import CifarResNet
 
 
 def sgd_config(**overrides) -> ml_collections.ConfigDict:
@@ -143,8 +144,13 @@ def tiny_overrides(root: Path) -> list[str]:
           "--config.progress_bar=False"]
 
 
+def setup_of(config: ml_collections.ConfigDict) -> run_setup.SearchSetup:
+  """The set-up a search of `config` starts from."""
+  return run_setup.setup_search(run_spec.resolve(config))
+
+
 def final_search_state(config, workdir) -> steps.SearchState:
   """The latest search checkpoint of a workdir, on the host."""
-  setup = train.setup_search(config)
+  setup = setup_of(config)
   state, _ = train.restore_search_state(setup, Path(workdir))
   return jax.device_get(state)

@@ -23,10 +23,10 @@ import torch
 from absl import flags
 from PIL import Image
 
-from jackpot_jax import cli, config_files, train, workdir as workdir_lib
-from jackpot_jax.testing.torch_models import CifarResNet
+from jackpot_jax import cli, config_files, evaluation, train, workdir as workdir_lib
+from jackpot_jax.torch_reference.torch_models import CifarResNet
 
-from conftest import tiny_config, tiny_overrides
+from conftest import setup_of, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = f"--config={REPO / 'configs' / 'default.py'}"
@@ -82,7 +82,7 @@ def assert_nothing_half_written(*roots: Path) -> None:
       continue
     names = [p.name for p in root.rglob("*")]
     leftovers = [n for n in names if n in ("report.json", "report.md", workdir_lib.CONFIG_FILE,
-                                           train.BASELINE_FILE, "checkpoints")
+                                           evaluation.BASELINE_FILE, "checkpoints")
                  or n.endswith(".tmp") or ".orbax-checkpoint-tmp" in n]
     assert not leftovers, f"{root}: {leftovers}"
 
@@ -328,5 +328,5 @@ def test_disk_full_when_saving_keeps_the_last_complete_checkpoint(tiny_job, smal
   assert names == ["2", "4"], names
   config = tiny_config(tiny_job)
   config.search.num_epochs = 4
-  state, _ = train.restore_search_state(train.setup_search(config), workdir)
+  state, _ = train.restore_search_state(setup_of(config), workdir)
   assert int(state.step) == 4

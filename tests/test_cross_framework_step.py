@@ -12,9 +12,9 @@ from flax import traverse_util
 from torch.func import functional_call
 
 from jackpot_jax import models, optim, scores as scores_lib, sparsity, steps
-from jackpot_jax.interop import import_torch
-from jackpot_jax.testing.torch_models import CifarResNet, randomize_batch_norm
-from jackpot_jax.testing.torch_search import StraightThrough
+from jackpot_jax.pytorch import import_torch
+from jackpot_jax.torch_reference.torch_models import CifarResNet, randomize_batch_norm
+from jackpot_jax.torch_reference.torch_search import StraightThrough
 
 from conftest import sgd_config
 

@@ -20,8 +20,8 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _sets(job: Path) -> list[str]:
-  """tiny_overrides as the scripts' --set=key=value flags."""
-  return [f"--set={flag.removeprefix('--config.')}" for flag in tiny_overrides(job)]
+  """tiny_overrides: the scripts take --config.a.b=value flags as the CLI does."""
+  return tiny_overrides(job)
 
 
 def test_sweep_then_overlap_write_tables_and_plots(tiny_job, tmp_path):
@@ -53,9 +53,9 @@ def test_search_cost_gives_kaiming_the_claimed_multiple_of_the_budget(tiny_job, 
 
 
 def test_experiment_bad_input_is_one_line_with_exit_status_2(tmp_path):
-  result = _script("sparsity_sweep.py", f"--output={tmp_path}", "--set=search.sparsty=0.5")
+  result = _script("sparsity_sweep.py", f"--output={tmp_path}", "--config.search.sparsty=0.5")
   assert result.returncode == 2
   assert result.stderr.strip() == (
       "sparsity_sweep.py: error: unknown config field 'search.sparsty' in the overrides of "
-      "configs/default.py")
+      f"{REPO / 'configs' / 'default.py'}")
   assert not list(tmp_path.iterdir())

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from jackpot_jax import export, train
-from jackpot_jax.testing.torch_models import CifarResNet
+from jackpot_jax import train, workdir_export
+from jackpot_jax.torch_reference.torch_models import CifarResNet
 
 from conftest import final_search_state, tiny_config
 
@@ -114,6 +114,22 @@ def test_command_line_search_applies_overrides_and_exports(tiny_job, tmp_path):
   assert abs(conv_zeros / conv_total - report["sparsity"]["conv"]) < 1e-3
 
 
+def test_evaluate_and_export_take_overrides_of_how_they_run_only(tiny_job, tmp_path):
+  workdir = tmp_path / "run"
+  report = train.search_and_evaluate(tiny_config(tiny_job), workdir)
+  result = _cli("evaluate", f"--workdir={workdir}", "--config.eval.batch_size=3",
+                "--config.mesh.num_devices=1")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.loads(result.stdout.splitlines()[-1])["jackpot"] == report["accuracy"]["jackpot"]
+  refused = _cli("export", f"--workdir={workdir}", f"--output={tmp_path / 'x.pth'}",
+                 "--config.search.sparsity=0.5")
+  assert refused.returncode == 2
+  assert refused.stderr.strip().splitlines() == [
+      f"jackpot: error: search.sparsity cannot be changed in the config of {workdir}; these "
+      "can: eval.batch_size, data.data_dir, data.prefetch, mesh, progress_bar"]
+  assert not (tmp_path / "x.pth").exists()
+
+
 def test_command_line_bad_input_is_one_line_with_exit_status_2(tmp_path):
   result = _cli("search", "--config=configs/default.py", f"--workdir={tmp_path}",
                 "--config.search.sparsity=1.5")
@@ -127,7 +143,7 @@ def test_export_after_tuning_writes_the_tuned_weights_under_the_mask(tiny_job, t
   config.tune.num_epochs, config.tune.batch_size, config.tune.learning_rate = 0.5, 16, 0.5
   report = train.search_and_evaluate(config, tmp_path / "run")
   assert report["accuracy"]["tuned"] is not None
-  exported = export.export_workdir(tmp_path / "run", tmp_path / "tuned.pth")
+  exported = workdir_export.export_workdir(tmp_path / "run", tmp_path / "tuned.pth")
   original = torch.load(tiny_job / "resnet20.pth", weights_only=True)
   tuned = torch.load(exported, weights_only=True)
   masks = jax.device_get(final_search_state(config, tmp_path / "run").masks)

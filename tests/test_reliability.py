@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jackpot_jax import (checkpointing, errors, fileio, progress, report as report_lib, steps, train,
-                         workdir as workdir_lib)
-from jackpot_jax.interop import export_torch
+from jackpot_jax import (checkpointing, errors, fileio, progress, report as report_lib, run_setup,
+                         steps, train, workdir as workdir_lib)
+from jackpot_jax.pytorch import export_torch
 
-from conftest import final_search_state, tiny_config, tiny_overrides
+from conftest import final_search_state, setup_of, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "jackpot_jax"
@@ -166,8 +166,8 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(damage, finished_ru
   _truncate_files(checkpoints / "8.orbax-checkpoint-tmp-1234567890")
 
   config = tiny_config(tiny_job)
-  setup = train.setup_search(config)
-  abstract = jax.eval_shape(lambda: train.initial_state(setup))
+  setup = setup_of(config)
+  abstract = jax.eval_shape(lambda: run_setup.initial_search_state(setup))
   reader = checkpointing.SearchCheckpoints(checkpoints, 3)
   with caplog.at_level(logging.WARNING):
     state, _ = reader.restore_latest(abstract)
@@ -263,7 +263,7 @@ def test_failed_writes_leave_old_outputs_whole_and_no_temporary_file(finished_ru
     (directory / name).write_text(f"the previous {name}\n")
   report = json.loads((finished_run / "report.json").read_text())
   config = tiny_config(tiny_job)
-  setup = train.setup_search(config)
+  setup = setup_of(config)
   state = final_search_state(config, finished_run)
   variables = {"params": jax.device_get(setup.params), "batch_stats": state.batch_stats}
   before = {p.name: p.read_bytes() for p in directory.iterdir()}
@@ -354,16 +354,28 @@ def tmpfs(tmp_path):
       raise AssertionError(f"{point} was still in use after the test: a file left open")
 
 
-# Known remainder: when a save fails inside Orbax (here forced by bypassing the free-space
-# check that normally refuses it first), Orbax's write tasks complete into the event loop
-# it already closed, from TensorStore's threads; how many depends on timing. That is
-# Orbax's own leak on its failure path, not ours; the run itself ends with ENOSPC.
+# When a save fails inside Orbax (here forced by bypassing the free-space check that
+# normally refuses it first), Orbax's write tasks may complete into the event loop it
+# already closed, from TensorStore's threads; how many depends on timing. That is Orbax's
+# own leak on its failure path, not ours; the run itself ends with ENOSPC.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_disk_full_inside_an_orbax_save_is_reported_as_enospc(tiny_job, tmpfs, monkeypatch):
   """Without the free-space check (as when another process fills the disk meanwhile),
-  Orbax's background save fails; the run still stops with ENOSPC, step 2 intact."""
+  Orbax's background save fails; the run still stops with ENOSPC, step 2 intact, and no
+  Orbax thread outlives it."""
   monkeypatch.setattr(checkpointing.SearchCheckpoints, "_check_space", lambda self, state: None)
-  workdir = tmpfs("3m") / "run"
+  disk = tmpfs("16m")
+  workdir = disk / "run"
+  save = checkpointing.SearchCheckpoints.save
+
+  def fill_the_disk_before_step_4(self, step, state, meta):
+    if step == 4:  # another process takes all but 64 KiB once step 2 is complete
+      self.manager.wait_until_finished()
+      free = shutil.disk_usage(disk).free
+      (disk / "filler").write_bytes(bytes(max(free - 65_536, 0)))
+    save(self, step, state, meta)
+
+  monkeypatch.setattr(checkpointing.SearchCheckpoints, "save", fill_the_disk_before_step_4)
   config = tiny_config(tiny_job)
   with pytest.raises(OSError) as raised:
     train.search_and_evaluate(config, workdir)
@@ -377,7 +389,7 @@ def test_export_to_a_full_disk_is_enospc_and_leaves_no_file(finished_run, tiny_j
   """torch.save and safetensors report a full disk in their own ways; all become ENOSPC."""
   disk = tmpfs("32k")
   config = tiny_config(tiny_job)
-  setup = train.setup_search(config)
+  setup = setup_of(config)
   state = final_search_state(config, finished_run)
   variables = {"params": jax.device_get(setup.params), "batch_stats": state.batch_stats}
   for name, format in (("jackpot.pth", "state_dict"), ("jackpot.safetensors", "state_dict"),

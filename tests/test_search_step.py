@@ -133,9 +133,10 @@ def test_plain_sgd_step_moves_scores_by_minus_lr_times_gradient():
 def test_eval_step_counts_only_unpadded_examples(tiny_search):
   search = tiny_search
   batch = dict(search.batch, mask=jnp.array([1.0, 1.0, 0.0, 0.0]))
-  dense = steps.eval_step(search.params, search.batch_stats, None, batch, model=search.model)
-  masked = steps.eval_step(search.params, search.batch_stats, search.state.masks, batch,
-                           model=search.model)
+  dense = steps.eval_step(search.params, {"batch_stats": search.batch_stats, "masks": None},
+                          batch, model=search.model)
+  masked = steps.eval_step(search.params, {"batch_stats": search.batch_stats,
+                                           "masks": search.state.masks}, batch, model=search.model)
   assert float(dense["count"]) == 2.0
   assert 0.0 <= float(masked["correct"]) <= 2.0
   logits = search.model.apply({"params": search.params, "batch_stats": search.batch_stats},
@@ -150,7 +151,7 @@ def test_tune_step_updates_weights_but_never_revives_pruned_ones(tiny_search):
                           opt_state=tx.init(search.params), batch_stats=search.batch_stats)
   tune = jax.jit(functools.partial(steps.tune_step, model=search.model, tx=tx))
   for _ in range(3):
-    state, metrics = tune(state, search.batch, search.state.masks)
+    state, metrics = tune(search.state.masks, state, search.batch)
   assert np.isfinite(float(metrics["loss"]))
   flat_new = traverse_util.flatten_dict(state.params)
   flat_old = traverse_util.flatten_dict(search.params)

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from jackpot_jax import parallel, train
+from jackpot_jax import parallel, run_setup, train
 
-from conftest import final_search_state, tiny_config
+from conftest import final_search_state, setup_of, tiny_config
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
@@ -57,8 +57,8 @@ def test_fsdp_sharded_scores_give_the_one_device_scores(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
   sharded = _on(config, 8)
   sharded.mesh.model, sharded.mesh.fsdp, sharded.mesh.fsdp_min_size = 2, True, 4096
-  setup = train.setup_search(sharded)
-  state = train.initial_state(setup)
+  setup = setup_of(sharded)
+  state = run_setup.initial_search_state(setup)
   specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.scores)]
   assert any(parallel.MODEL in spec for spec in specs), "no score leaf is sharded"
   assert any(spec == jax.sharding.PartitionSpec() for spec in specs), "small leaves should replicate"

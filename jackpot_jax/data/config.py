@@ -1,27 +1,10 @@
-"""The data config: its fields, their defaults, and its validated form (`DataSpec`).
+"""The data config's validated form (`DataSpec`) and a dataset's shape (`DatasetInfo`).
 
-A data config is an `ml_collections.ConfigDict` (any mapping with `.get` works):
-
-  name          'fashion_mnist' | 'cifar10' | 'cifar100' | 'imagenet2012' (TFDS names),
-                'image_folder:<root>' (root/{train,test}/<class>/*.jpg|jpeg|png), or
-                'npz:<file>' (uint8 arrays x_train, y_train, x_test, y_test).
-  mean, std     per-channel pixel statistics on the [0, 1] scale; None means the
-                dataset's standard values for TFDS names and statistics computed from
-                the training images for image folders and npz files.
-  image_size    int: side of the square images the model sees; None keeps the native
-                size (imagenet2012 then uses 224).
-  augment       'cifar' (random crop after `crop_padding` zero pixels, horizontal flip),
-                'imagenet' (random-resized crop + flip; eval: resize to size*256/224,
-                centre crop), or 'none'.
-  crop_padding  pixels of zero padding for the 'cifar' crop (default 4).
-  channels      image folders only: 1 (grayscale) or 3 (RGB); None means len(mean), or
-                3 when mean is None.
-  data_dir      TFDS data directory; None means TFDS's default ($TFDS_DATA_DIR or
-                ~/tensorflow_datasets).
-  manual_dir    directory of manually downloaded archives (imagenet2012's tars), used
-                by `python -m jackpot_jax.data.prepare`.
-  prefetch      batches a background thread keeps ready (0: no thread; default 2).
-  shuffle_buffer  tf.data shuffle buffer of streamed datasets (imagenet2012).
+The fields and their defaults are declared in `config_defaults` (data.*). Names:
+'fashion_mnist' | 'cifar10' | 'cifar100' | 'imagenet2012' (TFDS), 'image_folder:<root>'
+(root/{train,test}/<class>/*.jpg|jpeg|png) or 'npz:<file>' (uint8 x_train, y_train,
+x_test, y_test). A mean/std of None means the standard statistics of a TFDS name, or
+statistics computed from the training images of a folder or npz file.
 """
 
 from __future__ import annotations
@@ -32,7 +15,8 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from jackpot_jax.data import fashion_mnist
+from jackpot_jax import config_defaults
+from jackpot_jax.config_defaults import STANDARD_STATISTICS
 
 AUGMENTATIONS = ("cifar", "imagenet", "none")
 
@@ -40,14 +24,6 @@ AUGMENTATIONS = ("cifar", "imagenet", "none")
 STREAMED_TFDS_NAMES = ("imagenet2012",)
 IN_MEMORY_TFDS_NAMES = ("fashion_mnist", "cifar10", "cifar100")
 
-# The normalisations the usual training recipes (and the paper's code) use. CIFAR-10's
-# std is the reference code's (0.2023, ...), not the true pixel std.
-STANDARD_STATISTICS = {
-    "fashion_mnist": (fashion_mnist.MEAN, fashion_mnist.STD),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 _STANDARD_AUGMENTATION = {
     "fashion_mnist": "cifar", "cifar10": "cifar", "cifar100": "cifar",
     "imagenet2012": "imagenet",
@@ -94,22 +70,15 @@ class DataSpec:
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
-  """A data config for `name` with every field at its default (standard statistics and
-  augmentation for TFDS names, 'none' augmentation for folders and npz files)."""
+  """A data config for `name`: the declared defaults of `config_defaults`, with the
+  standard statistics and augmentation of TFDS names ('none' augmentation and statistics
+  computed from the images for folders and npz files)."""
+  values = dict(config_defaults.base_config().data)
   mean, std = STANDARD_STATISTICS.get(name, (None, None))
-  return ml_collections.ConfigDict({
-      "name": name,
-      "mean": mean,
-      "std": std,
-      "image_size": IMAGENET_DEFAULT_SIZE if name in STREAMED_TFDS_NAMES else None,
-      "augment": _STANDARD_AUGMENTATION.get(name, "none"),
-      "crop_padding": 4,
-      "channels": None,
-      "data_dir": None,
-      "manual_dir": None,
-      "prefetch": 2,
-      "shuffle_buffer": 16_384,
-  })
+  values.update(name=name, mean=mean, std=std,
+                image_size=IMAGENET_DEFAULT_SIZE if name in STREAMED_TFDS_NAMES else None,
+                augment=_STANDARD_AUGMENTATION.get(name, "none"))
+  return ml_collections.ConfigDict(values)
 
 
 def _parse_name(name: str) -> tuple[str, str]:
@@ -178,3 +147,8 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
       prefetch=int(field("prefetch")),
       shuffle_buffer=int(field("shuffle_buffer")),
   )
+
+
+def as_spec(data: DataSpec | Mapping[str, Any]) -> DataSpec:
+  """`data` itself if it is already resolved, else `resolve_spec(data)`."""
+  return data if isinstance(data, DataSpec) else resolve_spec(data)

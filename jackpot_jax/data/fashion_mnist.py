@@ -15,14 +15,14 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jackpot_jax.config_defaults import STANDARD_STATISTICS
 from jackpot_jax.data.idx import read_idx
 
 DEBIAN_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 
 # Pixel statistics of the 60,000 training images scaled to [0, 1], computed from the
 # Debian files (0.28604, 0.35302); the values the literature uses.
-MEAN = (0.2860,)
-STD = (0.3530,)
+MEAN, STD = STANDARD_STATISTICS["fashion_mnist"]
 
 _SOURCE_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

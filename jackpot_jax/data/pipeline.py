@@ -1,6 +1,7 @@
 """The data API the training loop uses: dataset info, training iterator, eval batches.
 
-Every function takes a data config (see `jackpot_jax.data.config`) and dispatches to the
+Every function takes a `DataSpec` (a run resolves its own once; a data config mapping is
+resolved on the spot, for scripts and tests) and dispatches to the
 in-memory pipeline (fashion_mnist, cifar10/100, npz files, image folders) or the
 streamed tf.data one (imagenet2012). Batches are dicts of numpy arrays: 'image' float32
 (B, H, W, C), normalised; 'label' int32 (B,); eval batches add 'mask' bool (B,).
@@ -11,13 +12,13 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping
 
 from jackpot_jax.data import in_memory
-from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
+from jackpot_jax.data.config import DatasetInfo, DataSpec, as_spec
 from jackpot_jax.data.in_memory import Batch, Statistics
 from jackpot_jax.data.prefetch import prefetch
 from jackpot_jax.data.sources import in_memory_info, load_arrays
 from jackpot_jax.data.tfds_source import tfds_info
 
-DataConfig = Mapping[str, Any]
+DataConfig = DataSpec | Mapping[str, Any]
 
 
 def host_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -57,7 +58,7 @@ def load_dataset_info(data_config: DataConfig) -> DatasetInfo:
   TFDS datasets answer from their metadata; npz files and image folders are loaded (and
   kept for the iterators).
   """
-  spec = resolve_spec(data_config)
+  spec = as_spec(data_config)
   if spec.kind == "tfds":
     return tfds_info(spec)
   return in_memory_info(spec, load_arrays(spec))
@@ -72,13 +73,13 @@ def make_train_iterator(data_config: DataConfig, *, batch_size: int, seed: int,
   `start_step`, so a run resumed at step s sees exactly the data it would have seen.
 
   Args:
-    data_config: see `jackpot_jax.data.config`.
+    data_config: a `DataSpec`, or a data config to resolve.
     batch_size: the global batch size; each host yields batch_size // process_count.
     seed: non-negative integer seeding the order and the augmentation.
     start_step: the step the first yielded batch belongs to.
     process_index, process_count: this host and the number of hosts.
   """
-  spec = resolve_spec(data_config)
+  spec = as_spec(data_config)
   host_batch_size(batch_size, process_index, process_count)
   if seed < 0 or start_step < 0:
     raise ValueError(f"seed {seed} and start_step {start_step} must be non-negative")
@@ -102,7 +103,7 @@ def make_eval_batches(data_config: DataConfig, split: str = "test", *, batch_siz
   real examples, so accuracy is sum(correct * mask) / sum(mask) summed over hosts. Call
   it again for every evaluation.
   """
-  spec = resolve_spec(data_config)
+  spec = as_spec(data_config)
   host_batch_size(batch_size, process_index, process_count)
   if spec.streamed:
     return _streamed().eval_batches(

@@ -15,15 +15,14 @@ exit status 2, as with the main command line.
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 import tensorflow_datasets as tfds
 
+from jackpot_jax import entrypoint
 from jackpot_jax.data.config import STREAMED_TFDS_NAMES
 from jackpot_jax.data.fashion_mnist import DEBIAN_SOURCE_DIR, prepare_fashion_mnist
 from jackpot_jax.data.tfds_source import FILE_FORMAT
-from jackpot_jax.errors import USER_ERRORS
 
 _DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset name.")
 _DATA_DIR = flags.DEFINE_string(
@@ -87,15 +86,11 @@ def add_array_record(dataset_version_dir: str) -> None:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   data_dir = None if _DATA_DIR.value is None else os.path.expanduser(_DATA_DIR.value)
-  try:
-    path = prepare(_DATASET.value, data_dir, _SOURCE_DIR.value, _MANUAL_DIR.value)
-  except USER_ERRORS as error:
-    print(f"jackpot_jax.data.prepare: error: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(2)
+  path = prepare(_DATASET.value, data_dir, _SOURCE_DIR.value, _MANUAL_DIR.value)
   print(f"{_DATASET.value} is prepared in {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entrypoint.run(main)

@@ -1,11 +1,28 @@
-"""Cheap checks of a config before anything heavy is loaded, each failing with one line."""
+"""The run spec: a config validated once and frozen, built at start and passed down.
+
+`resolve(config)` is the one place a config is checked, before anything heavy loads;
+every check fails with one line naming the field and what to do. `check_fit` adds the
+checks that need the dataset's shape and the device count, before the checkpoint loads.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
-from jackpot_jax import (data as data_lib, fileio, models, optim, profiling, scores, sparsity,
-                         steps)
+from jackpot_jax import fileio, models, optim, profiling, scores, sparsity, steps
+from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """What a run computes: the frozen config with its data and model resolved."""
+
+  config: ml_collections.FrozenConfigDict
+  data: DataSpec
+  model: models.ModelSpec
+  profile_steps: tuple[int, int] | None
 
 
 def _choice(value, allowed, field: str) -> None:
@@ -13,9 +30,23 @@ def _choice(value, allowed, field: str) -> None:
     raise ValueError(f"unknown {field} {value!r}; choose one of {', '.join(map(str, allowed))}")
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def _check_training_section(config: ml_collections.ConfigDict, section: str) -> None:
+  part = config[section]
+  if part.batch_size < 1:
+    raise ValueError(f"{section}.batch_size must be positive, got {part.batch_size}")
+  if part.num_epochs < 0:
+    raise ValueError(f"{section}.num_epochs must be >= 0, got {part.num_epochs}")
+  if part.learning_rate <= 0:
+    raise ValueError(f"{section}.learning_rate must be positive, got {part.learning_rate}")
+  try:  # builds the optax chain only: names and arguments are checked, nothing runs
+    optim.make_optimizer(part, 1)
+  except TypeError as error:
+    raise ValueError(f"{section}.optimizer_kwargs do not fit {section}.optimizer "
+                     f"{part.optimizer!r}: {error}") from error
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
   """Rejects values no run could use, naming the field and what to do."""
-  models.get_model_spec(config.model.name)
   if not config.model.checkpoint:
     raise ValueError("model.checkpoint is empty; pass --config.model.checkpoint=PATH to a "
                      "pre-trained PyTorch checkpoint")
@@ -31,18 +62,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _choice(search.classifier, sparsity.LAYER_POLICIES, "search.classifier")
   _choice(search.first_layer, sparsity.LAYER_POLICIES, "search.first_layer")
   for section in ("search", "tune"):
-    part = config[section]
-    if part.batch_size < 1:
-      raise ValueError(f"{section}.batch_size must be positive, got {part.batch_size}")
-    if part.num_epochs < 0:
-      raise ValueError(f"{section}.num_epochs must be >= 0, got {part.num_epochs}")
-    if part.learning_rate <= 0:
-      raise ValueError(f"{section}.learning_rate must be positive, got {part.learning_rate}")
-    try:  # builds the optax chain only: names and arguments are checked, nothing runs
-      optim.make_optimizer(part, 1)
-    except TypeError as error:
-      raise ValueError(f"{section}.optimizer_kwargs do not fit {section}.optimizer "
-                       f"{part.optimizer!r}: {error}") from error
+    _check_training_section(config, section)
   if config.eval.batch_size < 1:
     raise ValueError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
   if config.eval.stop_within_dense < 0:
@@ -55,26 +75,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
   if config.log_every_steps < 1:
     raise ValueError(f"log_every_steps must be positive, got {config.log_every_steps}")
-  profiling.parse_profile_steps(config.profile_steps)
-  data_lib.resolve_spec(config.data)
 
 
-def check_fit(config: ml_collections.ConfigDict, data_info: data_lib.DatasetInfo,
-              device_count: int) -> None:
-  """Checks the config against the dataset and the devices, before the checkpoint loads.
+def resolve(config: ml_collections.ConfigDict) -> RunSpec:
+  """Validates `config` once and freezes it with its resolved data and model specs."""
+  model = models.get_model_spec(config.model.name)
+  _check(config)
+  return RunSpec(config=ml_collections.FrozenConfigDict(config),
+                 data=resolve_spec(config.data), model=model,
+                 profile_steps=profiling.parse_profile_steps(config.profile_steps))
+
+
+def check_fit(spec: RunSpec, data_info: DatasetInfo, device_count: int) -> None:
+  """Checks the spec against the dataset and the devices, before the checkpoint loads.
 
   Each of these would otherwise fail only after the checkpoint import, the compilation
   or, for the tuning stage, the whole search.
   """
+  config = spec.config
   if data_info.num_classes != config.model.num_classes:
     raise ValueError(f"model.num_classes={config.model.num_classes} but dataset "
                      f"{config.data.name!r} has {data_info.num_classes} classes; set "
                      f"--config.model.num_classes={data_info.num_classes}")
-  mean = data_lib.resolve_spec(config.data).mean
   channels = data_info.image_shape[-1]
-  if mean is not None and len(mean) != channels:
-    raise ValueError(f"data.mean has {len(mean)} values but {config.data.name!r} images have "
-                     f"{channels} channel(s); give one mean and std per channel")
+  if spec.data.mean is not None and len(spec.data.mean) != channels:
+    raise ValueError(f"data.mean has {len(spec.data.mean)} values but {config.data.name!r} "
+                     f"images have {channels} channel(s); give one mean and std per channel")
   for section in ("search", "tune") if config.tune.num_epochs > 0 else ("search",):
     field, size = f"{section}.batch_size", config[section].batch_size
     if size > data_info.num_train:

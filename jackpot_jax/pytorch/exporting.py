@@ -29,10 +29,10 @@ from flax import traverse_util
 from safetensors.torch import save_file as save_safetensors
 
 from jackpot_jax.fileio import atomic_path
-from jackpot_jax.interop.errors import CheckpointMismatchError
-from jackpot_jax.interop.importing import ImportedModel
-from jackpot_jax.interop.layout import CheckpointLayout, TensorSource, to_torch
-from jackpot_jax.interop.masks_file import write_masks_file
+from jackpot_jax.errors import CheckpointMismatchError
+from jackpot_jax.pytorch.importing import ImportedModel
+from jackpot_jax.pytorch.layout import CheckpointLayout, TensorSource, to_torch
+from jackpot_jax.pytorch.masks_file import write_masks_file
 
 PyTree = Any
 FlaxPath = tuple[str, ...]

@@ -7,14 +7,14 @@
   masks = apply_masks_file("jackpot.npz", imported)
 """
 
-from jackpot_jax.interop.errors import (CheckpointError, CheckpointMismatchError,
-                                        CheckpointNotFoundError, CheckpointReadError,
-                                        MasksFileError)
-from jackpot_jax.interop.exporting import export_torch
-from jackpot_jax.interop.importing import ImportedModel, import_torch, weights_sha256
-from jackpot_jax.interop.layout import CheckpointLayout, TensorSource
-from jackpot_jax.interop.masks_file import apply_masks_file
-from jackpot_jax.interop.reading import RawCheckpoint, read_checkpoint
+from jackpot_jax.errors import (CheckpointError, CheckpointMismatchError,
+                                CheckpointNotFoundError, CheckpointReadError,
+                                MasksFileError)
+from jackpot_jax.pytorch.exporting import export_torch
+from jackpot_jax.pytorch.importing import ImportedModel, import_torch, weights_sha256
+from jackpot_jax.pytorch.layout import CheckpointLayout, TensorSource
+from jackpot_jax.pytorch.masks_file import apply_masks_file
+from jackpot_jax.pytorch.reading import RawCheckpoint, read_checkpoint
 
 __all__ = ["CheckpointError", "CheckpointLayout", "CheckpointMismatchError",
            "CheckpointNotFoundError", "CheckpointReadError", "ImportedModel", "MasksFileError",

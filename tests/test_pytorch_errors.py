@@ -11,10 +11,10 @@ import torch
 from flax import traverse_util
 from safetensors.torch import save as safetensors_bytes
 
-from jackpot_jax.interop import (CheckpointMismatchError, CheckpointNotFoundError,
+from jackpot_jax.pytorch import (CheckpointMismatchError, CheckpointNotFoundError,
                                  CheckpointReadError, MasksFileError, apply_masks_file,
                                  export_torch, import_torch)
-from jackpot_jax.testing.torch_models import CifarResNet, randomize_batch_norm
+from jackpot_jax.torch_reference.torch_models import CifarResNet, randomize_batch_norm
 
 NUM_CLASSES = 10
 

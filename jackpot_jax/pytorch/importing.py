@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from flax import traverse_util
 
-from jackpot_jax.interop.errors import CheckpointMismatchError
-from jackpot_jax.interop.layout import (CheckpointLayout, TensorSource, Transform, to_flax,
+from jackpot_jax.errors import CheckpointMismatchError
+from jackpot_jax.pytorch.layout import (CheckpointLayout, TensorSource, Transform, to_flax,
                                         torch_shape)
-from jackpot_jax.interop.reading import read_checkpoint
+from jackpot_jax.pytorch.reading import read_checkpoint
 from jackpot_jax.models import ModelSpec, get_model_spec, torch_module_name
 
 PyTree = Any

@@ -21,10 +21,10 @@ import numpy as np
 from flax import traverse_util
 
 from jackpot_jax.fileio import atomic_path
-from jackpot_jax.interop.errors import (CheckpointNotFoundError, CheckpointReadError,
-                                        MasksFileError, one_line)
-from jackpot_jax.interop.importing import ImportedModel
-from jackpot_jax.interop.layout import CheckpointLayout, TensorSource, to_flax, to_torch
+from jackpot_jax.errors import (CheckpointNotFoundError, CheckpointReadError,
+                                MasksFileError, one_line)
+from jackpot_jax.pytorch.importing import ImportedModel
+from jackpot_jax.pytorch.layout import CheckpointLayout, TensorSource, to_flax, to_torch
 
 FORMAT = "jackpot_jax.masks"
 VERSION = 1

@@ -9,12 +9,12 @@ from flax import traverse_util
 from safetensors.torch import save_file
 from torch.nn.utils import prune
 
-from jackpot_jax.interop import (CheckpointLayout, MasksFileError, apply_masks_file,
+from jackpot_jax.pytorch import (CheckpointLayout, MasksFileError, apply_masks_file,
                                  export_torch, import_torch)
-from jackpot_jax.interop.layout import to_torch
+from jackpot_jax.pytorch.layout import to_torch
 from jackpot_jax.models.torchvision_vgg import VGG11_LAYOUT
 from jackpot_jax.models.vgg_cifar import VGG19_LAYOUT as CIFAR_VGG19_LAYOUT
-from jackpot_jax.testing.torch_models import (AuthorsCifarVGG, CifarResNet, MobileNetV1,
+from jackpot_jax.torch_reference.torch_models import (AuthorsCifarVGG, CifarResNet, MobileNetV1,
                                               TorchvisionVGG, randomize_batch_norm,
                                               torchvision_resnet)
 

@@ -1,4 +1,4 @@
-"""The `export` and `apply-masks` commands: from a workdir back to PyTorch."""
+"""The `export` and `apply-masks` commands: a workdir's jackpot back to PyTorch."""
 
 from __future__ import annotations
 
@@ -7,25 +7,13 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import checkpointing, fileio, optim, parallel, train, workdir as workdir_lib
-from jackpot_jax.interop import apply_masks_file, export_torch, import_torch
-
-
-def _tuned_params(setup: train.SearchSetup, workdir: Path, batch_stats):
-  """The tuned weights and stats if a "+T" stage finished in this workdir, else None."""
-  directory = workdir / "tune_checkpoints"
-  if not directory.exists():
-    return None
-  tx = optim.make_optimizer(setup.config.tune, 1)
-  abstract = jax.eval_shape(lambda: train.fresh_tune_state(setup, tx, batch_stats))
-  shardings = parallel.config_shardings(abstract, setup.mesh, setup.config.mesh)
-  with checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep) as ckpts:
-    restored = ckpts.restore_latest(parallel.abstract_arrays(abstract, shardings))
-  return None if restored is None else restored[0]
+from jackpot_jax import fileio, train
+from jackpot_jax.pytorch import apply_masks_file, export_torch, import_torch
 
 
 def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
-                   format: str = "state_dict", clean_keys: bool = False) -> Path:
+                   format: str = "state_dict", clean_keys: bool = False,
+                   overrides: dict | None = None) -> Path:
   """Writes the workdir's latest jackpot (tuned weights if a tuning stage ran) for PyTorch.
 
   BN running statistics are the ones the search re-estimated on the masked network, so
@@ -33,10 +21,9 @@ def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
   """
   workdir = fileio.local_path(workdir, "--workdir")
   output = fileio.local_path(output, "--output")
-  setup = train.setup_search(workdir_lib.load_workdir_config(workdir))
-  state, _ = train.restore_search_state(setup, workdir)
+  setup, state, _ = train.load_workdir(workdir, overrides)
   variables = {"params": setup.params, "batch_stats": state.batch_stats}
-  tuned = _tuned_params(setup, workdir, state.batch_stats)
+  tuned = train.restore_tuned_state(setup, workdir, state.batch_stats)
   if tuned is not None:
     variables = {"params": tuned.params, "batch_stats": tuned.batch_stats}
   return export_torch(setup.imported, jax.device_get(variables), jax.device_get(state.masks),

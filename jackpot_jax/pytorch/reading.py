@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file
 
-from jackpot_jax.interop.errors import (CheckpointNotFoundError, CheckpointReadError,
-                                        one_line)
+from jackpot_jax.errors import (CheckpointNotFoundError, CheckpointReadError,
+                                one_line)
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 WRAPPING_PREFIXES = ("module.", "_orig_mod.")

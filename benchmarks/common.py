@@ -1,0 +1,84 @@
+"""What the benchmarks share: `--config` and `--config.a.b=value` as the CLI takes them, and
+a search over random weights built from that config.
+
+The search settings (sparsity, plan, score init, optimizer, BN mode) come from the config
+(default configs/default.py); --model, --batch_size and --num_classes are shorthands for
+--config.model.name, --config.search.batch_size and --config.model.num_classes. The weights
+are random, so the plan is 'uniform' unless --config.search.sparsity_plan names one: a
+global l1 threshold would empty the widest layers of an untrained network.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from jackpot_jax import entrypoint, models, optim, scores as scores_lib, sparsity, steps
+
+FLAGS = flags.FLAGS
+entrypoint.define_config_flag()
+flags.DEFINE_string("model", None, "shorthand for --config.model.name")
+flags.DEFINE_integer("batch_size", None, "shorthand for --config.search.batch_size")
+flags.DEFINE_integer("num_classes", None, "shorthand for --config.model.num_classes")
+
+
+def main(entry: Callable[[list[str]], None]) -> None:
+  entrypoint.run(entry, default_config=entrypoint.DEFAULT_CONFIG)
+
+
+def settings() -> ml_collections.ConfigDict:
+  """The command line's config with the shorthands applied."""
+  config = copy.deepcopy(FLAGS.config)
+  if "search.sparsity_plan" not in config_flags.get_override_values(FLAGS["config"]):
+    config.search.sparsity_plan = "uniform"
+  if FLAGS.model is not None:
+    config.model.name = FLAGS.model
+  if FLAGS.batch_size is not None:
+    config.search.batch_size = FLAGS.batch_size
+  if FLAGS.num_classes is not None:
+    config.model.num_classes = FLAGS.num_classes
+  return config
+
+
+@dataclasses.dataclass
+class RandomSearch:
+  """A search set-up over random weights: its pure step (statics bound) and first state."""
+
+  model: Any
+  params: Any
+  batch_stats: Any
+  tx: Any
+  step: Callable
+  state: steps.SearchState
+
+
+def random_search(config: ml_collections.ConfigDict, input_shape: tuple[int, ...],
+                  rng: jax.Array) -> RandomSearch:
+  """`config`'s model with random weights, its plan, scores, optimizer and search step."""
+  spec = models.get_model_spec(config.model.name)
+  model = spec.build(num_classes=config.model.num_classes, **dict(config.model.kwargs))
+  variables = model.init(rng, jnp.zeros((2, *input_shape)), train=False)
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  search = config.search
+  plan = sparsity.build_sparsity_plan(
+      params, sparsity=search.sparsity, method=search.sparsity_plan, spec=spec,
+      classifier=search.classifier, first_layer=search.first_layer,
+      overrides=dict(search.layer_overrides))
+  keep_counts = plan.keep_counts()
+  tx = optim.make_optimizer(search, 1000)
+  by_magnitude = scores_lib.ranks_by_magnitude(search.score_init)
+  state = steps.init_search_state(scores_lib.init_scores(params, plan, search.score_init, rng),
+                                  keep_counts, batch_stats, tx, rng, by_magnitude)
+  step = functools.partial(steps.search_step, model=model, keep_counts=keep_counts, tx=tx,
+                           bn_mode=search.bn_mode, label_smoothing=search.label_smoothing,
+                           rank_by_magnitude=by_magnitude)
+  return RandomSearch(model=model, params=params, batch_stats=batch_stats, tx=tx, step=step,
+                      state=state)

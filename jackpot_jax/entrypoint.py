@@ -1,0 +1,100 @@
+"""The one way a program of this project starts: the `jackpot` command, the experiments, the
+benchmarks and the data preparation all run their `main` through `run`.
+
+  entrypoint.define_config_flag()
+  ...
+  entrypoint.run(main, default_config=entrypoint.DEFAULT_CONFIG)
+  # python script.py [--config=FILE] [--config.a.b=value ...], as the CLI takes them
+
+Bad flags and bad input end in one line on stderr with exit status 2 (`errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from absl import app, flags, logging as absl_logging
+from ml_collections import config_flags
+
+from jackpot_jax import errors
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "default.py")
+_CONFIG = "--config"
+
+
+def define_config_flag() -> flags.FlagHolder:
+  """`--config=configs/<name>.py` with `--config.a.b=value` overrides of any field."""
+  return config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
+
+
+def program_name() -> str:
+  """What the error line starts with: `jackpot`, a module run with -m, or a script."""
+  path = Path(sys.argv[0]).resolve()
+  package = Path(__file__).resolve().parent
+  if path.name in ("__main__.py", "jackpot", "cli.py") or path == package / "cli.py":
+    return "jackpot"
+  if package in path.parents:
+    return ".".join(("jackpot_jax",) + path.relative_to(package).with_suffix("").parts)
+  return path.name
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict]:
+  """(argv without its --config.a.b=value flags, {a.b: value}) for the commands that
+  apply overrides to a saved config instead of a config file."""
+  from jackpot_jax import config_files  # pylint: disable=import-outside-toplevel
+  pairs = [a[len(_CONFIG) + 1:] for a in argv if a.startswith(_CONFIG + ".")]
+  return ([a for a in argv if not a.startswith(_CONFIG + ".")],
+          config_files.parse_overrides(pairs))
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+  """Which --config.a.b flag names no field of the config file, said in one line."""
+  from jackpot_jax import config_files  # pylint: disable=import-outside-toplevel
+  files = [a.split("=", 1)[1] for a in argv if a.startswith(_CONFIG + "=")]
+  _, overrides = split_overrides(argv)
+  try:
+    config_files.load_config(files[-1], overrides)
+  except ValueError as error:
+    return str(error)
+  return None
+
+
+def parse_flags(argv: list[str], default_config: str | None = None,
+                workdir_overrides: bool = False) -> list[str]:
+  """absl's flag parsing with `--config=default_config` when no --config is given; bad
+  flags end in one line with exit status 2. With `workdir_overrides` the --config.a.b
+  flags are left to `split_overrides(sys.argv)` (a workdir's saved config takes them)."""
+  if workdir_overrides:
+    with errors.exit_on_user_error(program_name()):
+      argv = split_overrides(argv)[0]
+  if default_config and not any(a == _CONFIG or a.startswith(_CONFIG + "=") for a in argv):
+    argv = [argv[0], f"{_CONFIG}={default_config}", *argv[1:]]
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    errors.fail(program_name(), str(error))
+  except (AttributeError, KeyError) as error:  # config_flags: an override names no field
+    errors.fail(program_name(), _unknown_override(argv) or errors.one_line(error))
+
+
+def run(main: Callable[[list[str]], None], *, default_config: str | None = None,
+        parse: Callable[[list[str]], list[str]] | None = None) -> None:
+  """app.run(main) with Orbax's per-save INFO lines off (--verbosity shows them) and every
+  user error as one line with exit status 2. `default_config` is the --config of a
+  script run without one; `parse` replaces the flag parsing (the CLI's commands)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+
+  def guarded(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:
+      # app.run turns INFO on, and Orbax logs every save at INFO: that would bury the
+      # progress bar, the warnings and the one-line errors.
+      absl_logging.set_verbosity(absl_logging.WARNING)
+    with errors.exit_on_user_error(program_name()):
+      main(argv)
+
+  app.run(guarded, flags_parser=parse or (lambda argv: parse_flags(argv, default_config)))

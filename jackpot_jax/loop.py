@@ -1,0 +1,158 @@
+"""The one training loop: restore, step, log, evaluate, guard, checkpoint.
+
+The search and the "+T" tuning stage both run here; a `Stage` says how they differ (the
+step function, what it keeps frozen, its first state, its data order and its
+evaluations). The loop owns everything it opens and closes it on every way out, errors
+included: no checkpoint save, input thread or event file outlives `run_stage`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+
+from jackpot_jax import checkpointing, data as data_lib, dispatch, nonfinite, parallel
+from jackpot_jax import profiling, progress
+from jackpot_jax.run_spec import RunSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """Evaluations during a stage: every `every_steps` steps and at the last planned one.
+
+  `measure(state)` returns (accuracy, scalars for TensorBoard); reaching `goal` ends
+  the stage early, and a rerun does not go on.
+  """
+
+  every_steps: int
+  measure: Callable[[Any], tuple[float, dict]]
+  goal: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One trained stage of a run.
+
+  `step(frozen, state, batch) -> (state, metrics)` is the pure step with its statics
+  bound; the loop compiles it with the NaN/Inf guard, donating the state.
+  """
+
+  name: str  # "search" or "tune": the config section, the log phase
+  step: Callable
+  frozen: Any
+  fresh_state: Any
+  checked: str  # what the guard names: "scores" or "tuned weights"
+  checked_values: Callable[[Any], Any]
+  checkpoint_dir: Path
+  total_steps: int
+  steps_per_epoch: int
+  seed: int
+  learning_rate: Callable[[int], float]
+  evaluation: Evaluation | None = None
+  profile_steps: tuple[int, int] | None = None
+
+
+def _compile(stage: Stage, mesh: Any, state_shardings: Any) -> Callable:
+  """The stage's step with the NaN/Inf record of `nonfinite.track`, jitted."""
+
+  def guarded(frozen, state, batch, record):
+    state, metrics = stage.step(frozen, state, batch)
+    record = nonfinite.track(record, state.step, metrics["loss"], stage.checked_values(state))
+    return state, metrics, record
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(guarded, out_shardings=(state_shardings, replicated, replicated),
+                 donate_argnums=(1,))
+
+
+def _next_timed(batches: Iterator[dict]) -> tuple[dict, float]:
+  """The next batch and the seconds the loop waited for it (the input-wait metric)."""
+  began = time.perf_counter()
+  batch = next(batches)
+  return batch, time.perf_counter() - began
+
+
+def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
+              stop_after: int | None = None) -> tuple[Any, dict]:
+  """Runs (or resumes) `stage` to its last step and returns (state, meta).
+
+  Args:
+    stop_after: stop after this global step (tests use it to simulate a crash); the
+      checkpoint written there lets the same call resume.
+  Returns:
+    meta: wall_seconds, history (one record per evaluation) and, when the goal was
+      reached, goal_reached_at.
+  """
+  config = spec.config
+  section = config[stage.name]
+  with contextlib.ExitStack() as opened:  # closed newest first, on every way out
+    ckpts = opened.enter_context(checkpointing.SearchCheckpoints(
+        stage.checkpoint_dir, config.checkpoint.keep, writer=True))
+    shardings = parallel.config_shardings(stage.fresh_state, mesh, config.mesh)
+    restored = ckpts.restore_latest(parallel.abstract_arrays(stage.fresh_state, shardings))
+    state, meta = ((stage.fresh_state, {"wall_seconds": 0.0, "history": []})
+                   if restored is None else restored)
+    meta = {"wall_seconds": 0.0, "history": [], **meta}
+    start = int(state.step)
+    if restored is not None:
+      logging.info("resuming the %s from step %d", stage.name, start)
+    step_fn = _compile(stage, mesh, shardings)
+    record = jax.device_put(nonfinite.ALL_FINITE, parallel.replicated(mesh))
+    batches = opened.enter_context(contextlib.closing(data_lib.make_train_iterator(
+        spec.data, batch_size=section.batch_size, seed=stage.seed, start_step=start,
+        process_index=jax.process_index(), process_count=jax.process_count())))
+    logger = opened.enter_context(progress.ProgressLogger(
+        workdir, stage.total_steps, start, config.progress_bar, phase=stage.name,
+        batch_size=section.batch_size, learning_rate=lambda s: stage.learning_rate(s - 1)))
+    profiler = opened.enter_context(profiling.StepProfiler(workdir / "profile",
+                                                           stage.profile_steps))
+    evaluation = stage.evaluation
+    last_saved, logged_at = ckpts.latest_step(), start
+    end = stage.total_steps if stop_after is None else min(stop_after, stage.total_steps)
+    if meta.get("goal_reached_at") is not None:
+      end = start
+    began = time.perf_counter() - meta["wall_seconds"]
+    window = dispatch.DispatchWindow()
+    for step in range(start + 1, end + 1):
+      batch, waited = _next_timed(batches)
+      profiler.before(step)
+      state, metrics, record = step_fn(stage.frozen, state, parallel.put_batch(batch, mesh),
+                                       record)
+      window.admit(metrics)
+      logger.record(metrics, waited)
+      profiler.after(step, metrics)
+      log_now = step % config.log_every_steps == 0 or step == end
+      eval_now = evaluation is not None and (step % evaluation.every_steps == 0
+                                             or step == stage.total_steps)
+      save_now = step % config.checkpoint.every_steps == 0 or step == end
+      if log_now or eval_now or save_now:
+        nonfinite.check(record, stage.checked, stage.name, last_saved)
+      if log_now:
+        logger.step(step, step - logged_at)
+        logged_at = step
+      if eval_now:
+        accuracy, scalars = evaluation.measure(state)
+        logger.scalars(step, scalars)
+        meta["history"].append({"step": step, "epoch": step / stage.steps_per_epoch,
+                                "jackpot_accuracy": accuracy})
+        if evaluation.goal is not None and accuracy >= evaluation.goal:
+          logging.info("accuracy %.4f reached the goal %.4f at step %d; the %s ends",
+                       accuracy, evaluation.goal, step, stage.name)
+          meta["goal_reached_at"] = step
+          save_now = True
+      if save_now:
+        meta["wall_seconds"] = time.perf_counter() - began
+        ckpts.save(step, state, dict(meta))
+        last_saved = step
+      if meta.get("goal_reached_at") == step:
+        break
+    if start == end and restored is None:
+      ckpts.save(0, state, dict(meta))
+    ckpts.wait()
+  return state, meta

@@ -1,0 +1,109 @@
+"""Set-up: everything a run derives from its spec and the pre-trained checkpoint, before
+any step — the imported model, the sparsity plan, the mesh, the schedules' lengths and
+the first states of the search and of the tuning stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jackpot_jax import (data as data_lib, masking, models, optim, parallel,
+                         scores as scores_lib, sparsity, steps)
+from jackpot_jax.pytorch import ImportedModel, import_torch
+from jackpot_jax.run_spec import RunSpec, check_fit
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSetup:
+  """A run's fixed inputs: the frozen weights on their devices and what the plan keeps."""
+
+  spec: RunSpec
+  imported: ImportedModel
+  params: Any
+  batch_stats: Any
+  plan: sparsity.SparsityPlan
+  data_info: data_lib.DatasetInfo
+  mesh: Any
+  steps_per_epoch: int
+  total_steps: int
+
+  @property
+  def config(self):
+    return self.spec.config
+
+  @property
+  def model(self):
+    return self.imported.model
+
+  @property
+  def keep_counts(self) -> Any:
+    return self.plan.keep_counts()
+
+  def stage_steps(self, section: str) -> int:
+    """Steps of the search or the tuning stage: its epochs over the training split."""
+    part = self.config[section]
+    per_epoch = max(self.data_info.num_train // part.batch_size, 1)
+    return max(int(round(part.num_epochs * per_epoch)), 0)
+
+  def optimizer(self, section: str) -> optax.GradientTransformation:
+    return optim.make_optimizer(self.config[section], max(self.stage_steps(section), 1))
+
+  def shardings(self, tree: Any) -> Any:
+    return parallel.config_shardings(tree, self.mesh, self.config.mesh)
+
+
+def setup_search(spec: RunSpec) -> SearchSetup:
+  """Reads the data's shape, checks the spec against it and the devices, then imports the
+  checkpoint and builds the plan: bad input fails before the checkpoint is loaded."""
+  config = spec.config
+  data_info = data_lib.load_dataset_info(spec.data)
+  mesh = parallel.make_mesh(config.mesh.model, config.mesh.num_devices)
+  check_fit(spec, data_info, mesh.devices.size)
+  imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
+                          strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
+  params = imported.variables["params"]
+  plan = sparsity.build_sparsity_plan(
+      params, sparsity=config.search.sparsity, method=config.search.sparsity_plan,
+      spec=spec.model, classifier=config.search.classifier,
+      first_layer=config.search.first_layer, overrides=dict(config.search.layer_overrides))
+  steps_per_epoch = max(data_info.num_train // config.search.batch_size, 1)
+  total_steps = max(int(round(config.search.num_epochs * steps_per_epoch)), 0)
+  if total_steps == 0 and config.search.num_epochs > 0:
+    raise ValueError("search.num_epochs is too small for one step; raise it")
+  return SearchSetup(
+      spec=spec, imported=imported,
+      params=jax.device_put(params, parallel.config_shardings(params, mesh, config.mesh)),
+      batch_stats=imported.variables.get("batch_stats", {}), plan=plan, data_info=data_info,
+      mesh=mesh, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
+def initial_search_state(setup: SearchSetup) -> steps.SearchState:
+  """Scores from `search.score_init`, their masks, and a fresh optimizer state."""
+  config = setup.config
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.search.seed))
+  scores = scores_lib.init_scores(setup.params, setup.plan, config.search.score_init, init_rng)
+  state = steps.init_search_state(scores, setup.keep_counts, setup.batch_stats,
+                                  setup.optimizer("search"), state_rng,
+                                  scores_lib.ranks_by_magnitude(config.search.score_init))
+  # A copy: the jitted step donates its state, and setup.batch_stats must outlive it.
+  return jax.device_put(state, setup.shardings(state), may_alias=False)
+
+
+def initial_tune_state(setup: SearchSetup, batch_stats: Any) -> steps.TuneState:
+  """The "+T" stage's first state: the pre-trained weights and a fresh optimizer state."""
+  state = steps.TuneState(step=jnp.zeros((), jnp.int32), params=setup.params,
+                          opt_state=setup.optimizer("tune").init(setup.params),
+                          batch_stats=batch_stats)
+  # A copy: the jitted step donates its state, and the pre-trained weights must outlive it.
+  return jax.device_put(state, setup.shardings(state), may_alias=False)
+
+
+def magnitude_masks(setup: SearchSetup) -> Any:
+  """The layer-wise magnitude-pruning mask at the plan's keep counts (the search's start)."""
+  scores = scores_lib.init_scores(setup.params, setup.plan, "magnitude", jax.random.PRNGKey(0))
+  return masking.compute_masks(scores, setup.keep_counts)

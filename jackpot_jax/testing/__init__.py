@@ -1,1 +1,0 @@
-"""Helpers for tests, benchmarks and scripts: PyTorch reference modules and tiny fixtures."""
