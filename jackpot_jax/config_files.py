@@ -27,6 +27,11 @@ def load_config(path: str | os.PathLike,
   return apply_overrides(module.get_config(), overrides or {}, f"the overrides of {path}")
 
 
+def within(key: str, fields: tuple[str, ...]) -> bool:
+  """Whether dotted `key` is one of `fields` or lies inside one of them (a section)."""
+  return any(key == field or key.startswith(field + ".") for field in fields)
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
                     where: str, allowed: tuple[str, ...] | None = None) -> ml_collections.ConfigDict:
   """`config` with {"search.sparsity": 0.95, ...} applied in place; a key that names no
@@ -38,7 +43,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
       section = section.get(parent) if isinstance(section, ml_collections.ConfigDict) else None
     if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
       raise ValueError(f"unknown config field {key!r} in {where}")
-    if allowed is not None and not any(key == f or key.startswith(f + ".") for f in allowed):
+    if allowed is not None and not within(key, allowed):
       raise ValueError(f"{key} cannot be changed in {where}; these can: {', '.join(allowed)}")
     section[leaf] = value
   return config

@@ -96,9 +96,8 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
         stage.checkpoint_dir, config.checkpoint.keep, writer=True))
     shardings = parallel.config_shardings(stage.fresh_state, mesh, config.mesh)
     restored = ckpts.restore_latest(parallel.abstract_arrays(stage.fresh_state, shardings))
-    state, meta = ((stage.fresh_state, {"wall_seconds": 0.0, "history": []})
-                   if restored is None else restored)
-    meta = {"wall_seconds": 0.0, "history": [], **meta}
+    state, meta = (stage.fresh_state, {}) if restored is None else restored
+    meta = {"wall_seconds": 0.0, "history": [], **meta}  # older checkpoints lack some keys
     start = int(state.step)
     if restored is not None:
       logging.info("resuming the %s from step %d", stage.name, start)

@@ -29,8 +29,6 @@ class SearchSetup:
   plan: sparsity.SparsityPlan
   data_info: data_lib.DatasetInfo
   mesh: Any
-  steps_per_epoch: int
-  total_steps: int
 
   @property
   def config(self):
@@ -44,11 +42,22 @@ class SearchSetup:
   def keep_counts(self) -> Any:
     return self.plan.keep_counts()
 
+  def epoch_steps(self, section: str) -> int:
+    """Steps of one epoch of the search or the tuning stage (the last partial batch is
+    dropped)."""
+    return max(self.data_info.num_train // self.config[section].batch_size, 1)
+
   def stage_steps(self, section: str) -> int:
     """Steps of the search or the tuning stage: its epochs over the training split."""
-    part = self.config[section]
-    per_epoch = max(self.data_info.num_train // part.batch_size, 1)
-    return max(int(round(part.num_epochs * per_epoch)), 0)
+    return max(int(round(self.config[section].num_epochs * self.epoch_steps(section))), 0)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.epoch_steps("search")
+
+  @property
+  def total_steps(self) -> int:
+    return self.stage_steps("search")
 
   def optimizer(self, section: str) -> optax.GradientTransformation:
     return optim.make_optimizer(self.config[section], max(self.stage_steps(section), 1))
@@ -71,15 +80,14 @@ def setup_search(spec: RunSpec) -> SearchSetup:
       params, sparsity=config.search.sparsity, method=config.search.sparsity_plan,
       spec=spec.model, classifier=config.search.classifier,
       first_layer=config.search.first_layer, overrides=dict(config.search.layer_overrides))
-  steps_per_epoch = max(data_info.num_train // config.search.batch_size, 1)
-  total_steps = max(int(round(config.search.num_epochs * steps_per_epoch)), 0)
-  if total_steps == 0 and config.search.num_epochs > 0:
-    raise ValueError("search.num_epochs is too small for one step; raise it")
-  return SearchSetup(
+  setup = SearchSetup(
       spec=spec, imported=imported,
       params=jax.device_put(params, parallel.config_shardings(params, mesh, config.mesh)),
       batch_stats=imported.variables.get("batch_stats", {}), plan=plan, data_info=data_info,
-      mesh=mesh, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+      mesh=mesh)
+  if setup.total_steps == 0 and config.search.num_epochs > 0:
+    raise ValueError("search.num_epochs is too small for one step; raise it")
+  return setup
 
 
 def initial_search_state(setup: SearchSetup) -> steps.SearchState:

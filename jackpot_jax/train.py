@@ -69,15 +69,13 @@ def tune_stage(setup: SearchSetup, workdir: Path, masks: Any, batch_stats: Any) 
       frozen=masks, fresh_state=initial_tune_state(setup, batch_stats),
       checked="tuned weights", checked_values=lambda state: state.params,
       checkpoint_dir=workdir / TUNE_CHECKPOINTS, total_steps=total,
-      steps_per_epoch=max(setup.data_info.num_train // config.tune.batch_size, 1),
-      seed=config.search.seed + 1,
+      steps_per_epoch=setup.epoch_steps("tune"), seed=config.search.seed + 1,
       learning_rate=optim.learning_rate_of(config.tune, max(total, 1)))
 
 
 def _tune_and_report(setup: SearchSetup, workdir: Path, evaluator: evaluation.Evaluator,
-                     state: steps.SearchState, meta: dict) -> dict:
+                     state: steps.SearchState, meta: dict, baseline: dict) -> dict:
   """The jackpot's accuracy, the optional tuning stage, and report.{json,md}."""
-  baseline = evaluation.baseline(setup, evaluator, workdir)
   jackpot = evaluator.accuracy(setup.params, state.batch_stats, state.masks)
   tuned = None
   if setup.stage_steps("tune") > 0:
@@ -111,7 +109,7 @@ def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pat
                                workdir, stop_after=stop_after)
   if int(state.step) < setup.total_steps and meta.get("goal_reached_at") is None:
     return {"stopped_at": int(state.step)}
-  return _tune_and_report(setup, workdir, evaluator, state, meta)
+  return _tune_and_report(setup, workdir, evaluator, state, meta, baseline)
 
 
 def _restore(setup: SearchSetup, directory: Path, fresh: Any) -> tuple[Any, dict] | None:
@@ -151,4 +149,6 @@ def load_workdir(workdir: str | os.PathLike,
 def evaluate_workdir(workdir: str | os.PathLike, overrides: dict | None = None) -> dict:
   """The `evaluate` command: re-evaluates the latest checkpoint and rewrites the reports."""
   setup, state, meta = load_workdir(workdir, overrides)
-  return _tune_and_report(setup, Path(workdir), evaluation.Evaluator(setup), state, meta)
+  evaluator = evaluation.Evaluator(setup)
+  baseline = evaluation.baseline(setup, evaluator, Path(workdir))
+  return _tune_and_report(setup, Path(workdir), evaluator, state, meta, baseline)

@@ -70,7 +70,7 @@ def prepare_workdir(spec: RunSpec, workdir: str | os.PathLike, force: bool = Fal
       raise ValueError(f"{saved} is not valid JSON ({error}); restore it, or pass --force "
                        "to replace it") from error
     changed = sorted(k for k in _diff_keys(previous, config_to_json(spec.config))
-                     if not any(k == f or k.startswith(f + ".") for f in RUNTIME_FIELDS))
+                     if not config_files.within(k, RUNTIME_FIELDS))
     if changed:
       raise ValueError(f"workdir {workdir} holds a run with a different config (changed: "
                        f"{', '.join(changed[:5])}); use a new --workdir or pass --force")
