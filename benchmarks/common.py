@@ -71,7 +71,7 @@ def random_search(config: ml_collections.ConfigDict, input_shape: tuple[int, ...
   plan = sparsity.build_sparsity_plan(
       params, sparsity=search.sparsity, method=search.sparsity_plan, spec=spec,
       classifier=search.classifier, first_layer=search.first_layer,
-      overrides=dict(search.layer_overrides))
+      hidden_dense=search.hidden_dense, overrides=dict(search.layer_overrides))
   keep_counts = plan.keep_counts()
   tx = optim.make_optimizer(search, 1000)
   by_magnitude = scores_lib.ranks_by_magnitude(search.score_init)

@@ -78,6 +78,7 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("search.sparsity_plan", "l1", "l1 | uniform | erk: how sparsity spreads over layers"),
     ("search.classifier", "dense", "dense | plan: whether the classifier is masked"),
     ("search.first_layer", "plan", "plan | dense: whether the first conv is masked"),
+    ("search.hidden_dense", "dense", "dense | plan: whether hidden Linear layers are masked"),
     ("search.layer_overrides", {}, "{layer name pattern: sparsity} beside the plan"),
     ("search.score_init", "magnitude",
      "magnitude | magnitude_abs | kaiming | edge_popup | random"),

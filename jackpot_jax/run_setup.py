@@ -79,7 +79,8 @@ def setup_search(spec: RunSpec) -> SearchSetup:
   plan = sparsity.build_sparsity_plan(
       params, sparsity=config.search.sparsity, method=config.search.sparsity_plan,
       spec=spec.model, classifier=config.search.classifier,
-      first_layer=config.search.first_layer, overrides=dict(config.search.layer_overrides))
+      first_layer=config.search.first_layer, hidden_dense=config.search.hidden_dense,
+      overrides=dict(config.search.layer_overrides))
   setup = SearchSetup(
       spec=spec, imported=imported,
       params=jax.device_put(params, parallel.config_shardings(params, mesh, config.mesh)),

@@ -61,6 +61,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
   _choice(search.bn_mode, steps.BN_MODES, "search.bn_mode")
   _choice(search.classifier, sparsity.LAYER_POLICIES, "search.classifier")
   _choice(search.first_layer, sparsity.LAYER_POLICIES, "search.first_layer")
+  _choice(search.hidden_dense, sparsity.LAYER_POLICIES, "search.hidden_dense")
   for section in ("search", "tune"):
     _check_training_section(config, section)
   if config.eval.batch_size < 1:

@@ -75,28 +75,59 @@ class SparsityPlan:
     return traverse_util.unflatten_dict(flat)
 
 
-def _included(layers, spec: ModelSpec | None, classifier: str, first_layer: str):
-  for policy, what in ((classifier, "classifier"), (first_layer, "first_layer")):
+def _included(layers, spec: ModelSpec | None, classifier: str, first_layer: str,
+              hidden_dense: str):
+  """The layers a plan pools: every kernel but those a policy keeps dense.
+
+  Hidden dense layers are 2-D kernels other than the spec's classifier (torchvision VGG's
+  classifier.0 and classifier.3); without a spec no layer is told apart and all join.
+  """
+  for policy, what in ((classifier, "classifier"), (first_layer, "first_layer"),
+                       (hidden_dense, "hidden_dense")):
     if policy not in LAYER_POLICIES:
       raise ValueError(f"search.{what} must be one of {LAYER_POLICIES}, got {policy!r}")
+  if spec is None:
+    return list(layers)
   excluded = set()
-  if spec is not None and classifier == "dense":
+  if classifier == "dense":
     excluded.add(spec.classifier)
-  if spec is not None and first_layer == "dense":
+  if first_layer == "dense":
     excluded.add(spec.first_layer)
+  if hidden_dense == "dense":
+    excluded.update(l.name for l in layers if l.kind == "dense" and l.name != spec.classifier)
   return [l for l in layers if l.name not in excluded]
 
 
 def _l1_prune_counts(params, layers, sparsity) -> dict[str, int]:
-  """One global magnitude threshold t: a fraction `sparsity` of the weights has |w| < t."""
+  """Global magnitude pruning with exact counts: `int(sparsity * total)` weights in all.
+
+  The pruned weights are the first `cut` of a stable sort of the pooled magnitudes,
+  concatenated in layer order, each kernel flattened as stored (Flax's HWIO / (in, out)):
+  among equal magnitudes the lower position goes first, so ties at the threshold fall to
+  the earlier layers, and within a layer to the lower flat index. Restricted to one layer
+  that global order is the layer's own stable argsort, so the weights counted here are
+  exactly those `scores._magnitude` prunes. Computed with a partition (linear time): all
+  magnitudes below the cut's value, then the ties at it in position order.
+  """
   flat = traverse_util.flatten_dict(params)
   magnitudes = [np.abs(np.asarray(flat[l.path + ("kernel",)], np.float32)).ravel() for l in layers]
-  everything = np.sort(np.concatenate(magnitudes))
-  cut = int(sparsity * everything.size)
+  total = sum(m.size for m in magnitudes)
+  cut = int(sparsity * total)
   if cut == 0:
     return {l.name: 0 for l in layers}
-  threshold = everything[cut]
-  return {l.name: int(np.sum(m < threshold)) for l, m in zip(layers, magnitudes)}
+  threshold = np.partition(np.concatenate(magnitudes), cut - 1)[cut - 1]
+  counts, left = {}, cut
+  for l, m in zip(layers, magnitudes):
+    # NaN sorts last, as in np.argsort: below a NaN threshold is every number.
+    below = int(np.sum(~np.isnan(m))) if np.isnan(threshold) else int(np.sum(m < threshold))
+    counts[l.name] = below
+    left -= below
+  for l, m in zip(layers, magnitudes):
+    ties = int(np.sum(np.isnan(m))) if np.isnan(threshold) else int(np.sum(m == threshold))
+    taken = min(ties, left)
+    counts[l.name] += taken
+    left -= taken
+  return counts
 
 
 def _erk_densities(layers, sparsity, power_scale: float = 1.0) -> dict[str, float]:
@@ -127,7 +158,7 @@ def _erk_densities(layers, sparsity, power_scale: float = 1.0) -> dict[str, floa
 
 def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: str = "l1",
                         spec: ModelSpec | None = None, classifier: str = "dense",
-                        first_layer: str = "plan",
+                        first_layer: str = "plan", hidden_dense: str = "dense",
                         overrides: Mapping[str, float] | None = None) -> SparsityPlan:
   """Computes per-layer prune counts.
 
@@ -139,11 +170,15 @@ def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: s
     spec: the model's spec, naming its classifier and first layer.
     classifier: "dense" keeps the classifier unpruned (reference); "plan" includes it.
     first_layer: "plan" (reference) or "dense".
+    hidden_dense: "dense" keeps 2-D kernels other than the classifier (torchvision VGG's
+      hidden Linear layers) unpruned, as the reference's plans pool convolutions only;
+      "plan" includes them.
     overrides: {fnmatch pattern over layer names: sparsity}, applied last; 0 keeps dense.
 
   Returns:
     A SparsityPlan. Raises ValueError with a one-line message when the target is outside
-    [0, 1) or a layer would keep no weight.
+    [0, 1), a policy is unknown, an override pattern matches no layer, a layer would keep
+    no weight or the plan prunes nothing.
   """
   if not 0.0 <= float(sparsity) < 1.0:
     raise ValueError(f"search.sparsity must be in [0, 1), got {sparsity}")
@@ -153,7 +188,7 @@ def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: s
   layers = prunable_layers(params)
   if not layers:
     raise ValueError("the model has no prunable conv or dense layer")
-  included = _included(layers, spec, classifier, first_layer)
+  included = _included(layers, spec, classifier, first_layer, hidden_dense)
   counts = {l.name: 0 for l in layers}
   if method == "l1":
     counts.update(_l1_prune_counts(params, included, sparsity))
