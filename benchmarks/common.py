@@ -76,7 +76,7 @@ def random_search(config: ml_collections.ConfigDict, input_shape: tuple[int, ...
   tx = optim.make_optimizer(search, 1000)
   by_magnitude = scores_lib.ranks_by_magnitude(search.score_init)
   state = steps.init_search_state(scores_lib.init_scores(params, plan, search.score_init, rng),
-                                  keep_counts, batch_stats, tx, rng, by_magnitude)
+                                  keep_counts, batch_stats, tx, by_magnitude)
   step = functools.partial(steps.search_step, model=model, keep_counts=keep_counts, tx=tx,
                            bn_mode=search.bn_mode, label_smoothing=search.label_smoothing,
                            rank_by_magnitude=by_magnitude)

@@ -94,10 +94,10 @@ def setup_search(spec: RunSpec) -> SearchSetup:
 def initial_search_state(setup: SearchSetup) -> steps.SearchState:
   """Scores from `search.score_init`, their masks, and a fresh optimizer state."""
   config = setup.config
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.search.seed))
-  scores = scores_lib.init_scores(setup.params, setup.plan, config.search.score_init, init_rng)
+  scores = scores_lib.init_scores(setup.params, setup.plan, config.search.score_init,
+                                  jax.random.PRNGKey(config.search.seed))
   state = steps.init_search_state(scores, setup.keep_counts, setup.batch_stats,
-                                  setup.optimizer("search"), state_rng,
+                                  setup.optimizer("search"),
                                   scores_lib.ranks_by_magnitude(config.search.score_init))
   # A copy: the jitted step donates its state, and setup.batch_stats must outlive it.
   return jax.device_put(state, setup.shardings(state), may_alias=False)

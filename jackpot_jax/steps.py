@@ -38,7 +38,6 @@ class SearchState:
   masks: PyTree
   opt_state: optax.OptState
   batch_stats: PyTree
-  rng: jax.Array
 
 
 @flax.struct.dataclass
@@ -52,12 +51,12 @@ class TuneState:
 
 
 def init_search_state(scores: PyTree, keep_counts: PyTree, batch_stats: PyTree,
-                      tx: optax.GradientTransformation, rng: jax.Array,
+                      tx: optax.GradientTransformation,
                       rank_by_magnitude: bool = False) -> SearchState:
   """Optimizer state exists for the scores only: frozen weights get no moments."""
   return SearchState(step=jnp.zeros((), jnp.int32), scores=scores,
                      masks=masking.compute_masks(scores, keep_counts, rank_by_magnitude),
-                     opt_state=tx.init(scores), batch_stats=batch_stats, rng=rng)
+                     opt_state=tx.init(scores), batch_stats=batch_stats)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,

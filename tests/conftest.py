@@ -53,7 +53,7 @@ class TinySearch:
     self.scores = scores_lib.init_scores(self.params, self.plan, score_init,
                                          jax.random.PRNGKey(2))
     self.state = steps.init_search_state(self.scores, self.keep_counts, self.batch_stats,
-                                         self.tx, jax.random.PRNGKey(3))
+                                         self.tx)
     self.step = jax.jit(functools.partial(
         steps.search_step, model=self.model, keep_counts=self.keep_counts, tx=self.tx,
         bn_mode=bn_mode))

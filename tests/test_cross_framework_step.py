@@ -60,7 +60,7 @@ def test_torch_and_jax_search_steps_give_the_same_scores():
   tx = optim.make_optimizer(sgd_config(lr_schedule="constant", learning_rate=LR), 10)
   # Random (untied) scores, so both frameworks' top-k agree without a tie-break convention.
   initial = scores_lib.init_scores(params, plan, "kaiming", jax.random.PRNGKey(0))
-  state = steps.init_search_state(initial, keep_counts, batch_stats, tx, jax.random.PRNGKey(1))
+  state = steps.init_search_state(initial, keep_counts, batch_stats, tx)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(8, 3, 8, 8)).astype(np.float32)
   labels = rng.integers(0, 10, 8)

@@ -56,8 +56,7 @@ def test_every_mask_keeps_exactly_k_at_every_step(tiny_search):
 def test_masks_keep_exactly_k_when_all_scores_tie():
   search = TinySearch()
   tied = jax.tree.map(jnp.ones_like, search.scores)
-  state = steps.init_search_state(tied, search.keep_counts, search.batch_stats, search.tx,
-                                  jax.random.PRNGKey(0))
+  state = steps.init_search_state(tied, search.keep_counts, search.batch_stats, search.tx)
   expected = traverse_util.flatten_dict(search.keep_counts)
   for key, mask in traverse_util.flatten_dict(state.masks).items():
     assert int(np.sum(mask)) == expected[key]
@@ -94,7 +93,7 @@ def test_edge_popup_gradient_passes_through_the_absolute_score():
   """Ranking |S|, the estimator is the identity of |S|: dL/dS = dL/d(W*M) * W * sign(S)."""
   search = TinySearch(score_init="edge_popup")
   state = steps.init_search_state(search.scores, search.keep_counts, search.batch_stats,
-                                  search.tx, jax.random.PRNGKey(3), rank_by_magnitude=True)
+                                  search.tx, rank_by_magnitude=True)
   signed_masks = masking.compute_masks(search.scores, search.keep_counts)
   (_, _), by_magnitude = steps.score_loss_and_grads(
       search.params, state, search.batch, model=search.model, bn_mode="recalibrate",
