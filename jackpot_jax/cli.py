@@ -76,6 +76,7 @@ def _run_command(command: str) -> None:
 def _print_summary(report: dict) -> None:
   accuracy = report["accuracy"]
   print(json.dumps({"dense": accuracy["dense"], "magnitude": accuracy["magnitude"],
+                    "magnitude_recalibrated": accuracy.get("magnitude_recalibrated"),
                     "jackpot": accuracy["jackpot"], "tuned": accuracy.get("tuned"),
                     "conv_sparsity": report["sparsity"]["conv"],
                     "wall_seconds": report["search"]["wall_seconds"]}))

@@ -73,6 +73,9 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("data.data_dir", _Unset(str), "TFDS data dir; None: TFDS's default"),
     ("data.manual_dir", _Unset(str), "manually downloaded archives (ImageNet)"),
     ("data.eval_split", "test", "split the accuracies are measured on"),
+    ("data.holdout_images", _Unset(int),
+     "training images held out of the search for its evaluations and early stopping; "
+     "None: min(5000, 10%); 0: none"),
 
     ("search.sparsity", 0.9, "target sparsity over the conv weights"),
     ("search.sparsity_plan", "l1", "l1 | uniform | erk: how sparsity spreads over layers"),
@@ -95,7 +98,10 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("eval.batch_size", 500, "evaluation batch size (rounded up to the device count)"),
     ("eval.every_epochs", 1.0, "evaluate the jackpot this often during the search; 0: never"),
     ("eval.stop_within_dense", 0.0,
-     "> 0: end at the first evaluation within this of dense (0.01 = one point)"),
+     "> 0: end at the first held-out evaluation within this of dense (0.01 = one point)"),
+    ("eval.recalibration_images", 2048,
+     "training images the magnitude baseline's BN statistics are re-estimated on "
+     "(whole search batches); 0: skip"),
 
     ("checkpoint.every_steps", 500, "save a checkpoint this often"),
     ("checkpoint.keep", 3, "checkpoints kept per stage"),

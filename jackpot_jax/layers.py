@@ -75,13 +75,18 @@ class Dense(nn.Module):
     return y
 
 
+# Flax's momentum is the weight of the old running statistics (PyTorch's 0.1 is 0.9 here).
+BN_MOMENTUM = 0.9
+
+
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults: momentum 0.1 there is 0.9 here, epsilon 1e-5.
 
   In training mode the batch statistics of the whole (possibly sharded) batch are used,
   which under jit with a data-sharded batch is synchronised BN by construction.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
+                      name=name)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:

@@ -18,6 +18,7 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
   config = setup.config
   counted = sparsity.count_sparsity(setup.params, state.masks)
   step = int(state.step)
+  history = meta.get("history", [])
   return {
       "model": config.model.name,
       "dataset": config.data.name,
@@ -25,7 +26,13 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
       "target_sparsity": float(config.search.sparsity),
       "sparsity": counted,
       "accuracy": {"dense": baseline["dense"], "magnitude": baseline["magnitude"],
+                   "magnitude_recalibrated": baseline.get("magnitude_recalibrated"),
                    "jackpot": jackpot, "tuned": tuned},
+      "accuracy_split": config.data.eval_split,
+      "recalibration_images": baseline.get("recalibration_images", 0),
+      "holdout": {"images": setup.data_info.num_holdout,
+                  "dense": baseline.get("holdout", {}).get("dense"),
+                  "jackpot": history[-1]["jackpot_accuracy"] if history else None},
       "search": {"steps": step, "epochs": step / setup.steps_per_epoch,
                  "wall_seconds": float(meta.get("wall_seconds", 0.0)),
                  "score_init": config.search.score_init,
@@ -33,7 +40,8 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
                  "bn_mode": config.search.bn_mode, "batch_size": config.search.batch_size,
                  "planned_steps": setup.total_steps,
                  "goal_reached_at": meta.get("goal_reached_at"),
-                 "history": meta.get("history", [])},
+                 "selected_on": "holdout" if config.eval.stop_within_dense > 0 else "last_step",
+                 "history": history},
       "layers": {l.name: {"shape": list(l.shape), "kind": l.kind,
                           "kept": setup.plan.keep_count(l), "size": l.size}
                  for l in setup.plan.layers},
@@ -62,13 +70,24 @@ def render_markdown(report: dict) -> str:
          f" (ended early: within eval.stop_within_dense of dense; "
          f"{search['planned_steps']} planned)"),
       "",
-      "| accuracy | top-1 |",
+      f"| accuracy on the {report.get('accuracy_split', 'test')} split, measured once at the "
+      "end | top-1 |",
       "|---|---|",
   ]
-  for key, label in (("dense", "dense (pre-trained)"), ("magnitude", "magnitude-pruned (initial mask)"),
+  recalibrated = (f"magnitude-pruned, BN statistics re-estimated on "
+                  f"{report.get('recalibration_images', 0)} training images")
+  for key, label in (("dense", "dense (pre-trained)"),
+                     ("magnitude", "magnitude-pruned (initial mask), dense BN statistics (stale)"),
+                     ("magnitude_recalibrated", recalibrated),
                      ("jackpot", "jackpot (searched mask)"), ("tuned", "jackpot + weight tuning")):
     if accuracy.get(key) is not None:
       lines.append(f"| {label} | {_pct(accuracy[key])} |")
+  holdout = report.get("holdout", {})
+  if holdout.get("images"):
+    lines += ["", f"Evaluations during the search, and the choice of when to stop "
+              f"(`{search.get('selected_on')}`), used {holdout['images']} training images "
+              f"held out of the search: dense {_pct(holdout.get('dense'))}, jackpot "
+              f"{_pct(holdout.get('jackpot'))}."]
   lines += ["", "| sparsity convention | counted from the masks |", "|---|---|"]
   for key in ("conv", "prunable", "all_weights"):
     lines.append(f"| {key}: {sparsity['conventions'][key]} | {_pct(sparsity[key])} |")

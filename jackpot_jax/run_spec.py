@@ -72,6 +72,9 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if config.eval.stop_within_dense > 0 and config.eval.every_epochs <= 0:
     raise ValueError("eval.stop_within_dense needs evaluations during the search; set "
                      "eval.every_epochs > 0")
+  if config.eval.recalibration_images < 0:
+    raise ValueError(f"eval.recalibration_images must be >= 0 (0 skips), got "
+                     f"{config.eval.recalibration_images}")
   if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
     raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
   if config.log_every_steps < 1:
@@ -102,11 +105,16 @@ def check_fit(spec: RunSpec, data_info: DatasetInfo, device_count: int) -> None:
   if spec.data.mean is not None and len(spec.data.mean) != channels:
     raise ValueError(f"data.mean has {len(spec.data.mean)} values but {config.data.name!r} "
                      f"images have {channels} channel(s); give one mean and std per channel")
+  if config.eval.every_epochs > 0 and data_info.num_holdout == 0:
+    raise ValueError(f"eval.every_epochs={config.eval.every_epochs} evaluates the search on "
+                     "held-out training images, but data.holdout_images=0 holds none out; "
+                     "set data.holdout_images > 0, or eval.every_epochs=0")
   for section in ("search", "tune") if config.tune.num_epochs > 0 else ("search",):
     field, size = f"{section}.batch_size", config[section].batch_size
     if size > data_info.num_train:
       raise ValueError(f"{field}={size} exceeds the {data_info.num_train} training examples "
-                       f"of {config.data.name!r}; lower it")
+                       f"the search uses of {config.data.name!r} ({data_info.num_holdout} "
+                       "more are held out: data.holdout_images); lower it")
     if size % device_count:
       raise ValueError(f"{field}={size} is not divisible by the {device_count} devices; "
                        f"choose a multiple of {device_count} or set mesh.num_devices")

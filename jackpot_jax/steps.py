@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from jackpot_jax import masking
-from jackpot_jax.layers import MASKS
+from jackpot_jax.layers import BN_MOMENTUM, MASKS
 
 PyTree = Any
 BN_MODES = ("recalibrate", "frozen")
@@ -159,6 +159,23 @@ def tune_step(masks: PyTree | None, state: TuneState, batch: dict, *, model: nn.
              "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                        batch_stats=batch_stats), metrics
+
+
+def batch_statistics(params: PyTree, evaluated: dict, batch: dict, *,
+                     model: nn.Module) -> PyTree:
+  """The BatchNorm statistics of one batch through the network `evaluated` describes
+  ({"batch_stats": ..., "masks": ...}), in the batch_stats tree's layout.
+
+  The train-mode forward runs from zeroed running statistics, so its update is
+  (1 - momentum) * the batch's own mean and variance; dividing by (1 - momentum) recovers
+  them. Averaging these over batches re-estimates the statistics exactly.
+  """
+  zeros = jax.tree.map(jnp.zeros_like, evaluated["batch_stats"])
+  variables = {"params": params, "batch_stats": zeros}
+  if evaluated.get("masks") is not None:
+    variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), evaluated["masks"])
+  _, updated = _forward(model, variables, batch["image"], "recalibrate")
+  return jax.tree.map(lambda x: x / (1.0 - BN_MOMENTUM), updated)
 
 
 def eval_step(params: PyTree, evaluated: dict, batch: dict, *, model: nn.Module) -> dict:

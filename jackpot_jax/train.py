@@ -24,17 +24,18 @@ from jackpot_jax.run_setup import (SearchSetup, initial_search_state, initial_tu
 SEARCH_CHECKPOINTS, TUNE_CHECKPOINTS = "checkpoints", "tune_checkpoints"
 
 
-def search_stage(setup: SearchSetup, workdir: Path, evaluator: evaluation.Evaluator,
+def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluator | None,
                  goal_accuracy: float | None = None) -> loop.Stage:
-  """The mask search: scores trained over the frozen pre-trained weights."""
+  """The mask search: scores trained over the frozen pre-trained weights, evaluated (and
+  stopped at `goal_accuracy`) on the held-out training images only."""
   config = setup.config
   rank_by_magnitude = scores_lib.ranks_by_magnitude(config.search.score_init)
   layer_names = {l.path: l.name for l in setup.plan.masked_layers}
 
   def measure(state) -> tuple[float, dict]:
-    jackpot = evaluator.accuracy(setup.params, state.batch_stats, state.masks)
+    jackpot = holdout.accuracy(setup.params, state.batch_stats, state.masks)
     counted = sparsity.count_sparsity(setup.params, state.masks)
-    scalars = {"eval/jackpot_accuracy": jackpot, "sparsity/conv": counted["conv"]}
+    scalars = {"holdout/jackpot_accuracy": jackpot, "sparsity/conv": counted["conv"]}
     scalars.update({f"sparsity_per_layer/{layer_names.get(p, p)}": v
                     for p, v in counted["per_layer"].items() if p in layer_names.values()})
     return jackpot, scalars
@@ -52,7 +53,7 @@ def search_stage(setup: SearchSetup, workdir: Path, evaluator: evaluation.Evalua
       checkpoint_dir=workdir / SEARCH_CHECKPOINTS, total_steps=setup.total_steps,
       steps_per_epoch=setup.steps_per_epoch, seed=config.search.seed,
       learning_rate=optim.learning_rate_of(config.search, max(setup.total_steps, 1)),
-      evaluation=None if not every else loop.Evaluation(
+      evaluation=None if holdout is None else loop.Evaluation(
           every_steps=max(int(round(every * setup.steps_per_epoch)), 1), measure=measure,
           goal=goal_accuracy),
       profile_steps=setup.spec.profile_steps)
@@ -89,6 +90,13 @@ def _tune_and_report(setup: SearchSetup, workdir: Path, evaluator: evaluation.Ev
   return report
 
 
+def holdout_evaluator(setup: SearchSetup) -> evaluation.Evaluator | None:
+  """The evaluator of the held-out training images when the search evaluates itself."""
+  if setup.config.eval.every_epochs <= 0:
+    return None
+  return evaluation.Evaluator(setup, evaluation.HOLDOUT)
+
+
 def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                         force: bool = False, stop_after: int | None = None) -> dict:
   """The `search` command: returns the report (also written to workdir/report.{json,md}).
@@ -101,11 +109,11 @@ def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pat
   workdir = workdir_lib.prepare_workdir(spec, workdir, force=force)
   setup = setup_search(spec)
   workdir_lib.save_workdir_config(spec.config, workdir)
-  evaluator = evaluation.Evaluator(setup)
-  baseline = evaluation.baseline(setup, evaluator, workdir)
+  evaluator, holdout = evaluation.Evaluator(setup), holdout_evaluator(setup)
+  baseline = evaluation.baseline(setup, evaluator, workdir, holdout)
   tolerance = spec.config.eval.stop_within_dense
-  goal = baseline["dense"] - tolerance if tolerance > 0 else None
-  state, meta = loop.run_stage(search_stage(setup, workdir, evaluator, goal), spec, setup.mesh,
+  goal = baseline["holdout"]["dense"] - tolerance if tolerance > 0 else None
+  state, meta = loop.run_stage(search_stage(setup, workdir, holdout, goal), spec, setup.mesh,
                                workdir, stop_after=stop_after)
   if int(state.step) < setup.total_steps and meta.get("goal_reached_at") is None:
     return {"stopped_at": int(state.step)}
@@ -150,5 +158,5 @@ def evaluate_workdir(workdir: str | os.PathLike, overrides: dict | None = None) 
   """The `evaluate` command: re-evaluates the latest checkpoint and rewrites the reports."""
   setup, state, meta = load_workdir(workdir, overrides)
   evaluator = evaluation.Evaluator(setup)
-  baseline = evaluation.baseline(setup, evaluator, Path(workdir))
+  baseline = evaluation.baseline(setup, evaluator, Path(workdir), holdout_evaluator(setup))
   return _tune_and_report(setup, Path(workdir), evaluator, state, meta, baseline)

@@ -102,11 +102,12 @@ def tiny_search() -> TinySearch:
 
 @pytest.fixture(scope="session")
 def tiny_job(tmp_path_factory):
-  """A random ResNet-20 checkpoint (1 input channel) and a 10-class 8x8 npz dataset."""
+  """A random ResNet-20 checkpoint (1 input channel) and a 10-class 8x8 npz dataset: 80
+  training images, of which `tiny_config` holds 16 out."""
   root = tmp_path_factory.mktemp("job")
   rng = np.random.default_rng(0)
-  arrays = {"x_train": rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8),
-            "y_train": np.arange(64) % 10, "x_test": rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8),
+  arrays = {"x_train": rng.integers(0, 256, (80, 8, 8, 1), dtype=np.uint8),
+            "y_train": np.arange(80) % 10, "x_test": rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8),
             "y_test": np.arange(20) % 10}
   np.savez(root / "data.npz", **arrays)
   torch.manual_seed(0)
@@ -116,12 +117,14 @@ def tiny_job(tmp_path_factory):
 
 
 def tiny_config(root: Path) -> ml_collections.ConfigDict:
-  """Six search steps of 16 examples on `tiny_job`, checkpoints every 2 steps."""
+  """Six search steps of 16 of the 64 searched examples of `tiny_job`, evaluations on the
+  16 held-out ones, checkpoints every 2 steps."""
   config = config_defaults.base_config()
   config.model.name = "resnet20"
   config.model.checkpoint = str(root / "resnet20.pth")
   config.data.name = f"npz:{root / 'data.npz'}"
   config.data.mean, config.data.std = (0.5,), (0.25,)
+  config.data.holdout_images = 16
   # Torch's default init scales weights by 1/sqrt(fan_in), so a global l1 threshold on a
   # random network would empty the widest layers; trained networks do not look like that.
   config.search.sparsity_plan = "uniform"
@@ -138,7 +141,8 @@ def tiny_overrides(root: Path) -> list[str]:
   """Command-line flags that make configs/default.py compute what `tiny_config` does."""
   return [f"--config.model.checkpoint={root / 'resnet20.pth'}",
           f"--config.data.name=npz:{root / 'data.npz'}", "--config.data.mean=(0.5,)",
-          "--config.data.std=(0.25,)", "--config.search.sparsity_plan=uniform",
+          "--config.data.std=(0.25,)", "--config.data.holdout_images=16",
+          "--config.search.sparsity_plan=uniform",
           "--config.search.batch_size=16", "--config.search.num_epochs=1.5",
           "--config.eval.batch_size=8", "--config.checkpoint.every_steps=2",
           "--config.progress_bar=False"]

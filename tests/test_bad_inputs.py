@@ -148,6 +148,7 @@ def _saved_run(job: Path, workdir: Path) -> None:
   config.model.checkpoint = str(job / "resnet20.pth")
   config.data.name = f"npz:{job / 'data.npz'}"
   config.data.mean, config.data.std = (0.5,), (0.25,)
+  config.data.holdout_images = 16
   config.search.sparsity_plan = "uniform"
   config.search.batch_size, config.search.num_epochs = 16, 1.5
   config.eval.batch_size, config.checkpoint.every_steps = 8, 2
@@ -197,6 +198,12 @@ IN_PROCESS = [
     Case("early_stop_without_evaluations", _search("--config.eval.stop_within_dense=0.01",
                                                    "--config.eval.every_epochs=0"),
          "eval.stop_within_dense needs evaluations during the search"),
+    Case("evaluations_without_a_holdout", _search("--config.data.holdout_images=0"),
+         "data.holdout_images=0 holds none out"),
+    Case("holdout_of_the_whole_training_split", _search("--config.data.holdout_images=80"),
+         "data.holdout_images=80 must be in [0, 80)"),
+    Case("negative_recalibration", _search("--config.eval.recalibration_images=-1"),
+         "eval.recalibration_images must be >= 0"),
     Case("unknown_lr_schedule", _search("--config.search.lr_schedule=linear"),
          "unknown lr_schedule 'linear'"),
     Case("unparsable_override", _search("--config.search.sparsity=most"),

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from jackpot_jax.data import (augment, default_data_config, fashion_mnist, load_dataset_info,
                               make_eval_batches, make_train_iterator, prepare_fashion_mnist)
-from jackpot_jax.data import prepare as prepare_lib
+from jackpot_jax.data import holdout, prepare as prepare_lib
 from jackpot_jax.data.config import resolve_spec
 from jackpot_jax.data.prefetch import prefetch
 from jackpot_jax.data.sources import load_arrays
@@ -148,8 +148,9 @@ def test_prepared_fashion_mnist_feeds_the_pipeline(tmp_path):
   config = _config("fashion_mnist", data_dir=str(tmp_path / "tfds"))
 
   info = load_dataset_info(config)
-  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
-      10, (28, 28, 1), 12, 6)
+  # 12 training images: 10% (1) is held out of the search by default.
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_holdout,
+          info.num_test) == (10, (28, 28, 1), 11, 1, 6)
   assert info.class_names[0] == "T-shirt/top"
   batch = next(make_train_iterator(config, batch_size=4, seed=0))
   assert batch["image"].shape == (4, 28, 28, 1) and batch["image"].dtype == np.float32
@@ -196,14 +197,30 @@ def test_seed_changes_order_and_augmentation(tmp_path):
   assert not np.array_equal(first["image"], second["image"])
 
 
-def test_each_epoch_visits_every_training_example_once(tmp_path):
+def _recovered(batches):
+  images = np.concatenate([b["image"][b.get("mask", slice(None))] for b in batches])
+  return sorted(map(bytes, np.rint(images * 255).astype(np.uint8)))
+
+
+def test_each_epoch_visits_every_searched_example_once_and_no_held_out_one(tmp_path):
   path = _npz_dataset(tmp_path)
-  config = _config(f"npz:{path}", augment="none", mean=(0.0,) * 3, std=(1.0,) * 3)
-  images = np.concatenate([b["image"] for b in _take(make_train_iterator(
-      config, batch_size=8, seed=0), 5)])
+  config = _config(f"npz:{path}", augment="none", mean=(0.0,) * 3, std=(1.0,) * 3,
+                   holdout_images=8)
+  searched = _recovered(_take(make_train_iterator(config, batch_size=8, seed=0), 4))
+  held_out = _recovered(make_eval_batches(config, "holdout", batch_size=3))
   x_train = np.load(path)["x_train"]
-  recovered = np.rint(images * 255).astype(np.uint8)
-  assert sorted(map(bytes, recovered)) == sorted(map(bytes, x_train))
+  assert len(searched) == 32 and len(held_out) == 8
+  assert sorted(searched + held_out) == sorted(map(bytes, x_train))
+  # The held-out slice does not move with the search seed.
+  assert _recovered(_take(make_train_iterator(config, batch_size=8, seed=7), 4)) == searched
+
+
+def test_default_holdout_is_5000_images_or_a_tenth_of_smaller_sets():
+  assert holdout.holdout_count(None, 1_281_167) == 5000
+  assert holdout.holdout_count(None, 40) == 4
+  assert holdout.holdout_count(0, 40) == 0
+  searched, held_out = holdout.partition(40, 4)
+  assert len(held_out) == 4 and sorted(np.concatenate([searched, held_out])) == list(range(40))
 
 
 @pytest.mark.parametrize("augmentation", ["cifar", "imagenet"])
@@ -278,12 +295,22 @@ def tiny_imagenet_dir(tmp_path_factory):
 def test_streamed_imagenet_info_and_resume(tiny_imagenet_dir):
   config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16, shuffle_buffer=8)
   info = load_dataset_info(config)
-  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
-      1000, (16, 16, 3), 20, 7)
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_holdout,
+          info.num_test) == (1000, (16, 16, 3), 18, 2, 7)
   from_zero = _take(make_train_iterator(config, batch_size=4, seed=1), 7)
   assert from_zero[0]["image"].shape == (4, 16, 16, 3)
   resumed = _take(make_train_iterator(config, batch_size=4, seed=1, start_step=5), 2)
   _assert_batches_equal(from_zero[5:], resumed)
+
+
+def test_streamed_search_never_reads_the_held_out_examples(tiny_imagenet_dir):
+  config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16, shuffle_buffer=8)
+  held_out = [int(label) for batch in make_eval_batches(config, "holdout", batch_size=4)
+              for label in batch["label"][batch["mask"]]]
+  searched = {int(label) for batch in _take(make_train_iterator(config, batch_size=4, seed=0), 20)
+              for label in batch["label"]}
+  assert len(held_out) == 2 and not searched & set(held_out)
+  assert searched | set(held_out) == set(range(20))
 
 
 def test_streamed_eval_batches_cover_every_example_exactly_once(tiny_imagenet_dir):
@@ -305,13 +332,14 @@ def test_streamed_eval_batches_cover_every_example_exactly_once(tiny_imagenet_di
 
 def test_npz_dataset_info(tmp_path):
   info = load_dataset_info({"name": f"npz:{_npz_dataset(tmp_path)}"})
-  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
-      5, (8, 8, 3), 40, 13)
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_holdout,
+          info.num_test) == (5, (8, 8, 3), 36, 4, 13)
   assert info.class_names == ("0", "1", "2", "3", "4")
 
 
 def test_npz_statistics_default_to_the_training_pixels(tmp_path):
-  config = _config(f"npz:{_npz_dataset(tmp_path, train_count=400)}", augment="none")
+  config = _config(f"npz:{_npz_dataset(tmp_path, train_count=400)}", augment="none",
+                   holdout_images=0)
   images = np.concatenate([b["image"] for b in _take(make_train_iterator(
       config, batch_size=100, seed=0), 4)])
   np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)

@@ -30,6 +30,7 @@ def test_sweep_then_overlap_write_tables_and_plots(tiny_job, tmp_path):
   assert sweep.returncode == 0, sweep.stderr[-2000:]
   rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
   assert [round(r["conv_sparsity"], 2) for r in rows] == [0.5, 0.9]
+  assert all(0.0 <= r["magnitude_recalibrated"] <= 1.0 for r in rows)
   assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
   overlap = _script("mask_overlap.py", f"--workdir={tmp_path / 'sweep' / 'sparsity_0.9'}",
                     f"--output={tmp_path / 'overlap'}", "--batches=1")
@@ -40,16 +41,21 @@ def test_sweep_then_overlap_write_tables_and_plots(tiny_job, tmp_path):
   assert (tmp_path / "overlap" / "overlap.png").stat().st_size > 0
 
 
-def test_search_cost_gives_kaiming_the_claimed_multiple_of_the_budget(tiny_job, tmp_path):
+def test_search_cost_gives_each_random_init_the_claimed_multiple_of_the_budget(tiny_job,
+                                                                                tmp_path):
   result = _script("search_cost.py", f"--output={tmp_path}", "--sparsities=0.9",
                    "--budgets=0.5,1", "--claim=3", "--eval_every_epochs=0.5",
                    "--tolerance=1.0", *_sets(tiny_job))
   assert result.returncode == 0, result.stderr[-2000:]
   row = json.loads((tmp_path / "cost.json").read_text())["rows"][0]
   assert row["magnitude"]["budget_epochs"] == 0.5 and row["magnitude"]["reached"]
-  assert row["kaiming"]["budget_epochs"] == 1.5
-  assert row["ratio"] == row["kaiming"]["steps"] / row["magnitude"]["steps"]
-  assert "| 0.90 |" in (tmp_path / "cost.md").read_text()
+  assert set(row["random_inits"]) == {"kaiming", "edge_popup"}
+  for run in row["random_inits"].values():
+    assert run["budget_epochs"] == 1.5
+    assert run["ratio"] == run["steps"] / row["magnitude"]["steps"]
+    assert 0.0 <= run["holdout"] <= 1.0 and 0.0 <= run["final"] <= 1.0
+  table = (tmp_path / "cost.md").read_text()
+  assert "| 0.90 |" in table and "edge_popup init" in table
 
 
 def test_experiment_bad_input_is_one_line_with_exit_status_2(tmp_path):

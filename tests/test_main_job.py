@@ -56,13 +56,42 @@ def test_search_ends_at_the_first_evaluation_within_tolerance_of_dense(tiny_job,
     np.testing.assert_array_equal(a, b)
 
 
+def test_search_evaluates_and_stops_on_the_holdout_and_tests_once_at_the_end(
+    tiny_job, tmp_path, monkeypatch):
+  from jackpot_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  passes = []
+  real = data_lib.make_eval_batches
+
+  def recorded(data_config, split="test", **kwargs):
+    passes.append(split)
+    return real(data_config, split, **kwargs)
+
+  monkeypatch.setattr(data_lib, "make_eval_batches", recorded)
+  config = tiny_config(tiny_job)
+  config.eval.every_epochs = 0.5  # every 2 steps of 6
+  config.eval.stop_within_dense = 0.0
+  report = train.search_and_evaluate(config, tmp_path / "full")
+  # Test split: dense, magnitude (stale BN), magnitude recalibrated, and the jackpot once.
+  assert passes.count("test") == 4
+  # Holdout: dense, then the jackpot at steps 2, 4 and 6.
+  assert passes.count("holdout") == 4 and len(report["search"]["history"]) == 3
+  assert report["holdout"]["jackpot"] == report["search"]["history"][-1]["jackpot_accuracy"]
+  passes.clear()
+  config.eval.stop_within_dense = 1.0  # any accuracy is within 100 points of dense
+  early = train.search_and_evaluate(config, tmp_path / "early")
+  assert early["search"]["selected_on"] == "holdout" and early["search"]["goal_reached_at"] == 2
+  assert passes.count("test") == 4 and passes.count("holdout") == 2
+
+
 def test_report_has_the_contract_keys(tiny_job, tmp_path):
   report = train.search_and_evaluate(tiny_config(tiny_job), tmp_path)
   on_disk = json.loads((tmp_path / "report.json").read_text())
   assert on_disk["model"] == "resnet20" and on_disk["checkpoint"].endswith("resnet20.pth")
   assert on_disk["dataset"].startswith("npz:") and on_disk["target_sparsity"] == 0.9
   assert set(on_disk["sparsity"]) >= {"conv", "prunable", "all_weights", "per_layer"}
-  assert set(on_disk["accuracy"]) >= {"dense", "magnitude", "jackpot"}
+  assert set(on_disk["accuracy"]) >= {"dense", "magnitude", "magnitude_recalibrated", "jackpot"}
+  assert on_disk["accuracy_split"] == "test" and on_disk["search"]["selected_on"] == "last_step"
+  assert on_disk["holdout"]["images"] == 16 and on_disk["recalibration_images"] == 64
   assert set(on_disk["search"]) >= {"steps", "epochs", "wall_seconds", "score_init", "sparsity_plan"}
   assert on_disk["search"]["steps"] == 6 and on_disk["search"]["epochs"] == 1.5
   assert abs(on_disk["sparsity"]["conv"] - 0.9) < 0.01

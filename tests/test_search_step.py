@@ -143,6 +143,21 @@ def test_eval_step_counts_only_unpadded_examples(tiny_search):
   assert float(dense["correct"]) == float(np.sum(np.argmax(logits[:2], -1) == batch["label"][:2]))
 
 
+def test_batch_statistics_are_the_batch_mean_and_variance_of_the_masked_network(tiny_search):
+  search = tiny_search
+  masks = search.state.masks
+  moments = steps.batch_statistics(search.params, {"batch_stats": search.batch_stats,
+                                                   "masks": masks},
+                                   search.batch, model=search.model)
+  kernel = search.params["conv1"]["kernel"] * masks["conv1"]["kernel"]
+  features = jax.lax.conv_general_dilated(search.batch["image"], kernel, (1, 1), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(moments["bn1"]["mean"], features.mean(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(moments["bn1"]["var"], features.var(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-5)
+
+
 def test_tune_step_updates_weights_but_never_revives_pruned_ones(tiny_search):
   search = tiny_search
   tx = optax.sgd(0.01, momentum=0.9)

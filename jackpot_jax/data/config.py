@@ -35,8 +35,10 @@ IMAGENET_DEFAULT_SIZE = 224
 class DatasetInfo:
   """What a model and a training loop need to know about a dataset.
 
-  `image_shape` is (H, W, C) of the batches the iterators yield; `num_test` counts the
-  evaluation split (imagenet2012's validation split).
+  `image_shape` is (H, W, C) of the batches the iterators yield; `num_train` counts the
+  training images the search sees, `num_holdout` those held out of it for its
+  evaluations (see `holdout`), `num_test` the evaluation split (imagenet2012's
+  validation split).
   """
   name: str
   num_classes: int
@@ -44,6 +46,7 @@ class DatasetInfo:
   num_train: int
   num_test: int
   class_names: tuple[str, ...]
+  num_holdout: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,7 @@ class DataSpec:
   manual_dir: str | None
   prefetch: int
   shuffle_buffer: int
+  holdout_images: int | None = None
 
   @property
   def streamed(self) -> bool:
@@ -95,6 +99,14 @@ def _parse_name(name: str) -> tuple[str, str]:
 
 def _optional_floats(value: Any) -> tuple[float, ...] | None:
   return None if value is None else tuple(float(v) for v in value)
+
+
+def _optional_int(value: Any, key: str) -> int | None:
+  if value is None:
+    return None
+  if isinstance(value, bool) or int(value) != value:
+    raise ValueError(f"{key} must be a whole number or None, got {value!r}")
+  return int(value)
 
 
 def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> DataSpec:
@@ -146,6 +158,7 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
       manual_dir=None if manual_dir is None else os.path.expanduser(manual_dir),
       prefetch=int(field("prefetch")),
       shuffle_buffer=int(field("shuffle_buffer")),
+      holdout_images=_optional_int(data_config.get("holdout_images"), "data.holdout_images"),
   )
 
 

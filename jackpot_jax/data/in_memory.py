@@ -1,8 +1,9 @@
 """Deterministic, resumable, host-sharded batches from an in-memory `ArrayDataset`.
 
-Determinism: step s of a run with seed k reads the examples at positions
-[i * B, (i + 1) * B) of epoch e's permutation (e, i = divmod(s, steps_per_epoch)), drawn
-from (k, e), and augments them with parameters drawn from (k, s). Nothing depends on
+The search trains on the training split less its held-out slice (`holdout`); the
+'holdout' eval split is that slice. Determinism: step s of a run with seed k reads the
+searched examples at positions [i * B, (i + 1) * B) of epoch e's permutation
+(e, i = divmod(s, steps_per_epoch)), drawn from (k, e), and augments them with parameters drawn from (k, s). Nothing depends on
 earlier steps, so a run resumed at `start_step=s` sees exactly the batches it would have
 seen, and the global batch is the same for any number of hosts: host p takes rows
 [p * B / P, (p + 1) * B / P) of it.
@@ -14,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from jackpot_jax.data import augment
+from jackpot_jax.data import augment, holdout
 from jackpot_jax.data.arrays import ArrayDataset
 from jackpot_jax.data.config import DataSpec
 
@@ -63,6 +64,19 @@ def eval_images(images: np.ndarray, spec: DataSpec) -> np.ndarray:
   return images.astype(np.float32)
 
 
+def split_rows(arrays: ArrayDataset, spec: DataSpec,
+               split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images, labels, rows): `split` is images[rows]. 'search' and 'holdout' partition the
+  training split; 'train' and 'test' are whole splits."""
+  source = "train" if split in ("search", "holdout") else split
+  images, labels = arrays.split(source)
+  if source == split:
+    return images, labels, np.arange(len(labels))
+  searched, held_out = holdout.partition(
+      len(labels), holdout.holdout_count(spec.holdout_images, len(labels)))
+  return images, labels, searched if split == "search" else held_out
+
+
 def train_batches(arrays: ArrayDataset, spec: DataSpec, statistics: Statistics, *,
                   batch_size: int, seed: int, start_step: int, process_index: int,
                   process_count: int) -> Iterator[Batch]:
@@ -71,11 +85,11 @@ def train_batches(arrays: ArrayDataset, spec: DataSpec, statistics: Statistics, 
   Args:
     batch_size: the global batch size; each host yields batch_size // process_count rows.
   """
-  images, labels = arrays.split("train")
-  steps_per_epoch = len(labels) // batch_size
+  images, labels, searched = split_rows(arrays, spec, "search")
+  steps_per_epoch = len(searched) // batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size {batch_size} exceeds the {len(labels)} training examples "
-                     f"of {spec.name}")
+    raise ValueError(f"batch_size {batch_size} exceeds the {len(searched)} searched training "
+                     f"examples of {spec.name}")
   host_size = batch_size // process_count
   host_rows = slice(process_index * host_size, (process_index + 1) * host_size)
   mean, std = statistics
@@ -86,7 +100,8 @@ def train_batches(arrays: ArrayDataset, spec: DataSpec, statistics: Statistics, 
     while True:
       epoch, index_in_epoch = divmod(step, steps_per_epoch)
       if epoch != order_epoch:
-        order, order_epoch = epoch_permutation(seed, epoch, len(labels)), epoch
+        order = searched[epoch_permutation(seed, epoch, len(searched))]
+        order_epoch = epoch
       rows = order[index_in_epoch * batch_size:(index_in_epoch + 1) * batch_size][host_rows]
       rng = np.random.default_rng([seed, _AUGMENTATION_STREAM, step])
       batch_images = augment_train_images(images[rows], spec, rng, batch_size, host_rows)
@@ -107,8 +122,8 @@ def eval_batches(arrays: ArrayDataset, spec: DataSpec, statistics: Statistics, s
   False, so every host yields the same number of equally shaped batches and metrics
   weighted by 'mask' count only real examples.
   """
-  images, labels = arrays.split(split)
-  count = len(labels)
+  images, labels, split_index = split_rows(arrays, spec, split)
+  count = len(split_index)
   host_size = batch_size // process_count
   mean, std = statistics
 
@@ -116,7 +131,7 @@ def eval_batches(arrays: ArrayDataset, spec: DataSpec, statistics: Statistics, s
     for start in range(0, count, batch_size):
       positions = start + process_index * host_size + np.arange(host_size)
       mask = positions < count
-      rows = np.where(mask, positions, 0)
+      rows = split_index[np.where(mask, positions, 0)]
       batch_images = augment.normalise(eval_images(images[rows], spec), mean, std)
       batch_images[~mask] = 0.0
       yield {"image": batch_images, "label": np.where(mask, labels[rows], 0).astype(np.int32),

@@ -97,7 +97,8 @@ def make_train_iterator(data_config: DataConfig, *, batch_size: int, seed: int,
 
 def make_eval_batches(data_config: DataConfig, split: str = "test", *, batch_size: int,
                       process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-  """One pass over `split` ('test' or 'train', unaugmented) covering each example once.
+  """One pass over `split`, unaugmented, covering each example once: 'test', 'train', or
+  'holdout' (the training images held out of the search, `data.holdout_images`).
 
   Batches are padded to batch_size // process_count rows; the 'mask' field is True on
   real examples, so accuracy is sum(correct * mask) / sum(mask) summed over hosts. Call

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from jackpot_jax.data import holdout
 from jackpot_jax.data.arrays import ArrayDataset
 from jackpot_jax.data.config import DatasetInfo, DataSpec
 from jackpot_jax.data.image_folder import load_image_folder
@@ -29,16 +30,18 @@ def load_arrays(spec: DataSpec) -> ArrayDataset:
   """
   return _load_cached(dataclasses.replace(
       spec, mean=None, std=None, augment="none", crop_padding=0, manual_dir=None, prefetch=0,
-      shuffle_buffer=0))
+      shuffle_buffer=0, holdout_images=None))
 
 
 def in_memory_info(spec: DataSpec, arrays: ArrayDataset) -> DatasetInfo:
   """DatasetInfo of loaded arrays."""
+  held_out = holdout.holdout_count(spec.holdout_images, len(arrays.train_labels))
   return DatasetInfo(
       name=spec.name,
       num_classes=len(arrays.class_names),
       image_shape=tuple(arrays.train_images.shape[1:]),
-      num_train=len(arrays.train_labels),
+      num_train=len(arrays.train_labels) - held_out,
       num_test=len(arrays.test_labels),
       class_names=arrays.class_names,
+      num_holdout=held_out,
   )

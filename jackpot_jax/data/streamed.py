@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jackpot_jax.data import augment
+from jackpot_jax.data import augment, holdout
 from jackpot_jax.data.config import DataSpec
 from jackpot_jax.data.tfds_source import prepared_builder, tfds_split
 
@@ -64,12 +64,23 @@ def _eval_image(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
   return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
 
 
+def _split_name(builder: tfds.core.DatasetBuilder, spec: DataSpec, split: str) -> str:
+  """The TFDS split string of 'search' (the training split less its first N examples, the
+  held-out slice), 'holdout' (those N), or a whole 'train' / 'test' split."""
+  if split not in ("search", "holdout"):
+    return tfds_split(builder, split)
+  name = tfds_split(builder, "train")
+  count = holdout.holdout_count(spec.holdout_images, builder.info.splits[name].num_examples)
+  return f"{name}[{count}:]" if split == "search" else f"{name}[:{count}]"
+
+
 def train_batches(spec: DataSpec, *, batch_size: int, seed: int, start_step: int,
                   process_index: int, process_count: int) -> Iterator[Batch]:
   """Endless training batches of batch_size // process_count examples for this host."""
   builder = prepared_builder(spec)
   host_size = batch_size // process_count
-  split = tfds.split_for_jax_process(tfds_split(builder, "train"), process_index=process_index,
+  split = tfds.split_for_jax_process(_split_name(builder, spec, "search"),
+                                     process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
   read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=True,
                                 options=_deterministic_options())
@@ -99,7 +110,7 @@ def eval_batches(spec: DataSpec, split: str, *, batch_size: int, process_index: 
   """
   builder = prepared_builder(spec)
   host_size = batch_size // process_count
-  name = tfds_split(builder, split)
+  name = _split_name(builder, spec, split)
   largest_share = -(-builder.info.splits[name].num_examples // process_count)
   num_batches = -(-largest_share // host_size)
   host_split = tfds.split_for_jax_process(name, process_index=process_index,

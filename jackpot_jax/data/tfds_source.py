@@ -19,7 +19,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jackpot_jax.data import augment
+from jackpot_jax.data import augment, holdout
 from jackpot_jax.data.arrays import ArrayDataset, make_array_dataset
 from jackpot_jax.data.config import DatasetInfo, DataSpec
 
@@ -90,13 +90,16 @@ def tfds_info(spec: DataSpec) -> DatasetInfo:
   height, width, channels = features["image"].shape
   if spec.image_size is not None:
     height = width = spec.image_size
+  num_train = builder.info.splits[tfds_split(builder, "train")].num_examples
+  held_out = holdout.holdout_count(spec.holdout_images, num_train)
   return DatasetInfo(
       name=spec.name,
       num_classes=features["label"].num_classes,
       image_shape=(height, width, channels),
-      num_train=builder.info.splits[tfds_split(builder, "train")].num_examples,
+      num_train=num_train - held_out,
       num_test=builder.info.splits[tfds_split(builder, "test")].num_examples,
       class_names=tuple(features["label"].names),
+      num_holdout=held_out,
   )
 
 

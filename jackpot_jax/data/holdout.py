@@ -1,0 +1,43 @@
+"""The held-out slice of the training split: what the search is evaluated and stopped on.
+
+Choices made during a search (early stopping, any pick between checkpoints) must not
+look at the test split, or the reported test accuracy is optimistic. A fixed slice of
+the training images is kept out of every search batch and used for those choices.
+
+The slice depends only on the number of training images and its size, never on the
+search seed, so runs with different seeds are selected on the same images. In-memory
+datasets hold out a seeded random subset (image folders list their files class by
+class, so the first N would cover few classes); streamed TFDS splits, stored shuffled,
+hold out their first N examples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_IMAGES = 5000
+DEFAULT_FRACTION = 0.1
+# Fixed, so that the held-out images do not change with search.seed.
+_SEED = 16
+
+
+def holdout_count(requested: int | None, num_train: int) -> int:
+  """Images to hold out: `requested`, or min(5000, 10% of the training split) when None.
+
+  Raises:
+    ValueError (one line): a negative count, or one that leaves no training image.
+  """
+  if requested is None:
+    return min(DEFAULT_IMAGES, int(DEFAULT_FRACTION * num_train))
+  count = int(requested)
+  if count < 0 or count >= num_train:
+    raise ValueError(f"data.holdout_images={requested} must be in [0, {num_train}) for the "
+                     f"{num_train} training images; lower it, or 0 for no held-out slice")
+  return count
+
+
+def partition(num_train: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+  """(searched, held-out) indices into the training split, each in ascending order."""
+  held_out = np.zeros(num_train, bool)
+  held_out[np.random.default_rng(_SEED).permutation(num_train)[:count]] = True
+  return np.flatnonzero(~held_out), np.flatnonzero(held_out)
