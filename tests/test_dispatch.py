@@ -48,6 +48,10 @@ def test_every_search_step_and_eval_batch_passes_through_a_window(tiny_job, tmp_
   config.eval.every_epochs = 0.0
   report = train.search_and_evaluate(config, tmp_path / "run")
   eval_batches = -(-20 // config.eval.batch_size)  # 20 test examples
-  # Dense and magnitude baselines, the search's steps, the jackpot's evaluation.
-  assert len(admitted) == 3 * eval_batches + report["search"]["steps"]
+  recalibration_batches = report["recalibration_images"] // config.search.batch_size
+  # Dense, magnitude and re-estimated magnitude baselines (and the re-estimation's
+  # batches), the search's steps, the jackpot's evaluation.
+  assert recalibration_batches == 4
+  assert len(admitted) == (4 * eval_batches + recalibration_batches
+                           + report["search"]["steps"])
   assert set(admitted) == {dispatch.STEPS_IN_FLIGHT}
