@@ -13,7 +13,7 @@ import numpy as np
 
 from jackpot_jax import train
 
-from conftest import final_search_state, tiny_config
+from conftest import final_search_state, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,7 @@ def test_two_process_run_matches_single_process(tiny_job, tmp_path):
   train.search_and_evaluate(config, tmp_path / "single")
 
   workdir, port = tmp_path / "two", _free_port()
-  overrides = [f"--config.model.checkpoint={config.model.checkpoint}",
-               f"--config.data.name={config.data.name}", "--config.data.mean=(0.5,)",
-               "--config.data.std=(0.25,)", "--config.search.sparsity_plan=uniform",
-               "--config.search.batch_size=16", "--config.search.num_epochs=1.5",
-               "--config.eval.batch_size=8", "--config.checkpoint.every_steps=2",
-               "--config.progress_bar=False"]
+  overrides = tiny_overrides(tiny_job)  # the flags that compute what tiny_config does
   env = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
   processes = [subprocess.Popen(
       [sys.executable, "-m", "jackpot_jax", "search", "--config=configs/default.py",
