@@ -81,6 +81,14 @@ def _forward(model: nn.Module, variables: dict, images: jax.Array, bn_mode: str)
   raise ValueError(f"unknown search.bn_mode {bn_mode!r}; choose one of {BN_MODES}")
 
 
+def _variables(params: PyTree, batch_stats: PyTree, masks: PyTree | None) -> dict:
+  """Flax variables of W * masks (dense W when `masks` is None), masks as float."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  if masks is not None:
+    variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
+  return variables
+
+
 def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
@@ -146,10 +154,8 @@ def tune_step(masks: PyTree | None, state: TuneState, batch: dict, *, model: nn.
   """
 
   def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    if masks is not None:
-      variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
-    logits, batch_stats = _forward(model, variables, batch["image"], "recalibrate")
+    logits, batch_stats = _forward(model, _variables(params, state.batch_stats, masks),
+                                   batch["image"], "recalibrate")
     return cross_entropy(logits, batch["label"], label_smoothing), (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -171,10 +177,8 @@ def batch_statistics(params: PyTree, evaluated: dict, batch: dict, *,
   them. Averaging these over batches re-estimates the statistics exactly.
   """
   zeros = jax.tree.map(jnp.zeros_like, evaluated["batch_stats"])
-  variables = {"params": params, "batch_stats": zeros}
-  if evaluated.get("masks") is not None:
-    variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), evaluated["masks"])
-  _, updated = _forward(model, variables, batch["image"], "recalibrate")
+  _, updated = _forward(model, _variables(params, zeros, evaluated.get("masks")),
+                        batch["image"], "recalibrate")
   return jax.tree.map(lambda x: x / (1.0 - BN_MOMENTUM), updated)
 
 
@@ -185,10 +189,8 @@ def eval_step(params: PyTree, evaluated: dict, batch: dict, *, model: nn.Module)
   `batch['mask']` (1 for real examples, 0 for padding) lets the last partial batch be
   padded to a fixed shape without counting the padding.
   """
-  variables = {"params": params, "batch_stats": evaluated["batch_stats"]}
-  if evaluated.get("masks") is not None:
-    variables[MASKS] = jax.tree.map(lambda m: m.astype(jnp.float32), evaluated["masks"])
-  logits = model.apply(variables, batch["image"], train=False)
+  logits = model.apply(_variables(params, evaluated["batch_stats"], evaluated.get("masks")),
+                       batch["image"], train=False)
   weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32)).astype(jnp.float32)
   targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
   losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
