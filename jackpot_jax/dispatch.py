@@ -16,9 +16,10 @@ Two steps in flight keep the host's work (input, dispatch) overlapped with the d
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 
 STEPS_IN_FLIGHT = 2
 
@@ -41,3 +42,26 @@ class DispatchWindow:
     self._outstanding.append(outputs)
     while len(self._outstanding) > self.limit:
       jax.block_until_ready(self._outstanding.popleft())
+
+
+def mean_over_batches(fn: Callable[..., Any], batches: Iterable[Any], *frozen: Any) -> Any:
+  """The mean of `fn(*frozen, batch)` over `batches`, a tree of host arrays.
+
+  The running sum is taken inside one jitted program per batch: adding trees eagerly
+  would dispatch one multi-device program per leaf beside `fn`'s all-reduces, the
+  deadlock above. `frozen` arrays are arguments, not closures, so they are not baked into
+  the program; at most `STEPS_IN_FLIGHT` batches are outstanding.
+  """
+
+  def add(total, frozen, batch):
+    value = fn(*frozen, batch)
+    return value if total is None else jax.tree.map(jnp.add, total, value)
+
+  accumulate = jax.jit(add)
+  total, count = None, 0
+  window = DispatchWindow()
+  for batch in batches:
+    total = accumulate(total, frozen, batch)
+    window.admit(total)
+    count += 1
+  return jax.tree.map(lambda x: x / count, jax.device_get(total))

@@ -76,30 +76,15 @@ def recalibrated_batch_stats(setup: SearchSetup, masks: Any) -> Any:
   the baseline's statistics are estimated the way the jackpot's are, but as an exact
   average (PyTorch's momentum=None) rather than a running one.
   """
-  count = recalibration_batches(setup)
-  # One program per batch, the sum included: eager adds would be one multi-device
-  # program per BN leaf, and that many in flight beside an all-reduce deadlocks XLA's
-  # CPU client (see dispatch.py).
-  accumulate = jax.jit(functools.partial(_add_batch_statistics, model=setup.model))
-  evaluated = {"batch_stats": setup.batch_stats, "masks": masks}
-  total = None
-  window = dispatch.DispatchWindow()
   batches = data_lib.make_train_iterator(
       setup.spec.data, batch_size=setup.config.search.batch_size, seed=setup.config.search.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   with contextlib.closing(batches):
-    for _ in range(count):
-      total = accumulate(total, setup.params, evaluated,
-                         parallel.put_batch(next(batches), setup.mesh))
-      window.admit(total)
-  return jax.tree.map(lambda x: x / count, jax.device_get(total))
-
-
-def _add_batch_statistics(total: Any, params: Any, evaluated: dict, batch: dict, *,
-                          model: Any) -> Any:
-  """`total` plus one batch's BN statistics (`total` None: the first batch's)."""
-  moments = steps.batch_statistics(params, evaluated, batch, model=model)
-  return moments if total is None else jax.tree.map(jnp.add, total, moments)
+    placed = (parallel.put_batch(next(batches), setup.mesh)
+              for _ in range(recalibration_batches(setup)))
+    return dispatch.mean_over_batches(
+        functools.partial(steps.batch_statistics, model=setup.model), placed, setup.params,
+        {"batch_stats": setup.batch_stats, "masks": masks})
 
 
 def _baseline_inputs(setup: SearchSetup) -> dict:

@@ -44,22 +44,11 @@ def _loss_fn(model: nn.Module, batch_stats: PyTree, batch: dict) -> Callable:
   return loss
 
 
-def _mean_over(batches: Iterable[dict], fn: Callable[[dict], dict]) -> dict:
-  total, count = None, 0
-  window = dispatch.DispatchWindow()
-  for batch in batches:
-    value = fn(batch)
-    total = value if total is None else jax.tree.map(jnp.add, total, value)
-    window.admit(total)
-    count += 1
-  return jax.tree.map(lambda x: x / count, total)
-
-
 def snip_saliency(model, params, batch_stats, plan, batches) -> dict:
   """|w * dL/dw| (SNIP, Lee et al. 2019; first-order Taylor), gradients averaged over batches."""
   kernels = _kernels(params, plan)
   grad = jax.jit(lambda b: jax.grad(_loss_fn(model, batch_stats, b), argnums=1)(params, kernels))
-  grads = _mean_over(batches, grad)
+  grads = dispatch.mean_over_batches(grad, batches)
   return {k: jnp.abs(kernels[k] * grads[k]) for k in kernels}
 
 
@@ -76,7 +65,7 @@ def grasp_saliency(model, params, batch_stats, plan, batches) -> dict:
     gradient = jax.lax.stop_gradient(jax.grad(loss)(kernels))
     return jax.jvp(jax.grad(loss), (kernels,), (gradient,))[1]
 
-  hg = _mean_over(batches, jax.jit(hessian_gradient))
+  hg = dispatch.mean_over_batches(hessian_gradient, batches)
   return {k: kernels[k] * hg[k] for k in kernels}  # = -(GraSP score); keep the largest
 
 
