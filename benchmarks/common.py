@@ -68,10 +68,7 @@ def random_search(config: ml_collections.ConfigDict, input_shape: tuple[int, ...
   variables = model.init(rng, jnp.zeros((2, *input_shape)), train=False)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   search = config.search
-  plan = sparsity.build_sparsity_plan(
-      params, sparsity=search.sparsity, method=search.sparsity_plan, spec=spec,
-      classifier=search.classifier, first_layer=search.first_layer,
-      hidden_dense=search.hidden_dense, overrides=dict(search.layer_overrides))
+  plan = sparsity.plan_for(params, search, spec)
   keep_counts = plan.keep_counts()
   tx = optim.make_optimizer(search, 1000)
   by_magnitude = scores_lib.ranks_by_magnitude(search.score_init)

@@ -78,6 +78,10 @@ FIELDS: list[tuple[str, Any, str]] = [
      "None: min(5000, 10%); 0: none"),
 
     ("search.sparsity", 0.9, "target sparsity over the conv weights"),
+    ("search.pattern", "unstructured",
+     "unstructured | N:M (e.g. 2:4): keep N of every M weights along the reduction "
+     "dimension; N:M implies the plan, so sparsity, sparsity_plan and layer_overrides "
+     "are not given with it"),
     ("search.sparsity_plan", "l1", "l1 | uniform | erk: how sparsity spreads over layers"),
     ("search.classifier", "dense", "dense | plan: whether the classifier is masked"),
     ("search.first_layer", "plan", "plan | dense: whether the first conv is masked"),
@@ -101,6 +105,9 @@ FIELDS: list[tuple[str, Any, str]] = [
      "> 0: end at the first held-out evaluation within this of dense (0.01 = one point)"),
     ("eval.recalibration_images", 2048,
      "training images the magnitude baseline's BN statistics are re-estimated on "
+     "(whole search batches); 0: skip"),
+    ("eval.wanda_images", 512,
+     "N:M runs: training images the Wanda baseline's input norms are taken over "
      "(whole search batches); 0: skip"),
 
     ("checkpoint.every_steps", 500, "save a checkpoint this often"),

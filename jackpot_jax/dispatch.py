@@ -44,24 +44,37 @@ class DispatchWindow:
       jax.block_until_ready(self._outstanding.popleft())
 
 
-def mean_over_batches(fn: Callable[..., Any], batches: Iterable[Any], *frozen: Any) -> Any:
-  """The mean of `fn(*frozen, batch)` over `batches`, a tree of host arrays.
+def accumulator(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`(total, frozen, batch) -> total + fn(*frozen, batch)` (total None: the first value),
+  jitted; built once and reused, it compiles once.
 
-  The running sum is taken inside one jitted program per batch: adding trees eagerly
-  would dispatch one multi-device program per leaf beside `fn`'s all-reduces, the
-  deadlock above. `frozen` arrays are arguments, not closures, so they are not baked into
-  the program; at most `STEPS_IN_FLIGHT` batches are outstanding.
+  The running sum is taken inside the one program per batch: adding trees eagerly would
+  dispatch one multi-device program per leaf beside `fn`'s all-reduces, the deadlock
+  above. `frozen` arrays are arguments, not closures, so they are not baked into it.
   """
 
   def add(total, frozen, batch):
     value = fn(*frozen, batch)
     return value if total is None else jax.tree.map(jnp.add, total, value)
 
-  accumulate = jax.jit(add)
+  return jax.jit(add)
+
+
+def sum_over_batches(accumulate: Callable[..., Any], batches: Iterable[Any],
+                     *frozen: Any) -> tuple[Any, int]:
+  """(the sum over `batches` that `accumulate` (an `accumulator`) takes, as a tree of host
+  arrays, the batch count); None and 0 for no batch. At most `STEPS_IN_FLIGHT` batches
+  are outstanding."""
   total, count = None, 0
   window = DispatchWindow()
   for batch in batches:
     total = accumulate(total, frozen, batch)
     window.admit(total)
     count += 1
-  return jax.tree.map(lambda x: x / count, jax.device_get(total))
+  return jax.device_get(total), count
+
+
+def mean_over_batches(fn: Callable[..., Any], batches: Iterable[Any], *frozen: Any) -> Any:
+  """The mean of `fn(*frozen, batch)` over `batches`, a tree of host arrays."""
+  total, count = sum_over_batches(accumulator(fn), batches, *frozen)
+  return jax.tree.map(lambda x: x / count, total)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -74,11 +75,33 @@ def parse_flags(argv: list[str], default_config: str | None = None,
   if default_config and not any(a == _CONFIG or a.startswith(_CONFIG + "=") for a in argv):
     argv = [argv[0], f"{_CONFIG}={default_config}", *argv[1:]]
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
   except flags.Error as error:
     errors.fail(program_name(), str(error))
   except (AttributeError, KeyError) as error:  # config_flags: an override names no field
     errors.fail(program_name(), _unknown_override(argv) or errors.one_line(error))
+  _check_implied_by_pattern(argv)
+  return remaining
+
+
+# What an N:M search.pattern implies, so the command line may not also give it.
+_IMPLIED_BY_PATTERN = ("search.sparsity", "search.sparsity_plan", "search.layer_overrides")
+
+
+def _check_implied_by_pattern(argv: list[str]) -> None:
+  """An N:M pattern sets every layer's sparsity: a sparsity or plan given beside it on the
+  command line would be silently ignored, so it is an error (config files are checked in
+  `run_spec`, and their search.sparsity does not apply under a pattern)."""
+  config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  pattern = None if config is None else config.get("search", {}).get("pattern")
+  match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+  if match is None or not 0 < int(match[1]) < int(match[2]):
+    return  # unstructured, or no valid pattern: run_spec names that error
+  given = [key for key in split_overrides(argv)[1]
+           if any(key == k or key.startswith(k + ".") for k in _IMPLIED_BY_PATTERN)]
+  if given:
+    errors.fail(program_name(), f"--config.{given[0]} was given with search.pattern="
+                f"{config.search.pattern}, which implies every layer's sparsity; drop one")
 
 
 def run(main: Callable[[list[str]], None], *, default_config: str | None = None,

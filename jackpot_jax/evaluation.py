@@ -10,13 +10,13 @@ import contextlib
 import functools
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import jax
-import jax.numpy as jnp
 
 from jackpot_jax import data as data_lib, dispatch, fileio, parallel, steps
 from jackpot_jax import workdir as workdir_lib
+from jackpot_jax.analysis import criteria
 from jackpot_jax.run_setup import SearchSetup, magnitude_masks
 
 BASELINE_FILE = "baseline.json"
@@ -34,7 +34,7 @@ class Evaluator:
   def __init__(self, setup: SearchSetup, split: str | None = None):
     self.setup = setup
     self.split = setup.config.data.eval_split if split is None else split
-    self.step = jax.jit(functools.partial(steps.eval_step, model=setup.model))
+    self.accumulate = dispatch.accumulator(functools.partial(steps.eval_step, model=setup.model))
 
   def batches(self) -> Iterable[dict]:
     config = self.setup.config
@@ -48,43 +48,72 @@ class Evaluator:
   def accuracy(self, params: Any, batch_stats: Any, masks: Any | None) -> float:
     """Accuracy of W * masks (dense W when `masks` is None) with these BN statistics."""
     evaluated = {"batch_stats": batch_stats, "masks": masks}
-    totals = None
     # Closed on every way out, so no input thread outlives a failed evaluation.
-    window = dispatch.DispatchWindow()
     with contextlib.closing(self.batches()) as batches:
-      for batch in batches:
-        sums = self.step(params, evaluated, parallel.put_batch(batch, self.setup.mesh))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        window.admit(totals)
-    totals = jax.device_get(totals)
+      placed = (parallel.put_batch(batch, self.setup.mesh) for batch in batches)
+      totals, _ = dispatch.sum_over_batches(self.accumulate, placed, params, evaluated)
     return float(totals["correct"] / max(totals["count"], 1.0))
 
 
+def _whole_batches(setup: SearchSetup, images: int) -> int:
+  """Whole search batches in `images` (at most one epoch, at least one unless 0)."""
+  wanted = min(images, setup.data_info.num_train)
+  return max(wanted // setup.config.search.batch_size, 1) if wanted else 0
+
+
 def recalibration_batches(setup: SearchSetup) -> int:
-  """Whole search batches in `eval.recalibration_images` (at most one epoch, at least one
-  when the field is not 0)."""
-  config = setup.config
-  wanted = min(config.eval.recalibration_images, setup.data_info.num_train)
-  return max(wanted // config.search.batch_size, 1) if wanted else 0
+  """Search batches the baselines' BN statistics are re-estimated on."""
+  return _whole_batches(setup, setup.config.eval.recalibration_images)
+
+
+def wanda_batches(setup: SearchSetup) -> int:
+  """Search batches Wanda's activation norms are taken over: N:M runs only (Wanda's
+  comparison groups are an output row's weights, which N:M groups are; an unstructured
+  plan ranks whole layers)."""
+  return _whole_batches(setup, setup.config.eval.wanda_images) if setup.plan.pattern else 0
+
+
+@contextlib.contextmanager
+def _search_batches(setup: SearchSetup, count: int) -> Iterator[Iterable[dict]]:
+  """The search's first `count` batches (same seed, augmentation and batch size), placed
+  on the mesh; the input pipeline is closed on the way out."""
+  batches = data_lib.make_train_iterator(
+      setup.spec.data, batch_size=setup.config.search.batch_size, seed=setup.config.search.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  with contextlib.closing(batches):
+    yield (parallel.put_batch(next(batches), setup.mesh) for _ in range(count))
 
 
 def recalibrated_batch_stats(setup: SearchSetup, masks: Any) -> Any:
   """BN running statistics of W * masks re-estimated on training images, nothing else
   changed: the mean over `recalibration_batches` of each batch's statistics.
 
-  The batches are the search's first ones (same seed, augmentation and batch size), so
-  the baseline's statistics are estimated the way the jackpot's are, but as an exact
-  average (PyTorch's momentum=None) rather than a running one.
+  The batches are the search's first ones, so the baseline's statistics are estimated the
+  way the jackpot's are, but as an exact average (PyTorch's momentum=None) rather than a
+  running one.
   """
-  batches = data_lib.make_train_iterator(
-      setup.spec.data, batch_size=setup.config.search.batch_size, seed=setup.config.search.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  with contextlib.closing(batches):
-    placed = (parallel.put_batch(next(batches), setup.mesh)
-              for _ in range(recalibration_batches(setup)))
+  with _search_batches(setup, recalibration_batches(setup)) as placed:
     return dispatch.mean_over_batches(
         functools.partial(steps.batch_statistics, model=setup.model), placed, setup.params,
         {"batch_stats": setup.batch_stats, "masks": masks})
+
+
+def wanda_masks(setup: SearchSetup) -> Any:
+  """Wanda's N:M mask (|w| * input column norm, Sun et al. 2023) over `wanda_batches`."""
+  with _search_batches(setup, wanda_batches(setup)) as placed:
+    return criteria.criterion_masks("wanda", model=setup.model, params=setup.params,
+                                    batch_stats=setup.batch_stats, plan=setup.plan,
+                                    batches=placed)
+
+
+def _stale_and_recalibrated(setup: SearchSetup, evaluator: Evaluator,
+                            masks: Any) -> tuple[float, float | None]:
+  """A baseline mask's accuracy with the dense BN statistics, and after re-estimating them
+  (None when eval.recalibration_images is 0 or the model has no BN statistics)."""
+  stale = evaluator.accuracy(setup.params, setup.batch_stats, masks)
+  if not (recalibration_batches(setup) and jax.tree.leaves(setup.batch_stats)):
+    return stale, None
+  return stale, evaluator.accuracy(setup.params, recalibrated_batch_stats(setup, masks), masks)
 
 
 def _baseline_inputs(setup: SearchSetup) -> dict:
@@ -92,9 +121,10 @@ def _baseline_inputs(setup: SearchSetup) -> dict:
   resolved = workdir_lib.config_to_json(setup.config)
   return {"model": resolved["model"],
           "data": {k: v for k, v in resolved["data"].items() if k != "prefetch"},
-          "plan": {k: resolved["search"][k] for k in ("sparsity", "sparsity_plan", "classifier",
-                                                      "first_layer", "hidden_dense",
-                                                      "layer_overrides")},
+          "plan": {k: resolved["search"][k] for k in ("sparsity", "sparsity_plan", "pattern",
+                                                      "classifier", "first_layer",
+                                                      "hidden_dense", "layer_overrides")},
+          "wanda_images": resolved["eval"]["wanda_images"],
           "recalibration": {"images": resolved["eval"]["recalibration_images"],
                             **{k: resolved["search"][k] for k in ("batch_size", "seed")}}}
 
@@ -104,7 +134,8 @@ def baseline(setup: SearchSetup, evaluator: Evaluator, workdir: Path,
   """Dense and magnitude-pruned accuracy on the test split, computed once per workdir
   and inputs: "magnitude" with the dense network's BN statistics (stale), and
   "magnitude_recalibrated" after `recalibrated_batch_stats` (None when
-  eval.recalibration_images is 0 or the model has no BN statistics). With `holdout`, also
+  eval.recalibration_images is 0 or the model has no BN statistics); with an N:M pattern,
+  "wanda" and "wanda_recalibrated" the same way. With `holdout`, also
   {"holdout": {"dense": ...}}, the reference early stopping compares with.
 
   The inputs are stored with the accuracies so that a run resumed with --force under
@@ -116,17 +147,18 @@ def baseline(setup: SearchSetup, evaluator: Evaluator, workdir: Path,
     saved = json.loads(path.read_text())
     if saved.get("inputs") == inputs and ("holdout" in saved or holdout is None):
       return saved
-  magnitude = magnitude_masks(setup)
-  recalibrated = None
-  if recalibration_batches(setup) and jax.tree.leaves(setup.batch_stats):
-    recalibrated = evaluator.accuracy(setup.params,
-                                      recalibrated_batch_stats(setup, magnitude), magnitude)
+  magnitude, magnitude_recalibrated = _stale_and_recalibrated(setup, evaluator,
+                                                              magnitude_masks(setup))
   result = {"dense": evaluator.accuracy(setup.params, setup.batch_stats, None),
-            "magnitude": evaluator.accuracy(setup.params, setup.batch_stats, magnitude),
-            "magnitude_recalibrated": recalibrated,
-            "recalibration_images": 0 if recalibrated is None else
+            "magnitude": magnitude, "magnitude_recalibrated": magnitude_recalibrated,
+            "recalibration_images": 0 if magnitude_recalibrated is None else
                                     recalibration_batches(setup) * setup.config.search.batch_size,
+            "wanda": None, "wanda_recalibrated": None, "wanda_images": 0,
             "inputs": inputs}
+  if wanda_batches(setup):
+    result["wanda"], result["wanda_recalibrated"] = _stale_and_recalibrated(
+        setup, evaluator, wanda_masks(setup))
+    result["wanda_images"] = wanda_batches(setup) * setup.config.search.batch_size
   if holdout is not None:
     result["holdout"] = {"dense": holdout.accuracy(setup.params, setup.batch_stats, None)}
   if jax.process_index() == 0:

@@ -17,19 +17,23 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
   """report.json's content; the keys named in the main-job issue are a contract."""
   config = setup.config
   counted = sparsity.count_sparsity(setup.params, state.masks)
+  counted.update(sparsity.check_pattern(setup.plan, state.masks))
   step = int(state.step)
   history = meta.get("history", [])
   return {
       "model": config.model.name,
       "dataset": config.data.name,
       "checkpoint": str(config.model.checkpoint),
-      "target_sparsity": float(config.search.sparsity),
+      "target_sparsity": float(setup.plan.target),
       "sparsity": counted,
       "accuracy": {"dense": baseline["dense"], "magnitude": baseline["magnitude"],
                    "magnitude_recalibrated": baseline.get("magnitude_recalibrated"),
+                   "wanda": baseline.get("wanda"),
+                   "wanda_recalibrated": baseline.get("wanda_recalibrated"),
                    "jackpot": jackpot, "tuned": tuned},
       "accuracy_split": config.data.eval_split,
       "recalibration_images": baseline.get("recalibration_images", 0),
+      "wanda_images": baseline.get("wanda_images", 0),
       "holdout": {"images": setup.data_info.num_holdout,
                   "dense": baseline.get("holdout", {}).get("dense"),
                   "jackpot": history[-1]["jackpot_accuracy"] if history else None},
@@ -37,6 +41,7 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
                  "wall_seconds": float(meta.get("wall_seconds", 0.0)),
                  "score_init": config.search.score_init,
                  "sparsity_plan": config.search.sparsity_plan,
+                 "pattern": config.search.pattern,
                  "bn_mode": config.search.bn_mode, "batch_size": config.search.batch_size,
                  "planned_steps": setup.total_steps,
                  "goal_reached_at": meta.get("goal_reached_at"),
@@ -55,6 +60,11 @@ def _pct(value: float | None) -> str:
   return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _plan_label(search: dict) -> str:
+  pattern = search.get("pattern", "unstructured")
+  return search["sparsity_plan"] if pattern == "unstructured" else f"N:M {pattern}"
+
+
 def render_markdown(report: dict) -> str:
   """A readable summary: accuracies, sparsity under each convention, per-layer table."""
   accuracy, sparsity, search = report["accuracy"], report["sparsity"], report["search"]
@@ -63,7 +73,7 @@ def render_markdown(report: dict) -> str:
       "",
       f"- checkpoint: `{report['checkpoint']}`",
       f"- target sparsity: {_pct(report['target_sparsity'])} of the conv weights "
-      f"(plan `{search['sparsity_plan']}`, scores `{search['score_init']}`)",
+      f"(plan `{_plan_label(search)}`, scores `{search['score_init']}`)",
       f"- search: {search['steps']} steps, {search['epochs']:.3g} epochs, "
       f"{search['wall_seconds']:.1f} s"
       + ("" if search.get("goal_reached_at") is None else
@@ -79,6 +89,9 @@ def render_markdown(report: dict) -> str:
   for key, label in (("dense", "dense (pre-trained)"),
                      ("magnitude", "magnitude-pruned (initial mask), dense BN statistics (stale)"),
                      ("magnitude_recalibrated", recalibrated),
+                     ("wanda", f"Wanda ({report.get('wanda_images', 0)} images), dense BN "
+                      "statistics (stale)"),
+                     ("wanda_recalibrated", "Wanda, BN statistics re-estimated"),
                      ("jackpot", "jackpot (searched mask)"), ("tuned", "jackpot + weight tuning")):
     if accuracy.get(key) is not None:
       lines.append(f"| {label} | {_pct(accuracy[key])} |")
@@ -88,6 +101,12 @@ def render_markdown(report: dict) -> str:
               f"(`{search.get('selected_on')}`), used {holdout['images']} training images "
               f"held out of the search: dense {_pct(holdout.get('dense'))}, jackpot "
               f"{_pct(holdout.get('jackpot'))}."]
+  if sparsity.get("nm_valid") is not None:
+    unfit = ", ".join(sparsity.get("unfit_layers", [])) or "none"
+    lines += ["", f"N:M pattern {sparsity['pattern']}: "
+              f"{'every' if sparsity['nm_valid'] else 'NOT every'} one of "
+              f"{sparsity['groups']} groups keeps at most N (counted from the masks); "
+              f"left dense, reduction size no multiple of M: {unfit}."]
   lines += ["", "| sparsity convention | counted from the masks |", "|---|---|"]
   for key in ("conv", "prunable", "all_weights"):
     lines.append(f"| {key}: {sparsity['conventions'][key]} | {_pct(sparsity[key])} |")

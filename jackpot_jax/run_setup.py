@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jackpot_jax import (data as data_lib, masking, models, optim, parallel,
+from jackpot_jax import (data as data_lib, masking, optim, parallel,
                          scores as scores_lib, sparsity, steps)
 from jackpot_jax.pytorch import ImportedModel, import_torch
 from jackpot_jax.run_spec import RunSpec, check_fit
@@ -76,11 +76,7 @@ def setup_search(spec: RunSpec) -> SearchSetup:
   imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
                           strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
   params = imported.variables["params"]
-  plan = sparsity.build_sparsity_plan(
-      params, sparsity=config.search.sparsity, method=config.search.sparsity_plan,
-      spec=spec.model, classifier=config.search.classifier,
-      first_layer=config.search.first_layer, hidden_dense=config.search.hidden_dense,
-      overrides=dict(config.search.layer_overrides))
+  plan = sparsity.plan_for(params, config.search, spec.model)
   setup = SearchSetup(
       spec=spec, imported=imported,
       params=jax.device_put(params, parallel.config_shardings(params, mesh, config.mesh)),

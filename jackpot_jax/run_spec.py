@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from jackpot_jax import fileio, models, optim, profiling, scores, sparsity, steps
+from jackpot_jax import fileio, masking, models, optim, profiling, scores, sparsity, steps
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 
 
@@ -57,6 +57,11 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= search.sparsity < 1.0:
     raise ValueError(f"search.sparsity must be in [0, 1), got {search.sparsity}")
   _choice(search.sparsity_plan, sparsity.PLANS, "search.sparsity_plan")
+  pattern = masking.parse_pattern(search.pattern)
+  if pattern is not None and (search.sparsity_plan != "l1" or search.layer_overrides):
+    raise ValueError(f"search.pattern={pattern} sets every masked layer's sparsity; drop "
+                     "search.sparsity_plan and search.layer_overrides, or set "
+                     "search.pattern=unstructured")
   _choice(search.score_init, scores.SCORE_INITS, "search.score_init")
   _choice(search.bn_mode, steps.BN_MODES, "search.bn_mode")
   _choice(search.classifier, sparsity.LAYER_POLICIES, "search.classifier")
@@ -72,9 +77,9 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if config.eval.stop_within_dense > 0 and config.eval.every_epochs <= 0:
     raise ValueError("eval.stop_within_dense needs evaluations during the search; set "
                      "eval.every_epochs > 0")
-  if config.eval.recalibration_images < 0:
-    raise ValueError(f"eval.recalibration_images must be >= 0 (0 skips), got "
-                     f"{config.eval.recalibration_images}")
+  for field in ("recalibration_images", "wanda_images"):
+    if config.eval[field] < 0:
+      raise ValueError(f"eval.{field} must be >= 0 (0 skips), got {config.eval[field]}")
   if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
     raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
   if config.log_every_steps < 1:

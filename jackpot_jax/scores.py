@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from jackpot_jax import masking
 from jackpot_jax.sparsity import SparsityPlan
 
 SCORE_INITS = ("magnitude", "magnitude_abs", "kaiming", "edge_popup", "random")
@@ -33,6 +34,12 @@ def _magnitude(weight: jax.Array, prune_count: int) -> jax.Array:
   return scores.reshape(weight.shape)
 
 
+def _magnitude_pattern(weight: jax.Array, pattern: masking.NMPattern) -> jax.Array:
+  """The N:M magnitude mask as scores: the n largest |w| of each group (ties: lower index)."""
+  kept = masking.nm_mask(jnp.abs(weight).astype(jnp.float32), pattern)
+  return jnp.where(kept, MAGNITUDE_KEPT, MAGNITUDE_PRUNED).astype(jnp.float32)
+
+
 def _magnitude_abs(weight: jax.Array) -> jax.Array:
   magnitude = jnp.abs(weight).astype(jnp.float32)
   return magnitude / jnp.maximum(jnp.max(magnitude), jnp.finfo(jnp.float32).tiny)
@@ -53,7 +60,7 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
     params: frozen pre-trained parameters.
     plan: the sparsity plan; only its masked layers get scores.
     method: "magnitude" (reference: 1 / 0.99, so the first mask is the layer-wise
-      magnitude mask), "magnitude_abs" (|w| / max |w| per layer), "kaiming" (Kaiming-
+      magnitude mask; with an N:M plan, the N:M magnitude mask), "magnitude_abs" (|w| / max |w| per layer), "kaiming" (Kaiming-
       uniform scores ranked signed, as the lottery-jackpots code's random init),
       "edge_popup" (the same scores ranked by |score|, as Ramanujan et al.'s
       allenai/hidden-networks) or "random" (U(0, 1)).
@@ -66,7 +73,9 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
   for index, layer in enumerate(plan.masked_layers):
     weight = jnp.asarray(flat_params[layer.path + ("kernel",)])
     layer_rng = jax.random.fold_in(rng, index)
-    if method == "magnitude":
+    if method == "magnitude" and plan.pattern is not None:
+      scores = _magnitude_pattern(weight, plan.pattern)
+    elif method == "magnitude":
       scores = _magnitude(weight, plan.prune_counts[layer.name])
     elif method == "magnitude_abs":
       scores = _magnitude_abs(weight)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from jackpot_jax.masking import NMPattern, nm_group_counts, parse_pattern
 from jackpot_jax.models.registry import ModelSpec, torch_module_name
 
 PLANS = ("l1", "uniform", "erk")
@@ -57,6 +58,10 @@ class SparsityPlan:
   prune_counts: Mapping[str, int]
   method: str
   target: float
+  # With an N:M pattern: the pattern every masked layer keeps, and the layers the plan's
+  # policies include whose reduction size is no multiple of M (they stay dense).
+  pattern: NMPattern | None = None
+  unfit_layers: tuple[str, ...] = ()
 
   def keep_count(self, layer: PrunableLayer) -> int:
     return layer.size - self.prune_counts[layer.name]
@@ -70,8 +75,9 @@ class SparsityPlan:
     return tuple(l for l in self.layers if self.prune_counts[l.name] > 0)
 
   def keep_counts(self) -> dict:
-    """Nested dict mirroring the params tree, `kernel` leaves holding static keep counts."""
-    flat = {l.path + ("kernel",): self.keep_count(l) for l in self.masked_layers}
+    """Nested dict mirroring the params tree, `kernel` leaves holding each masked layer's
+    static rule: its keep count, or the plan's N:M pattern (`masking.select_mask`)."""
+    flat = {l.path + ("kernel",): self.pattern or self.keep_count(l) for l in self.masked_layers}
     return traverse_util.unflatten_dict(flat)
 
 
@@ -156,6 +162,31 @@ def _erk_densities(layers, sparsity, power_scale: float = 1.0) -> dict[str, floa
   return {l.name: 1.0 if l.name in dense else epsilon * raw[l.name] for l in layers}
 
 
+def build_pattern_plan(params: Mapping[str, Any], pattern: NMPattern, *,
+                       spec: ModelSpec | None = None, classifier: str = "dense",
+                       first_layer: str = "plan", hidden_dense: str = "dense") -> SparsityPlan:
+  """The plan an N:M pattern implies: every layer the policies include keeps n of every m
+  weights along its reduction dimension; one whose reduction size is no multiple of m (a
+  3x3 conv over one input channel) stays dense and is listed in `unfit_layers`.
+
+  Raises ValueError with one line when no included layer fits the pattern.
+  """
+  params = jax.device_get(params)
+  layers = prunable_layers(params)
+  if not layers:
+    raise ValueError("the model has no prunable conv or dense layer")
+  included = _included(layers, spec, classifier, first_layer, hidden_dense)
+  fit = [l for l in included if pattern.fits(l.shape)]
+  if not fit:
+    raise ValueError(f"search.pattern={pattern} fits no layer the plan masks: no reduction "
+                     f"size (in * kh * kw) is a multiple of {pattern.m}; choose a smaller M")
+  counts = {l.name: 0 for l in layers}
+  counts.update({l.name: l.size - l.size // pattern.m * pattern.n for l in fit})
+  return SparsityPlan(layers=tuple(layers), prune_counts=counts, method=f"pattern {pattern}",
+                      target=1.0 - pattern.density, pattern=pattern,
+                      unfit_layers=tuple(l.name for l in included if l not in fit))
+
+
 def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: str = "l1",
                         spec: ModelSpec | None = None, classifier: str = "dense",
                         first_layer: str = "plan", hidden_dense: str = "dense",
@@ -217,6 +248,17 @@ def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: s
                       target=float(sparsity))
 
 
+def plan_for(params: Mapping[str, Any], search: Any, spec: ModelSpec | None) -> SparsityPlan:
+  """The plan a config's `search` section asks for: its N:M pattern's, or its sparsity plan."""
+  policies = {"spec": spec, "classifier": search.classifier, "first_layer": search.first_layer,
+              "hidden_dense": search.hidden_dense}
+  pattern = parse_pattern(search.pattern)
+  if pattern is not None:
+    return build_pattern_plan(params, pattern, **policies)
+  return build_sparsity_plan(params, sparsity=search.sparsity, method=search.sparsity_plan,
+                             overrides=dict(search.layer_overrides), **policies)
+
+
 def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -> dict:
   """Sparsity counted from the actual masks, under each convention, labelled.
 
@@ -250,3 +292,22 @@ def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -
           "all_weights": "masked-out fraction of every parameter, BN and biases included",
       },
   }
+
+
+def check_pattern(plan: SparsityPlan, masks: Mapping[str, Any]) -> dict:
+  """The N:M pattern counted from the actual masks, group by group, in PyTorch's order.
+
+  Returns {"pattern": "unstructured" or "N:M", "nm_valid": None (unstructured) or whether
+  every group of every masked layer keeps at most n, "groups": groups checked,
+  "unfit_layers": layers left dense because their reduction size is no multiple of m}.
+  """
+  if plan.pattern is None:
+    return {"pattern": "unstructured", "nm_valid": None, "groups": 0, "unfit_layers": []}
+  flat = traverse_util.flatten_dict(jax.device_get(masks))
+  valid, groups = True, 0
+  for layer in plan.masked_layers:
+    counts = np.asarray(nm_group_counts(flat[layer.path + ("kernel",)], plan.pattern.m))
+    valid = valid and bool(np.all(counts <= plan.pattern.n))
+    groups += counts.size
+  return {"pattern": str(plan.pattern), "nm_valid": valid, "groups": groups,
+          "unfit_layers": list(plan.unfit_layers)}

@@ -142,6 +142,13 @@ def _search_with(make: Callable[[Path, Path], list[str]]) -> Args:
                                        *_with_overrides(job, make(inputs, workdir))]
 
 
+def _pattern_search(pattern: str) -> Args:
+  """A search with an N:M pattern and otherwise the tiny overrides but their plan."""
+  return lambda job, inputs, workdir: [
+      "search", CONFIG, f"--workdir={workdir}", f"--config.search.pattern={pattern}",
+      *[f for f in tiny_overrides(job) if not f.startswith("--config.search.sparsity_plan=")]]
+
+
 def _saved_run(job: Path, workdir: Path) -> None:
   """A workdir whose run was `search` with the tiny overrides (its config is enough)."""
   config = config_files.load_config(REPO / "configs" / "default.py")
@@ -167,6 +174,12 @@ IN_PROCESS = [
          "with no kept weight"),
     Case("plan_masks_nothing", _search("--config.search.sparsity=0.0"),
          "prunes no weight of any layer"),
+    Case("unknown_pattern", _search("--config.search.pattern=4:4"),
+         "search.pattern must be 'unstructured' or N:M"),
+    Case("pattern_with_a_sparsity",
+         _search("--config.search.pattern=2:4", "--config.search.sparsity=0.95"),
+         "was given with search.pattern=2:4, which implies every layer's sparsity"),
+    Case("pattern_fitting_no_layer", _pattern_search("1:7"), "fits no layer the plan masks"),
     Case("unknown_model", _search("--config.model.name=resnet99"), "unknown model 'resnet99'"),
     Case("unknown_dataset", _search("--config.data.name=cifar11"),
          "unknown dataset name 'cifar11'"),

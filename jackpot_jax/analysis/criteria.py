@@ -1,9 +1,10 @@
 """Masks that common pruning criteria choose at the plan's keep counts.
 
 The paper compares the searched jackpot with what magnitude, random, SNIP (first-order
-Taylor), GraSP and SynFlow would keep on the same pre-trained weights and keep counts.
-Each criterion gives a saliency per weight; the mask keeps the `k` most salient, with the
-same exact top-k as the search, so overlaps compare like with like.
+Taylor), GraSP and SynFlow would keep on the same pre-trained weights and keep counts;
+N:M runs add Wanda (Sun et al. 2023). Each criterion gives a saliency per weight; the mask
+keeps the `k` most salient (or the n most salient of every group of m), with the same
+exact selection as the search, so comparisons are like with like.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jackpot_jax import dispatch, masking, steps
+from jax import lax
+
+from jackpot_jax import dispatch, layers, masking, steps
 from jackpot_jax.sparsity import SparsityPlan
 
-CRITERIA = ("magnitude", "random", "snip", "grasp", "synflow")
+CRITERIA = ("magnitude", "random", "snip", "grasp", "synflow", "wanda")
 PyTree = Any
 
 
@@ -90,6 +93,50 @@ def synflow_saliency(model, params, batch_stats, plan, input_shape) -> dict:
   return {k: jnp.abs(abs_kernels[k] * grads[k]) for k in kernels}
 
 
+def _input_square_sums(module: nn.Module, inputs: jax.Array) -> jax.Array:
+  """Sum of squares of each input column a masked layer's weights multiply, over the batch
+  and every output position, laid out like the layer's Flax kernel (broadcast over out).
+
+  A convolution's columns are its im2col patches, (in, kh, kw) as PyTorch flattens them;
+  with groups, output channel o sees only its group's input channels.
+  """
+  squares = jnp.square(inputs.astype(jnp.float32))
+  if isinstance(module, layers.Dense):
+    return jnp.sum(squares.reshape(-1, squares.shape[-1]), axis=0)[:, None]
+  kh, kw = module.kernel_size
+  pad = (module.padding, module.padding) if isinstance(module.padding, int) else module.padding
+  patches = lax.conv_general_dilated_patches(
+      squares, (kh, kw), tuple(module.strides), ((pad[0], pad[0]), (pad[1], pad[1])),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  columns = jnp.sum(patches, axis=(0, 1, 2)).reshape(module.groups, -1, kh, kw)
+  per_group = jnp.transpose(columns, (2, 3, 1, 0))  # (kh, kw, in // groups, groups)
+  return jnp.repeat(per_group, module.features // module.groups, axis=-1)
+
+
+def wanda_saliency(model, params, batch_stats, plan, batches) -> dict:
+  """|w| * ||x_j||_2 (Wanda, Sun et al. 2023): each weight times the norm of the input
+  column it multiplies, over the calibration batches, through the dense network. Ranked
+  within each output row's groups of m, as Wanda's N:M masks are, it is Wanda N:M."""
+  kernels = _kernels(params, plan)
+  paths = {key[:-1] for key in kernels}
+
+  def square_sums(params, batch_stats, batch):
+    sums = {}
+
+    def record(next_fun, args, kwargs, context):
+      module = context.module
+      if context.method_name == "__call__" and tuple(module.path) in paths:
+        sums[tuple(module.path) + ("kernel",)] = _input_square_sums(module, args[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
+    return sums
+
+  norms = dispatch.mean_over_batches(square_sums, batches, params, batch_stats)
+  return {k: jnp.abs(kernels[k]) * jnp.sqrt(norms[k]) for k in kernels}
+
+
 def criterion_masks(criterion: str, *, model, params, batch_stats, plan: SparsityPlan,
                     batches: Iterable[dict] = (), input_shape=(32, 32, 3),
                     rng: jax.Array | None = None) -> PyTree:
@@ -105,10 +152,12 @@ def criterion_masks(criterion: str, *, model, params, batch_stats, plan: Sparsit
     saliency = snip_saliency(model, params, batch_stats, plan, list(batches))
   elif criterion == "grasp":
     saliency = grasp_saliency(model, params, batch_stats, plan, list(batches))
+  elif criterion == "wanda":
+    saliency = wanda_saliency(model, params, batch_stats, plan, batches)
   elif criterion == "synflow":
     saliency = synflow_saliency(model, params, batch_stats, plan, input_shape)
   else:
     raise ValueError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
-  keep = {l.path + ("kernel",): plan.keep_count(l) for l in plan.masked_layers}
+  rules = traverse_util.flatten_dict(plan.keep_counts())
   return traverse_util.unflatten_dict(
-      {k: masking.topk_mask(saliency[k], keep[k]) for k in saliency})
+      {k: masking.select_mask(saliency[k], rules[k]) for k in saliency})
