@@ -1,7 +1,8 @@
 """Mask overlap: how much of the searched jackpot each pruning criterion would keep.
 
 Run after a search; it reads the jackpot from the workdir's latest checkpoint, computes the
-masks of magnitude, random, SNIP, GraSP and SynFlow at the same keep counts on the same
+masks of magnitude, random, SNIP, GraSP, SynFlow and Wanda (its score ranked like the
+others: per layer, or per N:M group) at the same keep counts on the same
 pre-trained weights, and writes overlap.json, overlap.md and overlap.png to --output.
 
   python experiments/mask_overlap.py --workdir=workdirs/default --output=results/overlap \
@@ -27,7 +28,8 @@ import common
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "a workdir holding a finished search", required=True)
 flags.DEFINE_string("output", "results/overlap", "directory for overlap.{json,md,png}")
-flags.DEFINE_integer("batches", 4, "training batches averaged for SNIP and GraSP gradients")
+flags.DEFINE_integer("batches", 4,
+                     "training batches averaged for SNIP and GraSP gradients and Wanda norms")
 
 
 def render_table(result: dict) -> str:

@@ -1,4 +1,4 @@
-"""The three experiment scripts run end to end on tiny data and write what they promise."""
+"""The experiment scripts run end to end on tiny data and write what they promise."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_sweep_then_overlap_write_tables_and_plots(tiny_job, tmp_path):
                     f"--output={tmp_path / 'overlap'}", "--batches=1")
   assert overlap.returncode == 0, overlap.stderr[-2000:]
   result = json.loads((tmp_path / "overlap" / "overlap.json").read_text())
-  assert set(result["overall"]) == {"magnitude", "random", "snip", "grasp", "synflow"}
+  assert set(result["overall"]) == {"magnitude", "random", "snip", "grasp", "synflow", "wanda"}
   assert all(0.0 <= v <= 1.0 for v in result["overall"].values())
   assert (tmp_path / "overlap" / "overlap.png").stat().st_size > 0
 
@@ -65,3 +65,19 @@ def test_experiment_bad_input_is_one_line_with_exit_status_2(tmp_path):
       "sparsity_sweep.py: error: unknown config field 'search.sparsty' in the overrides of "
       f"{REPO / 'configs' / 'default.py'}")
   assert not list(tmp_path.iterdir())
+
+
+def test_nm_patterns_reports_every_baseline_and_the_gap_recovered(tiny_job, tmp_path):
+  sets = [f for f in _sets(tiny_job) if not f.startswith("--config.search.sparsity_plan=")]
+  result = _script("nm_patterns.py", f"--output={tmp_path}", "--patterns=2:4",
+                   "--epochs=0.5", *sets)
+  assert result.returncode == 0, result.stderr[-2000:]
+  row, = json.loads((tmp_path / "nm.json").read_text())["rows"]
+  assert row["pattern"] == "2:4" and row["nm_valid"] is True and row["steps"] == 2
+  for key in ("dense", "magnitude", "magnitude_recalibrated", "wanda", "wanda_recalibrated",
+              "jackpot"):
+    assert 0.0 <= row[key] <= 1.0, key
+  gap = row["dense"] - row["magnitude_recalibrated"]
+  if gap > 0:
+    assert row["gap_recovered"] == (row["jackpot"] - row["magnitude_recalibrated"]) / gap
+  assert "| 2:4 | 0.5 |" in (tmp_path / "nm.md").read_text()
