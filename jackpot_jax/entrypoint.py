@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -94,9 +93,13 @@ def _check_implied_by_pattern(argv: list[str]) -> None:
   `run_spec`, and their search.sparsity does not apply under a pattern)."""
   config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
   pattern = None if config is None else config.get("search", {}).get("pattern")
-  match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
-  if match is None or not 0 < int(match[1]) < int(match[2]):
-    return  # unstructured, or no valid pattern: run_spec names that error
+  if pattern in (None, "unstructured"):
+    return
+  from jackpot_jax import masking  # pylint: disable=import-outside-toplevel
+  try:
+    masking.parse_pattern(pattern)
+  except ValueError:
+    return  # no valid pattern: run_spec names that error
   given = [key for key in split_overrides(argv)[1]
            if any(key == k or key.startswith(k + ".") for k in _IMPLIED_BY_PATTERN)]
   if given:

@@ -27,6 +27,12 @@ def _masked(module: nn.Module, kernel: jax.Array) -> jax.Array:
   return kernel
 
 
+def explicit_padding(padding: int | Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """A Conv's `padding` (one int, or one per spatial axis) as XLA's (low, high) pairs."""
+  pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
+  return tuple((p, p) for p in pad)
+
+
 class Conv(nn.Module):
   """2-D convolution, NHWC/HWIO, with PyTorch's explicit symmetric padding.
 
@@ -48,11 +54,10 @@ class Conv(nn.Module):
       raise ValueError(f"{self.name}: {in_features} input channels not divisible by groups={self.groups}")
     kernel = self.param(
         "kernel", _default_kernel_init, (kh, kw, in_features // self.groups, self.features))
-    pad = (self.padding, self.padding) if isinstance(self.padding, int) else tuple(self.padding)
     y = lax.conv_general_dilated(
         x, _masked(self, kernel).astype(x.dtype),
         window_strides=tuple(self.strides),
-        padding=((pad[0], pad[0]), (pad[1], pad[1])),
+        padding=explicit_padding(self.padding),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=self.groups)
     if self.use_bias:

@@ -60,8 +60,9 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
     params: frozen pre-trained parameters.
     plan: the sparsity plan; only its masked layers get scores.
     method: "magnitude" (reference: 1 / 0.99, so the first mask is the layer-wise
-      magnitude mask; with an N:M plan, the N:M magnitude mask), "magnitude_abs" (|w| / max |w| per layer), "kaiming" (Kaiming-
-      uniform scores ranked signed, as the lottery-jackpots code's random init),
+      magnitude mask; with an N:M plan, the N:M magnitude mask), "magnitude_abs"
+      (|w| / max |w| per layer), "kaiming" (Kaiming-uniform scores ranked signed, as the
+      lottery-jackpots code's random init),
       "edge_popup" (the same scores ranked by |score|, as Ramanujan et al.'s
       allenai/hidden-networks) or "random" (U(0, 1)).
     rng: PRNG key for the random initialisations.

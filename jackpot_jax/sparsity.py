@@ -104,6 +104,15 @@ def _included(layers, spec: ModelSpec | None, classifier: str, first_layer: str,
   return [l for l in layers if l.name not in excluded]
 
 
+def _pooled(params, spec, classifier, first_layer, hidden_dense):
+  """(params on the host, every prunable layer, the layers the policies let a plan mask)."""
+  params = jax.device_get(params)
+  layers = prunable_layers(params)
+  if not layers:
+    raise ValueError("the model has no prunable conv or dense layer")
+  return params, layers, _included(layers, spec, classifier, first_layer, hidden_dense)
+
+
 def _l1_prune_counts(params, layers, sparsity) -> dict[str, int]:
   """Global magnitude pruning with exact counts: `int(sparsity * total)` weights in all.
 
@@ -171,11 +180,7 @@ def build_pattern_plan(params: Mapping[str, Any], pattern: NMPattern, *,
 
   Raises ValueError with one line when no included layer fits the pattern.
   """
-  params = jax.device_get(params)
-  layers = prunable_layers(params)
-  if not layers:
-    raise ValueError("the model has no prunable conv or dense layer")
-  included = _included(layers, spec, classifier, first_layer, hidden_dense)
+  params, layers, included = _pooled(params, spec, classifier, first_layer, hidden_dense)
   fit = [l for l in included if pattern.fits(l.shape)]
   if not fit:
     raise ValueError(f"search.pattern={pattern} fits no layer the plan masks: no reduction "
@@ -215,11 +220,7 @@ def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: s
     raise ValueError(f"search.sparsity must be in [0, 1), got {sparsity}")
   if method not in PLANS:
     raise ValueError(f"unknown search.sparsity_plan {method!r}; choose one of {PLANS}")
-  params = jax.device_get(params)
-  layers = prunable_layers(params)
-  if not layers:
-    raise ValueError("the model has no prunable conv or dense layer")
-  included = _included(layers, spec, classifier, first_layer, hidden_dense)
+  params, layers, included = _pooled(params, spec, classifier, first_layer, hidden_dense)
   counts = {l.name: 0 for l in layers}
   if method == "l1":
     counts.update(_l1_prune_counts(params, included, sparsity))

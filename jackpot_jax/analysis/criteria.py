@@ -104,9 +104,8 @@ def _input_square_sums(module: nn.Module, inputs: jax.Array) -> jax.Array:
   if isinstance(module, layers.Dense):
     return jnp.sum(squares.reshape(-1, squares.shape[-1]), axis=0)[:, None]
   kh, kw = module.kernel_size
-  pad = (module.padding, module.padding) if isinstance(module.padding, int) else module.padding
   patches = lax.conv_general_dilated_patches(
-      squares, (kh, kw), tuple(module.strides), ((pad[0], pad[0]), (pad[1], pad[1])),
+      squares, (kh, kw), tuple(module.strides), layers.explicit_padding(module.padding),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
   columns = jnp.sum(patches, axis=(0, 1, 2)).reshape(module.groups, -1, kh, kw)
   per_group = jnp.transpose(columns, (2, 3, 1, 0))  # (kh, kw, in // groups, groups)
