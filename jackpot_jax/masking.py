@@ -4,6 +4,7 @@ through them."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -14,30 +15,127 @@ from jax import lax
 PyTree = Any
 
 
-def topk_mask(scores: jax.Array, keep_count: int) -> jax.Array:
-  """Boolean mask with exactly `keep_count` True entries at the largest scores.
+def _order_keys(values: jax.Array) -> jax.Array:
+  """uint32 keys whose unsigned order is `lax.top_k`'s order of the float32 values.
 
-  `lax.top_k` orders equal values by ascending index, so ties are broken towards the
-  lower flat index: the count is exact and deterministic even when every score ties,
-  which happens at the first step with the reference `magnitude` initialisation.
+  That order is the IEEE total order of the bit patterns: -0.0 ranks below +0.0 and
+  denormals stay distinct (no flush to zero), so every exact method agrees bit for bit.
+  """
+  bits = lax.bitcast_convert_type(values.reshape(-1).astype(jnp.float32), jnp.uint32)
+  negative = (bits >> 31) == 1
+  return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _keep_from_threshold(keys: jax.Array, threshold: jax.Array, keep_count: int) -> jax.Array:
+  """Keeps every key above the k-th largest and, of the keys equal to it, the lowest
+  indices until exactly `keep_count` are kept: `lax.top_k`'s tie rule.
+
+  The running count of ties (a cumulative sum, ~30x a plain sum on a CPU) is taken only
+  when some tied keys must be dropped; in mid-search scores rarely tie, and all are kept.
+  """
+  above = keys > threshold
+  tied = keys == threshold
+  room = keep_count - jnp.sum(above, dtype=jnp.int32)
+
+  def first_ties(tied):
+    return tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room)
+
+  kept_ties = lax.cond(jnp.sum(tied, dtype=jnp.int32) > room, first_ties, lambda t: t, tied)
+  return above | kept_ties
+
+
+def _masks_by_top_k(rankings: list, keep_counts: list) -> list:
+  """One `lax.top_k` per layer, scattered into a mask (a partial sort of every layer)."""
+  masks = []
+  for ranking, keep_count in zip(rankings, keep_counts):
+    _, kept = lax.top_k(ranking.reshape(-1), keep_count)
+    masks.append(jnp.zeros(ranking.size, bool).at[kept].set(True))
+  return masks
+
+
+def _masks_by_sort(rankings: list, keep_counts: list) -> list:
+  """The k-th largest key read off a full sort of each layer's keys."""
+  masks = []
+  for ranking, keep_count in zip(rankings, keep_counts):
+    keys = _order_keys(ranking)
+    threshold = jnp.sort(keys)[keys.size - keep_count]
+    masks.append(_keep_from_threshold(keys, threshold, keep_count))
+  return masks
+
+
+def _masks_by_bisection(rankings: list, keep_counts: list) -> list:
+  """The k-th largest key of every layer found bit by bit, most significant first.
+
+  Each of the 32 rounds counts, for all layers at once, the keys at or above a candidate
+  threshold: 32 streaming passes of compare-and-sum, no sort and no scatter, and one
+  loop for the whole network rather than one per layer.
+  """
+  keys = [_order_keys(ranking) for ranking in rankings]
+
+  def refine(bit, thresholds):
+    one = jnp.left_shift(jnp.uint32(1), (31 - bit).astype(jnp.uint32))
+    refined = []
+    for layer_keys, keep_count, threshold in zip(keys, keep_counts, thresholds):
+      candidate = threshold | one
+      enough = jnp.sum(layer_keys >= candidate, dtype=jnp.int32) >= keep_count
+      refined.append(jnp.where(enough, candidate, threshold))
+    return tuple(refined)
+
+  thresholds = lax.fori_loop(0, 32, refine, tuple(jnp.uint32(0) for _ in keys))
+  return [_keep_from_threshold(layer_keys, threshold, keep_count)
+          for layer_keys, threshold, keep_count in zip(keys, thresholds, keep_counts)]
+
+
+# Every exact way to pick each layer's top-k; all return the same masks bit for bit
+# (benchmarks/mask_selection.py checks it and times them on ResNet-50's layers).
+TOPK_METHODS = {"top_k": _masks_by_top_k, "sort": _masks_by_sort,
+                "bisection": _masks_by_bisection}
+
+# The method the search uses on each backend, chosen once from
+# benchmarks/mask_selection.py (CPU: bisection ~3x faster than top_k on ResNet-50's
+# layers). GPU and TPU use bisection too until that benchmark has run there: it is a
+# few streaming reductions, where top_k with a large k becomes a sort.
+TOPK_METHOD_BY_PLATFORM = {"cpu": "bisection", "cuda": "bisection", "rocm": "bisection",
+                           "tpu": "bisection"}
+
+
+def topk_masks(rankings: list, keep_counts: list, method: str | None = None) -> list:
+  """Boolean masks with exactly `keep_counts[i]` True entries at the largest values of
+  `rankings[i]`, ties broken towards the lower flat index (as `lax.top_k` orders them).
+
+  The count is exact and deterministic even when every score ties, which happens at the
+  first step of the reference `magnitude` initialisation.
 
   Args:
-    scores: any-shaped float array.
-    keep_count: static number of entries to keep, 0 <= keep_count <= scores.size.
-
-  Returns:
-    A bool array of `scores.shape`.
+    rankings: float arrays of any shapes.
+    keep_counts: static ints, 0 <= keep_counts[i] <= rankings[i].size.
+    method: a key of `TOPK_METHODS`; None picks `TOPK_METHOD_BY_PLATFORM`'s entry for the
+      platform the program is compiled for.
   """
-  size = scores.size
-  if not 0 <= keep_count <= size:
-    raise ValueError(f"keep_count {keep_count} is outside [0, {size}]")
-  if keep_count == size:
-    return jnp.ones(scores.shape, bool)
-  if keep_count == 0:
-    return jnp.zeros(scores.shape, bool)
-  flat = scores.reshape(-1)
-  _, kept = lax.top_k(flat, keep_count)
-  return jnp.zeros(size, bool).at[kept].set(True).reshape(scores.shape)
+  for ranking, keep_count in zip(rankings, keep_counts):
+    if not 0 <= keep_count <= ranking.size:
+      raise ValueError(f"keep_count {keep_count} is outside [0, {ranking.size}]")
+  masks: list = [None] * len(rankings)
+  selected = [i for i, (r, k) in enumerate(zip(rankings, keep_counts)) if 0 < k < r.size]
+  for i, (ranking, keep_count) in enumerate(zip(rankings, keep_counts)):
+    if i not in selected:
+      masks[i] = jnp.full(ranking.shape, keep_count == ranking.size)
+  if selected:
+    args = ([rankings[i] for i in selected], [keep_counts[i] for i in selected])
+    if method is not None:
+      flat = TOPK_METHODS[method](*args)
+    else:
+      branches = {platform: functools.partial(TOPK_METHODS[name], *args)
+                  for platform, name in TOPK_METHOD_BY_PLATFORM.items()}
+      flat = lax.platform_dependent(default=branches["cpu"], **branches)
+    for i, mask in zip(selected, flat):
+      masks[i] = mask.reshape(rankings[i].shape)
+  return masks
+
+
+def topk_mask(scores: jax.Array, keep_count: int, method: str | None = None) -> jax.Array:
+  """`topk_masks` for one array: a bool array of `scores.shape`."""
+  return topk_masks([scores], [keep_count], method)[0]
 
 
 UNSTRUCTURED = "unstructured"
@@ -128,15 +226,26 @@ def ranking_values(scores: PyTree, by_magnitude: bool) -> PyTree:
   return jax.tree.map(jnp.abs, scores) if by_magnitude else scores
 
 
-def compute_masks(scores: PyTree, keep_counts: PyTree, by_magnitude: bool = False) -> PyTree:
-  """Applies `select_mask` leaf by leaf.
+def compute_masks(scores: PyTree, keep_counts: PyTree, by_magnitude: bool = False,
+                  method: str | None = None) -> PyTree:
+  """Every layer's mask under its rule: top-k layers all at once (`topk_masks`), N:M
+  layers group by group (`nm_mask`).
 
   Args:
     keep_counts: mirrors `scores`; each leaf a static keep count (Python int, top-k of the
       layer) or an `NMPattern` (top-n of every group of m).
     by_magnitude: rank |score| (edge-popup) instead of the signed score (the reference).
+    method: the exact top-k method (`TOPK_METHODS`); None: the platform's choice.
   """
-  return jax.tree.map(select_mask, ranking_values(scores, by_magnitude), keep_counts)
+  rankings, treedef = jax.tree.flatten(ranking_values(scores, by_magnitude))
+  rules = treedef.flatten_up_to(keep_counts)
+  masks = [nm_mask(r, rule) if isinstance(rule, NMPattern) else None
+           for r, rule in zip(rankings, rules)]
+  topk = [i for i, mask in enumerate(masks) if mask is None]
+  for i, mask in zip(topk, topk_masks([rankings[i] for i in topk],
+                                      [rules[i] for i in topk], method)):
+    masks[i] = mask
+  return jax.tree.unflatten(treedef, masks)
 
 
 @jax.custom_vjp

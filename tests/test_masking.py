@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,45 @@ def test_topk_mask_breaks_partial_ties_deterministically():
 def test_topk_mask_rejects_keep_count_outside_range():
   with pytest.raises(ValueError, match="keep_count"):
     masking.topk_mask(jnp.ones(4), 5)
+
+
+def _tie_heavy_layers(seed: int) -> list[np.ndarray]:
+  """Layers whose scores tie a lot, with -0.0, +0.0 and denormals among them: the values
+  where a method that compares floats instead of bit patterns would disagree."""
+  rng = np.random.default_rng(seed)
+  layers = []
+  for size in (5, 64, 1000):
+    values = rng.integers(-3, 3, size) * rng.choice([1.0, 0.5, 1e-40], size)
+    values = values.astype(np.float32)
+    values[rng.random(size) < 0.15] = -0.0
+    layers.append(values.reshape(-1, 1) if size == 64 else values)
+  return layers
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("method", sorted(masking.TOPK_METHODS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_exact_topk_method_matches_lax_top_k_bit_for_bit(method, seed, jit):
+  layers = _tie_heavy_layers(seed)
+  for density in (0.0, 0.02, 0.5, 0.97, 1.0):
+    keep_counts = [int(round(density * layer.size)) for layer in layers]
+    select = functools.partial(masking.topk_masks, keep_counts=keep_counts, method=method)
+    select = jax.jit(select) if jit else select
+    for layer, keep_count, mask in zip(layers, keep_counts, select(layers)):
+      _, kept = jax.lax.top_k(jnp.asarray(layer).reshape(-1), max(keep_count, 1))
+      expected = np.zeros(layer.size, bool)
+      expected[np.asarray(kept)[:keep_count]] = True
+      np.testing.assert_array_equal(np.asarray(mask).reshape(-1), expected)
+
+
+def test_platform_choice_is_an_exact_method_for_every_platform():
+  assert set(masking.TOPK_METHOD_BY_PLATFORM.values()) <= set(masking.TOPK_METHODS)
+  layers = _tie_heavy_layers(3)
+  keep_counts = [layer.size // 3 for layer in layers]
+  chosen = jax.jit(lambda ls: masking.topk_masks(ls, keep_counts))(layers)
+  reference = masking.topk_masks(layers, keep_counts, "top_k")
+  for mask, expected in zip(chosen, reference):
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(expected))
 
 
 def test_straight_through_is_exact_mask_forward_and_identity_backward():
