@@ -60,6 +60,8 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("model.num_classes", 10, "classes of the classifier"),
     ("model.strict", True, "every checkpoint tensor used and every variable filled"),
     ("model.kwargs", {}, "extra builder arguments of the model, e.g. width"),
+    ("model.dtype", "float32", "activation dtype: float32 | bfloat16 (weights, scores and "
+     "BN statistics stay float32)"),
 
     ("data.name", "cifar10", "TFDS name, image_folder:<root> or npz:<file>"),
     ("data.mean", CIFAR_MEAN, "per-channel mean on the [0, 1] scale; None: the dataset's"),

@@ -50,7 +50,8 @@ class Evaluator:
     evaluated = {"batch_stats": batch_stats, "masks": masks}
     # Closed on every way out, so no input thread outlives a failed evaluation.
     with contextlib.closing(self.batches()) as batches:
-      placed = (parallel.put_batch(batch, self.setup.mesh) for batch in batches)
+      dtype = self.setup.config.model.dtype
+      placed = (parallel.put_batch(batch, self.setup.mesh, dtype) for batch in batches)
       totals, _ = dispatch.sum_over_batches(self.accumulate, placed, params, evaluated)
     return float(totals["correct"] / max(totals["count"], 1.0))
 
@@ -81,7 +82,8 @@ def _search_batches(setup: SearchSetup, count: int) -> Iterator[Iterable[dict]]:
       setup.spec.data, batch_size=setup.config.search.batch_size, seed=setup.config.search.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   with contextlib.closing(batches):
-    yield (parallel.put_batch(next(batches), setup.mesh) for _ in range(count))
+    dtype = setup.config.model.dtype
+    yield (parallel.put_batch(next(batches), setup.mesh, dtype) for _ in range(count))
 
 
 def recalibrated_batch_stats(setup: SearchSetup, masks: Any) -> Any:

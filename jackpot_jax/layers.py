@@ -7,7 +7,7 @@ kept dense by the sparsity plan carry no mask at all.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -84,14 +84,21 @@ class Dense(nn.Module):
 BN_MOMENTUM = 0.9
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str) -> Callable[[jax.Array], jax.Array]:
   """BatchNorm with PyTorch's defaults: momentum 0.1 there is 0.9 here, epsilon 1e-5.
 
   In training mode the batch statistics of the whole (possibly sharded) batch are used,
-  which under jit with a data-sharded batch is synchronised BN by construction.
+  which under jit with a data-sharded batch is synchronised BN by construction. The
+  output keeps the input's dtype (bfloat16 activations stay bfloat16; Flax reduces the
+  statistics in float32 and keeps them float32), so a bfloat16 input makes the whole
+  network compute in bfloat16 while frozen weights, scores and statistics stay float32.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
-                      name=name)
+
+  def normalize(x: jax.Array) -> jax.Array:
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
+                        dtype=x.dtype, name=name)(x)
+
+  return normalize
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:

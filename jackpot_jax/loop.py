@@ -121,8 +121,8 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
     for step in range(start + 1, end + 1):
       batch, waited = _next_timed(batches)
       profiler.before(step)
-      state, metrics, record = step_fn(stage.frozen, state, parallel.put_batch(batch, mesh),
-                                       record)
+      placed = parallel.put_batch(batch, mesh, config.model.dtype)
+      state, metrics, record = step_fn(stage.frozen, state, placed, record)
       window.admit(metrics)
       logger.record(metrics, waited)
       profiler.after(step, metrics)

@@ -11,7 +11,8 @@ import dataclasses
 
 import ml_collections
 
-from jackpot_jax import fileio, masking, models, optim, profiling, scores, sparsity, steps
+from jackpot_jax import (fileio, masking, models, optim, parallel, profiling, scores, sparsity,
+                         steps)
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 
 
@@ -51,6 +52,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
     raise ValueError("model.checkpoint is empty; pass --config.model.checkpoint=PATH to a "
                      "pre-trained PyTorch checkpoint")
   fileio.local_path(config.model.checkpoint, "model.checkpoint")
+  _choice(config.model.dtype, parallel.IMAGE_DTYPES, "model.dtype")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes must be positive, got {config.model.num_classes}")
   search = config.search

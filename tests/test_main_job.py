@@ -191,3 +191,13 @@ def test_workdir_from_before_newer_config_fields_still_resumes_and_evaluates(tin
   (tmp_path / "config.json").write_text(json.dumps(saved))
   assert train.search_and_evaluate(config, tmp_path)["search"]["steps"] == 6
   assert train.evaluate_workdir(tmp_path)["search"]["steps"] == 6
+
+
+def test_bfloat16_search_runs_end_to_end_with_float32_scores(tiny_job, tmp_path):
+  config = tiny_config(tiny_job)
+  config.model.dtype = "bfloat16"
+  report = train.search_and_evaluate(config, tmp_path / "bf16")
+  assert report["search"]["steps"] == 6
+  assert 0.0 <= report["accuracy"]["jackpot"] <= 1.0
+  state = final_search_state(config, tmp_path / "bf16")
+  assert all(s.dtype == np.float32 for s in jax.tree.leaves(state.scores))

@@ -174,3 +174,16 @@ def test_tune_step_updates_weights_but_never_revives_pruned_ones(tiny_search):
     np.testing.assert_array_equal(np.asarray(flat_new[key])[~mask], np.asarray(flat_old[key])[~mask])
     assert not np.array_equal(np.asarray(flat_new[key])[mask], np.asarray(flat_old[key])[mask])
   assert MASKS not in state.params
+
+
+def test_bfloat16_images_make_the_network_compute_in_bfloat16_with_float32_scores(tiny_search):
+  batch = {**tiny_search.batch, "image": tiny_search.batch["image"].astype(jnp.bfloat16)}
+  program = str(jax.make_jaxpr(tiny_search.step)(tiny_search.params, tiny_search.state, batch))
+  convs = [line for line in program.splitlines() if "conv_general_dilated[" in line]
+  assert convs and all(":bf16[" in line.split("=")[0] for line in convs)
+  state, metrics = tiny_search.step(tiny_search.params, tiny_search.state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  for scores, masks, keep in zip(jax.tree.leaves(state.scores), jax.tree.leaves(state.masks),
+                                 jax.tree.leaves(tiny_search.keep_counts), strict=True):
+    assert scores.dtype == jnp.float32 and int(masks.sum()) == keep
+  assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(state.batch_stats))
