@@ -1,21 +1,31 @@
 """Search-step speed: each framework's search step over its own dense step, and images/s.
 
 jackpot_jax's search step adds a top-k per masked layer and W*M to a dense step (goal:
-search/dense <= 1.05 for ResNet-20 at batch 128). `--torch` also times a straightforward
-PyTorch search (jackpot_jax.torch_reference.torch_search: the authors' per-layer host sort after
-every step) and PyTorch's own dense step, on the same CPU threads, so the overheads can be
-compared apart from the frameworks' different convolution speed.
+search/dense <= 1.05 on this CPU, for ResNet-20 and ResNet-50 alike). `--torch` also times
+a straightforward PyTorch search (jackpot_jax.torch_reference.torch_search: the authors'
+per-layer sort after every step) and PyTorch's own dense step on the same device, so the
+overheads can be compared apart from the frameworks' different convolution speed.
 
-  python benchmarks/step_speed.py --model=resnet20 --batch_size=128 --torch \
-      [--config=configs/default.py --config.search.sparsity=0.95 ...]
+Steps run in rounds, one round of each kind per repeat, interleaved, so drifting machine
+load hits every kind alike; the median round is reported. `--steps_per_round=0` (default)
+sizes the rounds from the warm-up so one lasts about `--round_seconds`: ResNet-20 gets
+many steps per round, ResNet-50 at 224x224 one, and the default run finishes in minutes.
 
-The search settings come from --config (see benchmarks/common.py).
+  python benchmarks/step_speed.py --model=resnet20 --batch_size=128 --torch
+  python benchmarks/step_speed.py --model=resnet50 --image_size=224 --batch_size=32 \
+      --num_classes=1000 [--config.model.dtype=bfloat16] [--torch --torch_device=cuda]
+  python benchmarks/step_speed.py --model=vgg19 --batch_size=128 --torch
+
+The search settings come from --config (see benchmarks/common.py); `model.dtype` sets the
+activation dtype of the JAX steps (PyTorch runs float32). The last line of stdout is one
+JSON object.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import time
@@ -25,95 +35,122 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from jackpot_jax import steps
+from jackpot_jax import parallel
 
 import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 32, "input height and width")
 flags.DEFINE_integer("channels", 3, "input channels")
-flags.DEFINE_integer("warmup", 2, "untimed rounds after compilation")
-flags.DEFINE_integer("repeats", 5, "timed rounds; the median round is reported")
-flags.DEFINE_integer("steps_per_round", 10, "steps per timed round")
+flags.DEFINE_integer("warmup", 1, "untimed rounds after compilation")
+flags.DEFINE_integer("repeats", 5, "timed rounds of each kind (pairs); the median is reported")
+flags.DEFINE_integer("steps_per_round", 0, "steps per timed round; 0 sizes rounds from the "
+                     "warm-up to last about --round_seconds")
+flags.DEFINE_float("round_seconds", 2.0, "target length of one round when steps_per_round=0")
 flags.DEFINE_bool("torch", False, "also time the PyTorch search and dense steps")
+flags.DEFINE_string("torch_device", "cpu", "device of the PyTorch steps: cpu | cuda")
 
 
-def _median_step_seconds(rounds: dict) -> dict:
-  """Runs the named rounds interleaved, so drifting machine load hits all alike."""
-  for _ in range(FLAGS.warmup):
-    for run_round in rounds.values():
-      run_round()
-  times = {name: [] for name in rounds}
-  for _ in range(FLAGS.repeats):
-    for name, run_round in rounds.items():
-      start = time.perf_counter()
-      run_round()
-      times[name].append((time.perf_counter() - start) / FLAGS.steps_per_round)
-  return {name: float(np.median(values)) for name, values in times.items()}
+def _step_once(rounds: dict) -> dict:
+  """Seconds of one step of each kind (compiles on the first call)."""
+  seconds = {}
+  for name, run_round in rounds.items():
+    start = time.perf_counter()
+    run_round(1)
+    seconds[name] = time.perf_counter() - start
+  return seconds
+
+
+def _median_step_seconds(rounds: dict) -> tuple[dict, int]:
+  """Median seconds per step of each kind, and the steps per round used."""
+  _step_once(rounds)  # compiles; never timed
+  warm = _step_once(rounds)
+  per_round = FLAGS.steps_per_round or max(
+      1, math.ceil(FLAGS.round_seconds / max(max(warm.values()), 1e-6)))
+  timed = {name: functools.partial(run_round, per_round) for name, run_round in rounds.items()}
+  seconds = common.interleaved_medians(timed, FLAGS.repeats, max(FLAGS.warmup - 1, 0))
+  return {name: value / per_round for name, value in seconds.items()}, per_round
 
 
 def jax_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
-  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+  """Search and dense rounds of `steps` JAX steps each, on one batch."""
+  dtype = parallel.IMAGE_DTYPES[config.model.dtype]
+  batch = {"image": jnp.asarray(images).astype(dtype), "label": jnp.asarray(labels)}
   bench = common.random_search(config, images.shape[1:], jax.random.PRNGKey(0))
   params, state = bench.params, bench.state
   search = jax.jit(bench.step, donate_argnums=(1,))
-  # Dense training of the same network: the tuning step without a mask.
-  dense = jax.jit(functools.partial(steps.tune_step, model=bench.model, tx=bench.tx),
-                  donate_argnums=(1,))
-  dense_state = steps.TuneState(step=jnp.zeros((), jnp.int32),
-                                params=jax.tree.map(jnp.copy, params),
-                                opt_state=bench.tx.init(params),
-                                batch_stats=jax.tree.map(jnp.copy, bench.batch_stats))
+  dense, dense_state = common.dense_training(
+      bench.model, bench.params, bench.batch_stats, bench.tx)
 
-  def search_round():
+  def search_round(steps: int):
     nonlocal state
-    for _ in range(FLAGS.steps_per_round):
+    for _ in range(steps):
       state, metrics = search(params, state, batch)
     jax.block_until_ready(metrics)
 
-  def dense_round():
+  def dense_round(steps: int):
     nonlocal dense_state
-    for _ in range(FLAGS.steps_per_round):
+    for _ in range(steps):
       dense_state, metrics = dense(None, dense_state, batch)
     jax.block_until_ready(metrics)
 
   return {"jax_search": search_round, "jax_dense": dense_round}
 
 
+def _torch_model(name: str, num_classes: int):
+  """The PyTorch twin of a registry model, in the same key layout."""
+  from jackpot_jax.models.vgg_cifar import VGG19_LAYOUT
+  from jackpot_jax.torch_reference import torch_models
+  if name in ("resnet20", "resnet32", "resnet56"):
+    return torch_models.CifarResNet(int(name[len("resnet"):]), num_classes,
+                                    in_channels=FLAGS.channels)
+  if name in ("resnet18", "resnet34", "resnet50"):
+    return torch_models.torchvision_resnet(int(name[len("resnet"):]), num_classes)
+  if name == "vgg19":
+    return torch_models.AuthorsCifarVGG(VGG19_LAYOUT, num_classes, in_channels=FLAGS.channels)
+  raise ValueError(f"--torch supports resnet20/32/56, resnet18/34/50 and vgg19, not {name!r}")
+
+
 def torch_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
+  """The PyTorch reference search (per-layer sort after every step) and dense training."""
   import torch
   from jackpot_jax.torch_reference import torch_search
-  from jackpot_jax.torch_reference.torch_models import CifarResNet
+  device = torch.device(FLAGS.torch_device)
   torch.set_flush_denormal(True)  # without it PyTorch slows ~10x on denormal activations
-  torch.set_num_threads(os.cpu_count() or 1)
-  if config.model.name not in ("resnet20", "resnet32", "resnet56"):
-    raise ValueError("--torch supports resnet20/32/56")
-  depth = int(config.model.name[len("resnet"):])
-  num_classes, search = config.model.num_classes, config.search
-  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-  y = torch.from_numpy(labels.astype(np.int64))
+  if device.type == "cpu":
+    torch.set_num_threads(os.cpu_count() or 1)
+  search = config.search
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+  y = torch.from_numpy(labels.astype(np.int64)).to(device)
   torch.manual_seed(0)
-  search_net = CifarResNet(depth, num_classes, in_channels=FLAGS.channels).train()
+  search_net = _torch_model(config.model.name, config.model.num_classes).train()
   convs = torch_search.attach_scores(search_net, search.sparsity)
+  search_net.to(device)
   sgd = dict(lr=search.learning_rate, momentum=search.momentum, weight_decay=search.weight_decay)
   search_opt = torch.optim.SGD([c.scores for c in convs], **sgd)
-  dense_net = CifarResNet(depth, num_classes, in_channels=FLAGS.channels).train()
+  dense_net = _torch_model(config.model.name, config.model.num_classes).train().to(device)
   dense_opt = torch.optim.SGD(dense_net.parameters(), **sgd)
 
-  def search_round():
-    for _ in range(FLAGS.steps_per_round):
+  def synchronize():
+    if device.type == "cuda":
+      torch.cuda.synchronize(device)
+
+  def search_round(steps: int):
+    for _ in range(steps):
       loss = torch.nn.functional.cross_entropy(search_net(x), y)
       search_opt.zero_grad(set_to_none=True)
       loss.backward()
       search_opt.step()
       torch_search.update_masks(convs)
+    synchronize()
 
-  def dense_round():
-    for _ in range(FLAGS.steps_per_round):
+  def dense_round(steps: int):
+    for _ in range(steps):
       loss = torch.nn.functional.cross_entropy(dense_net(x), y)
       dense_opt.zero_grad(set_to_none=True)
       loss.backward()
       dense_opt.step()
+    synchronize()
 
   return {"torch_search": search_round, "torch_dense": dense_round}
 
@@ -129,17 +166,22 @@ def main(argv):
   rounds = jax_rounds(config, images, labels)
   if FLAGS.torch:
     rounds.update(torch_rounds(config, images, labels))
-  seconds = _median_step_seconds(rounds)
+  seconds, per_round = _median_step_seconds(rounds)
   result = {"model": config.model.name, "batch_size": batch_size, "input": list(shape[1:]),
-            "sparsity": config.search.sparsity, "jax_backend": jax.default_backend(),
+            "dtype": config.model.dtype, "sparsity": config.search.sparsity,
+            "jax_backend": jax.default_backend(), "jax_device": jax.devices()[0].device_kind,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "repeats": FLAGS.repeats, "steps_per_round": per_round,
             "step_ms": {k: round(v * 1e3, 2) for k, v in seconds.items()},
             "images_per_s": {k: round(batch_size / v, 1) for k, v in seconds.items()},
             "jax_search_over_dense": round(seconds["jax_search"] / seconds["jax_dense"], 4)}
   if FLAGS.torch:
+    result["torch_device"] = FLAGS.torch_device
     result["torch_search_over_dense"] = round(seconds["torch_search"] / seconds["torch_dense"], 4)
     result["jax_over_torch_search_images_per_s"] = round(
         seconds["torch_search"] / seconds["jax_search"], 4)
+  for name, value in seconds.items():
+    print(f"{name:>13}: {value * 1e3:10.1f} ms/step  {batch_size / value:9.1f} images/s")
   print(json.dumps(result))
 
 
