@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import subprocess
 import sys
@@ -93,6 +94,17 @@ def no_thread_outlives_its_test():
     thread.join(max(deadline - time.monotonic(), 0.0))
   left = sorted(t.name for t in set(threading.enumerate()) - before if t.is_alive())
   assert not left, f"threads still running after the test: {left}"
+
+
+@pytest.fixture(autouse=True)
+def compiled_programs_released_after_each_test():
+  """Drops JAX's compilation caches after every test. Each compiled XLA:CPU executable holds
+  its own memory mappings, and the suite compiles hundreds (3,000-6,000 mappings per search);
+  kept alive for the whole session they reached Linux's vm.max_map_count (65,530) at about
+  the 250th test, where the next compile's mmap failed and XLA crashed with a segfault."""
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 
 @pytest.fixture(scope="session")
