@@ -42,8 +42,17 @@ def config_source() -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-  """A search (resumed if the sub-workdir already holds one) and its report."""
-  return train.search_and_evaluate(config, workdir)
+  """A search (resumed if the sub-workdir already holds one) and its report.
+
+  JAX's compiled programs are dropped afterwards: an experiment runs dozens of searches
+  in one process, and each search's XLA:CPU programs keep thousands of memory mappings
+  that would otherwise reach `vm.max_map_count` and segfault a later compile
+  (docs/guarantees.md, "Many searches in one process").
+  """
+  try:
+    return train.search_and_evaluate(config, workdir)
+  finally:
+    jax.clear_caches()
 
 
 def machine() -> str:
