@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
-from jackpot_jax import errors
+from jackpot_jax import errors, fileio
 
 STATE, META = "state", "meta"
 # Orbax's marker in the name of a step directory whose save has not finished.
@@ -37,7 +37,7 @@ def _directory_size(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _disk_full_as_oserror(directory: Path):
+def _disk_full_as_oserror(directory: fileio.AnyPath):
   """Orbax reports a full disk as TensorStore's ValueError; callers expect ENOSPC."""
   try:
     yield
@@ -47,7 +47,7 @@ def _disk_full_as_oserror(directory: Path):
     raise OSError(errno.ENOSPC, "No space left on device", str(directory)) from error
 
 
-def _unreadable_arrays(state_directory: Path) -> str | None:
+def _unreadable_arrays(state_directory: fileio.AnyPath) -> str | None:
   """Why the array store of one checkpoint cannot be read in full, or None if it can.
 
   Every key of the OCDBT database Orbax writes (array metadata and chunks) is read once,
@@ -57,8 +57,9 @@ def _unreadable_arrays(state_directory: Path) -> str | None:
   nobody waits for). Reading first keeps a damaged checkpoint away from that path.
   """
   try:
-    store = ts.KvStore.open({"driver": "ocdbt",
-                             "base": f"file://{state_directory.absolute()}/"}).result()
+    base = (f"{state_directory}/" if fileio.is_cloud(state_directory)
+            else f"file://{state_directory.absolute()}/")
+    store = ts.KvStore.open({"driver": "ocdbt", "base": base}).result()
     for key in store.list().result():
       store.read(key).result()
   except Exception as error:  # any failure means: not restorable, say why in one line
@@ -69,7 +70,7 @@ def _unreadable_arrays(state_directory: Path) -> str | None:
 class SearchCheckpoints:
   """Keeps the last `keep` checkpoints of one phase ("search" or "tune") in a workdir."""
 
-  def __init__(self, directory: str | Path, keep: int, *, writer: bool = False):
+  def __init__(self, directory: str | os.PathLike, keep: int, *, writer: bool = False):
     """Opens (and creates) the checkpoint directory.
 
     Args:
@@ -77,7 +78,9 @@ class SearchCheckpoints:
         leftovers of interrupted saves and moves unreadable checkpoints aside: a reader
         (evaluate, export) may look at a workdir whose run is still saving.
     """
-    self.directory = Path(directory).absolute()
+    self.directory = fileio.as_path(directory, "checkpoint directory")
+    if not fileio.is_cloud(self.directory):
+      self.directory = self.directory.absolute()
     self.writer = writer
     if writer and jax.process_index() == 0 and self.directory.is_dir():
       unfinished = sorted(p.name for p in self.directory.iterdir() if TMP_MARKER in p.name)
@@ -104,12 +107,15 @@ class SearchCheckpoints:
           **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), force=True)
 
   def _check_space(self, state: Any) -> None:
-    """Raises OSError(ENOSPC) when the disk cannot hold one more checkpoint.
+    """Raises OSError(ENOSPC) when the disk cannot hold one more checkpoint; a bucket has
+    no free space to measure, so saves into one are not checked.
 
     Failing here, before Orbax starts writing, leaves no partial checkpoint behind and
     no error traceback from Orbax's background threads. The size is that of a complete
     checkpoint on disk, or before the first one the state's size in memory.
     """
+    if fileio.is_cloud(self.directory):
+      return
     if self._checkpoint_bytes is None:
       latest = self.manager.latest_step()
       if latest is not None and (self.directory / str(latest)).is_dir():

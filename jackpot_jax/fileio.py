@@ -1,7 +1,14 @@
-"""Local paths, and atomic output files: written under a temporary name, then renamed.
+"""Paths local or in a bucket, and atomic output files.
 
-A crash or a full disk never leaves a truncated file under the real name, and readers
-see either the old file or the complete new one.
+Every path the user gives goes through `as_path`: a local path stays a `pathlib.Path`, a
+`gs://` URL becomes an `etils.epath.Path`, the abstraction Orbax and TFDS
+use, so a bucket is never mistaken for a local folder named "gs:". Both kinds share the
+pathlib methods the project calls (`/`, `exists`, `read_text`, `iterdir`, `open`).
+
+Outputs are atomic: a local file is written under a temporary name, then renamed; a
+bucket object is uploaded from a local temporary file in one request, and a cloud object
+only appears once its upload completes. A crash or a full disk never leaves a truncated
+file under the real name, and readers see either the old file or the complete new one.
 """
 
 from __future__ import annotations
@@ -9,30 +16,143 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Union
 
+# epath reaches gs:// through TensorFlow's gfile when TensorFlow is importable, else through
+# gcsfs. gcsfs is what the tests run against an emulator (TensorFlow's client has its
+# endpoint compiled in), and it keeps TensorFlow's runtime out of the process that runs
+# XLA; EPATH_USE_TF=true in the environment restores epath's own choice.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
+from etils import epath  # noqa: E402  (reads EPATH_USE_TF on its first gs:// call)
+
+from jackpot_jax import errors  # noqa: E402
+
+AnyPath = Union[Path, epath.Path]
 
 # scheme://... (gs://, s3://, https://): pathlib would read it as a local folder "gs:".
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+CLOUD_SCHEMES = ("gs",)
+# How long a first request to a bucket may take before the path counts as unreachable.
+# gcsfs retries a refused connection 6 times (~35 s) and a stalled one without end.
+REACH_TIMEOUT_SECONDS = 90.0
 
 
-def local_path(path: str | os.PathLike, what: str) -> Path:
-  """`path` as a local Path; a cloud URL is refused in one line instead of silently
-  becoming a local folder named "gs:".
+def is_cloud(path: str | os.PathLike) -> bool:
+  """Whether `path` is a Cloud Storage URL (gs://)."""
+  match = _URL.match(os.fspath(path))
+  return match is not None and match.group(1).lower() in CLOUD_SCHEMES
+
+
+def as_path(path: str | os.PathLike, what: str) -> AnyPath:
+  """`path` as a local Path or, for a gs:// URL, an epath.Path.
 
   Raises:
-    ValueError: `path` is a URL.
+    ValueError: a URL of another scheme (https://, file://...).
   """
+  if isinstance(path, epath.Path) and not isinstance(path, Path):
+    return path
   text = os.fspath(path)
-  if _URL.match(text):
-    raise ValueError(f"{what} {text} is a URL; this version reads and writes local paths "
-                     "only: mount the bucket (e.g. with gcsfuse) and pass the mounted path")
-  return Path(text)
+  match = _URL.match(text)
+  if match is None:
+    return Path(text)
+  if match.group(1).lower() not in CLOUD_SCHEMES:
+    raise ValueError(f"{what} {text} is a {match.group(1)}:// URL; use a local path or a "
+                     "gs://bucket/path")
+  return epath.Path(text)
+
+
+def _within_deadline(action: Callable[[], Any], seconds: float) -> Any:
+  """`action()`, or TimeoutError after `seconds`; a daemon thread so a hung request
+  cannot keep the process alive after the error."""
+  outcome: dict[str, Any] = {}
+
+  def target():
+    try:
+      outcome["value"] = action()
+    except BaseException as error:  # handed to the caller's thread below
+      outcome["error"] = error
+
+  thread = threading.Thread(target=target, name="bucket-probe", daemon=True)
+  thread.start()
+  thread.join(seconds)
+  if thread.is_alive():
+    raise TimeoutError(f"no answer within {seconds:.0f} s")
+  if "error" in outcome:
+    raise outcome["error"]
+  return outcome.get("value")
+
+
+def check_reachable(path: AnyPath, what: str, *, writable: bool = False,
+                    must_exist: bool = False) -> None:
+  """Fails fast, in one line, when a bucket path cannot be used; local paths pass.
+
+  One request (a write and delete of a probe object with `writable`, else an existence
+  check) runs under a deadline, so no network, no credentials or no such bucket ends in
+  seconds instead of a client's retries for minutes.
+
+  Raises:
+    ValueError: the bucket cannot be reached, or `must_exist` and `path` does not exist.
+  """
+  if not is_cloud(path):
+    return
+
+  def probe() -> bool:
+    if writable:
+      marker = path / f".jackpot_write_probe.{socket.gethostname()}.{os.getpid()}"
+      marker.write_text("")
+      marker.unlink()
+      return True
+    return path.exists()
+
+  # gcsfs logs each failed request's traceback before raising; the error below says it.
+  gcsfs_logger = logging.getLogger("gcsfs")
+  level = gcsfs_logger.level
+  gcsfs_logger.setLevel(logging.CRITICAL)
+  try:
+    exists = _within_deadline(probe, REACH_TIMEOUT_SECONDS)
+  except Exception as error:  # any failure of the first request: say which, in one line
+    raise ValueError(f"{what} {path} cannot be reached ({errors.one_line(error, 200)}); check "
+                     "the bucket name, the network and the credentials "
+                     "(gcloud auth application-default login)") from error
+  finally:
+    gcsfs_logger.setLevel(level)
+  if must_exist and not exists:
+    raise errors.CheckpointNotFoundError(f"{what} {path} does not exist")
+
+
+@contextlib.contextmanager
+def local_file(path: AnyPath, what: str) -> Iterator[Path]:
+  """A local file with `path`'s content, for readers that need a seekable local file:
+  `path` itself, or a bucket object downloaded into a temporary directory (removed
+  afterwards). A CheckpointError raised in the block names `path`, not the download.
+
+  Raises:
+    ValueError: the bucket cannot be reached; CheckpointNotFoundError: no such object.
+  """
+  if not is_cloud(path):
+    yield Path(path)
+    return
+  check_reachable(path, what, must_exist=True)
+  with tempfile.TemporaryDirectory(prefix="jackpot-download-") as directory:
+    local = Path(directory) / path.name
+    with path.open("rb") as source, open(local, "wb") as target:
+      shutil.copyfileobj(source, target, _COPY_CHUNK)
+    try:
+      yield local
+    except errors.CheckpointError as error:
+      raise type(error)(str(error).replace(str(local), str(path))) from error
+
+
+_COPY_CHUNK = 16 << 20
 
 
 def _new_file_mode() -> int:
@@ -60,11 +180,20 @@ def _looks_like_disk_full(error: Exception, directory: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-  """Yields a temporary path beside `path`; renames it onto `path` if the block succeeds.
+  """Yields a local temporary path; if the block succeeds, it becomes `path` (renamed onto
+  a local path, uploaded in one object write to a bucket path).
 
   Raises:
     OSError(ENOSPC): the disk filled up, whichever library was writing.
   """
+  if is_cloud(path):
+    target = as_path(path, "output")
+    with tempfile.TemporaryDirectory(prefix="jackpot-upload-") as directory:
+      local = Path(directory) / target.name
+      yield local
+      with open(local, "rb") as source, target.open("wb") as upload:
+        shutil.copyfileobj(source, upload, _COPY_CHUNK)
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

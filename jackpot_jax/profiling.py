@@ -1,14 +1,21 @@
 """`profile_steps`: a `jax.profiler` trace of a range of steps, for TensorBoard's profiler.
 
   --config.profile_steps=A,B   traces steps A..B (inclusive) into <workdir>/profile/
+
+For a workdir in a bucket the trace is written to a local temporary folder and uploaded
+when it ends: the profiler's own writer only knows local files.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from jackpot_jax import fileio
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:
@@ -32,15 +39,21 @@ def parse_profile_steps(text: str) -> tuple[int, int] | None:
 class StepProfiler:
   """Starts a trace before step A is dispatched and stops it once step B has finished."""
 
-  def __init__(self, directory: Path, steps: tuple[int, int] | None):
+  def __init__(self, directory: fileio.AnyPath, steps: tuple[int, int] | None):
     self.directory = directory
     self.steps = steps
     self.tracing = False
+    self._staging: Path | None = None
 
   def before(self, step: int) -> None:
     if self.steps is not None and step == self.steps[0] and jax.process_index() == 0:
-      self.directory.mkdir(parents=True, exist_ok=True)
-      jax.profiler.start_trace(str(self.directory))
+      if fileio.is_cloud(self.directory):
+        self._staging = Path(tempfile.mkdtemp(prefix="jackpot-profile-"))
+        trace_directory = self._staging
+      else:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        trace_directory = self.directory
+      jax.profiler.start_trace(str(trace_directory))
       self.tracing = True
 
   def after(self, step: int, outputs: Any) -> None:
@@ -53,6 +66,14 @@ class StepProfiler:
     if self.tracing:
       self.tracing = False
       jax.profiler.stop_trace()
+      if self._staging is not None:
+        staging, self._staging = self._staging, None
+        try:
+          for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+            with fileio.atomic_path(self.directory / str(file.relative_to(staging))) as target:
+              shutil.copyfile(file, target)
+        finally:
+          shutil.rmtree(staging, ignore_errors=True)
 
   def __enter__(self) -> "StepProfiler":
     return self

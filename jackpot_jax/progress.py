@@ -21,6 +21,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jackpot_jax import fileio
+
 # The file-version record TensorBoard expects first in every event file.
 _FILE_VERSION = "brain.Event:2"
 
@@ -53,8 +55,11 @@ class ProgressLogger:
     self._window_began = time.perf_counter()
     if self.is_writer:
       # Imported here: tensorboardX imports torch, which only process 0 needs for this.
+      # A gs:// path goes to tensorboardX's Cloud Storage writer, which uploads the whole
+      # (small) event file at each flush.
       from tensorboardX.record_writer import RecordWriter
-      self.directory.mkdir(parents=True, exist_ok=True)
+      if not fileio.is_cloud(self.directory):
+        self.directory.mkdir(parents=True, exist_ok=True)
       name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
       self.writer = RecordWriter(str(self.directory / name))
       self._write([{"file_version": _FILE_VERSION}])

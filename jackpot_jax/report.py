@@ -43,6 +43,7 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
                  "sparsity_plan": config.search.sparsity_plan,
                  "pattern": config.search.pattern,
                  "bn_mode": config.search.bn_mode, "batch_size": config.search.batch_size,
+                 "dtype": config.model.dtype,
                  "planned_steps": setup.total_steps,
                  "goal_reached_at": meta.get("goal_reached_at"),
                  "selected_on": "holdout" if config.eval.stop_within_dense > 0 else "last_step",
@@ -75,7 +76,7 @@ def render_markdown(report: dict) -> str:
       f"- target sparsity: {_pct(report['target_sparsity'])} of the conv weights "
       f"(plan `{_plan_label(search)}`, scores `{search['score_init']}`)",
       f"- search: {search['steps']} steps, {search['epochs']:.3g} epochs, "
-      f"{search['wall_seconds']:.1f} s"
+      f"{search['wall_seconds']:.1f} s, {search.get('dtype', 'float32')} compute"
       + ("" if search.get("goal_reached_at") is None else
          f" (ended early: within eval.stop_within_dense of dense; "
          f"{search['planned_steps']} planned)"),
@@ -118,5 +119,5 @@ def render_markdown(report: dict) -> str:
 
 
 def write_reports(workdir: str | Path, report: dict) -> None:
-  fileio.write_json(Path(workdir) / "report.json", report)
-  fileio.write_text(Path(workdir) / "report.md", render_markdown(report))
+  fileio.write_json(fileio.as_path(workdir, "--workdir") / "report.json", report)
+  fileio.write_text(fileio.as_path(workdir, "--workdir") / "report.md", render_markdown(report))

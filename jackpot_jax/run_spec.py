@@ -51,7 +51,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if not config.model.checkpoint:
     raise ValueError("model.checkpoint is empty; pass --config.model.checkpoint=PATH to a "
                      "pre-trained PyTorch checkpoint")
-  fileio.local_path(config.model.checkpoint, "model.checkpoint")
+  fileio.as_path(config.model.checkpoint, "model.checkpoint")
   _choice(config.model.dtype, parallel.IMAGE_DTYPES, "model.dtype")
   if config.model.num_classes < 1:
     raise ValueError(f"model.num_classes must be positive, got {config.model.num_classes}")

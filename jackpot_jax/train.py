@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from jackpot_jax import (checkpointing, evaluation, loop, optim, parallel, report as report_lib,
-                         run_spec, scores as scores_lib, sparsity, steps)
+from jackpot_jax import (checkpointing, evaluation, fileio, loop, optim, parallel,
+                         report as report_lib, run_spec, scores as scores_lib, sparsity, steps)
 from jackpot_jax import workdir as workdir_lib
 from jackpot_jax.run_setup import (SearchSetup, initial_search_state, initial_tune_state,
                                    setup_search)
@@ -148,7 +148,7 @@ def load_workdir(workdir: str | os.PathLike,
                  overrides: dict | None = None) -> tuple[SearchSetup, steps.SearchState, dict]:
   """A finished (or stopped) run's set-up and latest search state, for evaluate, export
   and the analysis scripts; `overrides` may change how it runs (see workdir.py)."""
-  workdir = Path(workdir)
+  workdir = fileio.as_path(workdir, "--workdir")
   setup = setup_search(run_spec.resolve(workdir_lib.load_workdir_config(workdir, overrides)))
   state, meta = restore_search_state(setup, workdir)
   return setup, state, meta
@@ -156,7 +156,8 @@ def load_workdir(workdir: str | os.PathLike,
 
 def evaluate_workdir(workdir: str | os.PathLike, overrides: dict | None = None) -> dict:
   """The `evaluate` command: re-evaluates the latest checkpoint and rewrites the reports."""
+  workdir = fileio.as_path(workdir, "--workdir")
   setup, state, meta = load_workdir(workdir, overrides)
   evaluator = evaluation.Evaluator(setup)
-  baseline = evaluation.baseline(setup, evaluator, Path(workdir), holdout_evaluator(setup))
-  return _tune_and_report(setup, Path(workdir), evaluator, state, meta, baseline)
+  baseline = evaluation.baseline(setup, evaluator, workdir, holdout_evaluator(setup))
+  return _tune_and_report(setup, workdir, evaluator, state, meta, baseline)

@@ -52,16 +52,19 @@ def prepare_workdir(spec: RunSpec, workdir: str | os.PathLike, force: bool = Fal
   It only checks: `save_workdir_config` records the config once the run's inputs have
   loaded, so a run that stops on bad input leaves no config behind to refuse the fix.
   """
-  workdir = fileio.local_path(workdir, "--workdir")
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    raise ValueError(f"cannot create workdir {workdir}: {error.strerror}") from error
-  try:  # a real write: permission bits say nothing about read-only mounts or root
-    tempfile.TemporaryFile(dir=workdir).close()
-  except OSError as error:
-    raise ValueError(f"workdir {workdir} is not writable ({error.strerror}); choose "
-                     "another --workdir") from error
+  workdir = fileio.as_path(workdir, "--workdir")
+  if fileio.is_cloud(workdir):  # a bucket has no folders to create; one probe write
+    fileio.check_reachable(workdir, "--workdir", writable=True)
+  else:
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+      raise ValueError(f"cannot create workdir {workdir}: {error.strerror}") from error
+    try:  # a real write: permission bits say nothing about read-only mounts or root
+      tempfile.TemporaryFile(dir=workdir).close()
+    except OSError as error:
+      raise ValueError(f"workdir {workdir} is not writable ({error.strerror}); choose "
+                       "another --workdir") from error
   saved = workdir / CONFIG_FILE
   if saved.exists() and not force:
     try:
@@ -93,7 +96,9 @@ def load_workdir_config(workdir: str | os.PathLike,
                         overrides: dict | None = None) -> ml_collections.ConfigDict:
   """The config a workdir's run was made with; `overrides` may change the fields of
   REEVALUATION_FIELDS (how `evaluate` and `export` run and where the data lives)."""
-  path = fileio.local_path(workdir, "--workdir") / CONFIG_FILE
+  workdir = fileio.as_path(workdir, "--workdir")
+  fileio.check_reachable(workdir, "--workdir")
+  path = workdir / CONFIG_FILE
   if not path.exists():
     raise ValueError(f"{workdir} holds no {CONFIG_FILE}; run `search` with this --workdir first")
   config = ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text())))

@@ -19,8 +19,9 @@ def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
   BN running statistics are the ones the search re-estimated on the masked network, so
   the exported model evaluates like the Flax jackpot.
   """
-  workdir = fileio.local_path(workdir, "--workdir")
-  output = fileio.local_path(output, "--output")
+  workdir = fileio.as_path(workdir, "--workdir")
+  output = fileio.as_path(output, "--output")
+  fileio.check_reachable(output.parent, "--output", writable=True)
   setup, state, _ = train.load_workdir(workdir, overrides)
   variables = {"params": setup.params, "batch_stats": state.batch_stats}
   tuned = train.restore_tuned_state(setup, workdir, state.batch_stats)
@@ -36,8 +37,9 @@ def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike
   The masks file carries a hash of the weights it was searched on; a different
   checkpoint is refused rather than silently masked.
   """
-  output = fileio.local_path(output, "--output")
+  output = fileio.as_path(output, "--output")
+  fileio.check_reachable(output.parent, "--output", writable=True)
   imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
                           strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
-  masks = apply_masks_file(fileio.local_path(masks_path, "--masks"), imported)
+  masks = apply_masks_file(fileio.as_path(masks_path, "--masks"), imported)
   return export_torch(imported, jax.device_get(imported.variables), masks, output)

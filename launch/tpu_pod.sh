@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A TPU VM pod slice: runs the same command on every worker; jax.distributed finds the
 # other hosts itself, each host reads its own shard of the input, process 0 writes.
-# The workdir must be on storage every worker sees: NFS, or a bucket mounted at the same
-# path on every worker (gcsfuse); gs:// URLs are refused in one line, not written locally.
+# The workdir must be on storage every worker sees: gs://bucket/path or NFS. Data is read
+# from local paths: NFS, or a bucket mounted at the same path on every worker (gcsfuse).
 #   bash launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [overrides...]
 # Example (ResNet-50, ImageNet, 90%):
 #   bash launch/tpu_pod.sh my-v4-32 us-central2-b configs/paper/resnet50_imagenet_s90_e30.py \
-#     /mnt/bucket/jackpots/r50_s90 --config.model.checkpoint=/mnt/bucket/resnet50.pth \
+#     gs://bucket/jackpots/r50_s90 --config.model.checkpoint=gs://bucket/resnet50.pth \
 #     --config.data.data_dir=/mnt/bucket/tfds --config.search.batch_size=1024
 set -euo pipefail
 tpu=${1:?usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [overrides...]}

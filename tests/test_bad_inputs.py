@@ -225,14 +225,16 @@ IN_PROCESS = [
         f"--workdir={i / 'a_file' / 'run'}"]), "cannot create workdir"),
     Case("workdir_of_another_config", _search("--config.search.sparsity=0.8"),
          "holds a run with a different config (changed: search.sparsity)", prepare=_saved_run),
-    Case("cloud_workdir", lambda job, inputs, workdir: [
-        "search", CONFIG, "--workdir=gs://bucket/run", *tiny_overrides(job)],
-         "--workdir gs://bucket/run is a URL"),
-    Case("cloud_checkpoint", _search("--config.model.checkpoint=gs://bucket/resnet20.pth"),
-         "model.checkpoint gs://bucket/resnet20.pth is a URL"),
-    Case("export_to_a_bucket", lambda job, inputs, workdir: [
+    Case("web_workdir", lambda job, inputs, workdir: [
+        "search", CONFIG, "--workdir=https://host/run", *tiny_overrides(job)],
+         "--workdir https://host/run is a https:// URL; use a local path or a gs://bucket/path"),
+    Case("web_checkpoint", _search("--config.model.checkpoint=https://host/resnet20.pth"),
+         "model.checkpoint https://host/resnet20.pth is a https:// URL"),
+    Case("export_to_an_unsupported_store", lambda job, inputs, workdir: [
         "export", f"--workdir={workdir}", "--output=s3://bucket/jackpot.pth"],
-         "--output s3://bucket/jackpot.pth is a URL", prepare=_saved_run),
+         "--output s3://bucket/jackpot.pth is a s3:// URL", prepare=_saved_run),
+    Case("data_in_a_bucket", _search("--config.data.data_dir=gs://bucket/tfds"),
+         "data.data_dir gs://bucket/tfds is in a bucket"),
     Case("search_without_workdir",
          lambda job, inputs, workdir: ["search", CONFIG, *tiny_overrides(job)],
          "--workdir is required"),
@@ -262,11 +264,11 @@ def test_bad_input_in_process(case, tiny_job, inputs, tmp_path):
   assert not (workdir / "jackpot.pth").exists()
 
 
-def test_a_cloud_workdir_never_becomes_a_local_folder(tiny_job, tmp_path, monkeypatch):
+def test_a_url_workdir_never_becomes_a_local_folder(tiny_job, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  status, stderr = run_in_process(["search", CONFIG, "--workdir=gs://bucket/run",
+  status, stderr = run_in_process(["search", CONFIG, "--workdir=https://host/run",
                                    *tiny_overrides(tiny_job)])
-  assert_one_line_error(status, stderr, "is a URL")
+  assert_one_line_error(status, stderr, "is a https:// URL")
   assert list(tmp_path.iterdir()) == []
 
 

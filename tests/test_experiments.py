@@ -81,3 +81,14 @@ def test_nm_patterns_reports_every_baseline_and_the_gap_recovered(tiny_job, tmp_
   if gap > 0:
     assert row["gap_recovered"] == (row["jackpot"] - row["magnitude_recalibrated"]) / gap
   assert "| 2:4 | 0.5 |" in (tmp_path / "nm.md").read_text()
+
+
+def test_dtypes_runs_one_search_per_compute_dtype_and_reports_the_gap(tiny_job, tmp_path):
+  result = _script("dtypes.py", f"--output={tmp_path}", "--epochs=0.5", *_sets(tiny_job))
+  assert result.returncode == 0, result.stderr[-2000:]
+  first, second = json.loads((tmp_path / "dtype.json").read_text())["rows"]
+  assert (first["dtype"], second["dtype"]) == ("float32", "bfloat16")
+  assert first["steps"] == second["steps"] == 2
+  assert first["gap_to_first"] == 0.0
+  assert second["gap_to_first"] == second["jackpot"] - first["jackpot"]
+  assert "| bfloat16 | 0.5 |" in (tmp_path / "dtype.md").read_text()

@@ -198,6 +198,8 @@ def test_bfloat16_search_runs_end_to_end_with_float32_scores(tiny_job, tmp_path)
   config.model.dtype = "bfloat16"
   report = train.search_and_evaluate(config, tmp_path / "bf16")
   assert report["search"]["steps"] == 6
+  assert report["search"]["dtype"] == "bfloat16"
+  assert "bfloat16 compute" in (tmp_path / "bf16" / "report.md").read_text()
   assert 0.0 <= report["accuracy"]["jackpot"] <= 1.0
   state = final_search_state(config, tmp_path / "bf16")
   assert all(s.dtype == np.float32 for s in jax.tree.leaves(state.scores))

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from jackpot_jax import config_defaults
+from jackpot_jax import config_defaults, fileio
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
 
 AUGMENTATIONS = ("cifar", "imagenet", "none")
@@ -144,6 +144,11 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     raise ValueError(f"data.channels must be 1 or 3, got {channels}")
   data_dir = data_config.get("data_dir")
   manual_dir = data_config.get("manual_dir")
+  for what, path in (("data.name", source), ("data.data_dir", data_dir),
+                     ("data.manual_dir", manual_dir)):
+    if path is not None and fileio.is_cloud(path):
+      raise ValueError(f"{what} {path} is in a bucket; the input pipeline reads local files "
+                       "only: copy the data to local disk or mount the bucket (gcsfuse)")
   return DataSpec(
       name=name,
       kind=kind,

@@ -28,6 +28,7 @@ import torch
 from flax import traverse_util
 from safetensors.torch import save_file as save_safetensors
 
+from jackpot_jax import fileio
 from jackpot_jax.fileio import atomic_path
 from jackpot_jax.errors import CheckpointMismatchError
 from jackpot_jax.pytorch.importing import ImportedModel
@@ -65,7 +66,7 @@ def export_torch(imported_or_layout: ImportedModel | CheckpointLayout,
             else imported_or_layout)
   if format not in ("state_dict", "prune", "masks"):
     raise ValueError(f"unknown export format {format!r}; choose state_dict, prune or masks")
-  output_path = Path(output_path)
+  output_path = fileio.as_path(output_path, "output")
   flat_masks = _checked_masks(layout, masks)
   if format == "masks":
     if not flat_masks:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jackpot_jax import fileio
 from jackpot_jax.fileio import atomic_path
 from jackpot_jax.errors import (CheckpointNotFoundError, CheckpointReadError,
                                 MasksFileError, one_line)
@@ -70,8 +71,9 @@ def apply_masks_file(path: str | os.PathLike,
     MasksFileError: made for other weights, or naming layers or shapes the model lacks.
   """
   layout = imported.layout if isinstance(imported, ImportedModel) else imported
-  path = Path(path)
-  metadata, arrays = _read(path)
+  path = fileio.as_path(path, "masks file")
+  with fileio.local_file(path, "masks file") as local:
+    metadata, arrays = _read(local)
   if metadata["source_sha256"] != layout.source_sha256:
     raise MasksFileError(
         f"masks file {path} was made for weights with sha256 "

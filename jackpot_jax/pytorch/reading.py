@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file
 
+from jackpot_jax import fileio
 from jackpot_jax.errors import (CheckpointNotFoundError, CheckpointReadError,
                                 one_line)
 
@@ -51,16 +52,20 @@ class RawCheckpoint:
 def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> RawCheckpoint:
   """Loads `source` (a path or an in-memory state_dict) and peels off its packaging.
 
+  A gs:// path is downloaded into a temporary local file first.
+
   Raises:
     CheckpointNotFoundError: the path is not a file.
     CheckpointReadError: the file is empty, truncated, damaged, not a checkpoint, or
       holds no state_dict.
+    ValueError: a bucket path that cannot be reached.
   """
   if isinstance(source, Mapping):
     content, file_format, where = source, "memory", "the state_dict passed in"
   else:
-    path = Path(source)
-    content, file_format = _load_file(path)
+    path = fileio.as_path(source, "checkpoint")
+    with fileio.local_file(path, "checkpoint") as local:
+      content, file_format = _load_file(local)
     where = str(path)
   state, wrapper = _unwrap(content, where)
   state, prefix = _strip_prefixes(state)

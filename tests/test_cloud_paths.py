@@ -1,0 +1,137 @@
+"""gs:// paths end to end, against an in-memory Cloud Storage emulator on 127.0.0.1.
+
+The commands run as subprocesses whose gcsfs, epath, TensorStore, Orbax and tensorboardX
+clients are routed to the emulator (`gcs_emulator.py`); this process reads the bucket
+over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from gcs_emulator import closed_port_env, running_emulator
+from test_bad_inputs import CONFIG, REPO, assert_one_line_error
+
+# Long enough that a kill after the first checkpoint lands mid-run: 24 steps, 12 saves.
+LONG_SEARCH = ["--config.search.num_epochs=6", "--config.checkpoint.every_steps=2"]
+
+
+def _command(args: list[str]) -> list[str]:
+  return [sys.executable, "-m", "jackpot_jax", *args]
+
+
+def _run(args: list[str], env: dict, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+  return subprocess.run(_command(args), env=env, cwd=cwd, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _child_env(gcs_env: dict) -> dict:
+  return {**os.environ, **gcs_env, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": ""}
+
+
+def _search_flags(job: Path, checkpoint: str) -> list[str]:
+  return ["search", CONFIG, "--workdir=gs://bucket/run", *tiny_overrides(job), *LONG_SEARCH,
+          f"--config.model.checkpoint={checkpoint}"]
+
+
+def _no_local_bucket_folders(*roots: Path) -> None:
+  for root in roots:
+    found = [str(p) for p in root.rglob("gs:*")]
+    assert found == [], found
+
+
+def _wait_for_object(gcs, pattern: str, process: subprocess.Popen, timeout: float) -> str:
+  """The first object name that matches `pattern`, polled while `process` runs."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    hits = [name for name in gcs.names() if re.fullmatch(pattern, name)]
+    if hits:
+      return hits[0]
+    assert process.poll() is None, "the search ended before its first checkpoint"
+    time.sleep(0.05)
+  raise AssertionError(f"no object matching {pattern} after {timeout} s")
+
+
+def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_path):
+  with running_emulator("bucket") as gcs:
+    env = _child_env(gcs.env())
+    gcs.upload("pretrained/resnet20.pth", (tiny_job / "resnet20.pth").read_bytes())
+    search = _search_flags(tiny_job, "gs://bucket/pretrained/resnet20.pth")
+
+    log = tmp_path / "killed.log"
+    with open(log, "w") as output:
+      process = subprocess.Popen(_command(search), env=env, cwd=tmp_path, stdout=output,
+                                 stderr=subprocess.STDOUT)
+      try:
+        # Orbax lists a step once its own commit file exists (the last object it writes).
+        first = _wait_for_object(gcs, r"run/checkpoints/\d+/commit_success\.txt", process,
+                                 timeout=240)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+      finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert "report.json" not in " ".join(gcs.names())
+
+    resumed = _run([*search, "--config.profile_steps=5,6", "--verbosity=0"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    step = int(first.split("/")[2])
+    assert f"resuming the search from step {step}" in resumed.stderr, resumed.stderr[-3000:]
+
+    evaluated = _run(["evaluate", "--workdir=gs://bucket/run"], env, tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    exported = _run(["export", "--workdir=gs://bucket/run",
+                     "--output=gs://bucket/export/jackpot.pth"], env, tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+
+    names = gcs.names()
+    report = json.loads(gcs.read("run/report.json"))
+    exported_state = torch.load(io.BytesIO(gcs.read("export/jackpot.pth")), weights_only=True)
+  for expected in ("run/config.json", "run/report.md", "run/checkpoints/24/commit_success.txt"):
+    assert expected in names, names
+  assert any(n.startswith("run/tensorboard/events.out.tfevents.") for n in names), names
+  assert any(n.startswith("run/profile/") for n in names), names
+  assert not any(".jackpot_write_probe" in n for n in names), names
+  # The exported kernels are W * M: as many zeros as the search pruned (random W has none).
+  zeros = sum(int((v == 0).sum()) for v in exported_state.values() if v.ndim >= 2)
+  assert zeros == sum(l["size"] - l["kept"] for l in report["layers"].values()) > 0
+  _no_local_bucket_folders(tmp_path, REPO)
+
+
+def test_an_unreachable_bucket_ends_in_one_line_within_two_minutes(tiny_job, tmp_path):
+  with closed_port_env() as gcs_env:
+    began = time.monotonic()
+    result = _run(_search_flags(tiny_job, str(tiny_job / "resnet20.pth")), _child_env(gcs_env),
+                  tmp_path, timeout=240)
+    seconds = time.monotonic() - began
+  assert_one_line_error(result.returncode, result.stderr,
+                        "--workdir gs://bucket/run cannot be reached (")
+  assert seconds < 120, seconds
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--workdir=gs://no-such-bucket/run"], "--workdir gs://no-such-bucket/run cannot be reached"),
+    (["--workdir=gs://bucket/run", "--config.model.checkpoint=gs://bucket/missing.pth"],
+     "checkpoint gs://bucket/missing.pth does not exist"),
+], ids=["missing_bucket", "missing_checkpoint"])
+def test_a_missing_bucket_or_object_ends_in_one_line(tiny_job, tmp_path, flags, expected):
+  with running_emulator("bucket") as gcs:
+    result = _run(["search", CONFIG, *tiny_overrides(tiny_job), *flags],
+                  _child_env(gcs.env()), tmp_path)
+    names = gcs.names()
+  assert_one_line_error(result.returncode, result.stderr, expected)
+  assert names == []
+  assert list(tmp_path.iterdir()) == []
