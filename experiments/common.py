@@ -55,6 +55,11 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     jax.clear_caches()
 
 
+def pct(fraction: float | None) -> str:
+  """A fraction as a percentage with two decimals, "-" for a missing value."""
+  return "-" if fraction is None else f"{100 * fraction:.2f}"
+
+
 def machine() -> str:
   return (f"{platform.machine()} {platform.processor() or ''}".strip()
           + f", {jax.device_count()} {jax.default_backend()} device(s)")

@@ -26,10 +26,6 @@ flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "model.dtype values, one se
 flags.DEFINE_float("epochs", 0.3, "search length in epochs")
 
 
-def _pct(value: float | None) -> str:
-  return "-" if value is None else f"{100 * value:.2f}"
-
-
 def main(argv):
   del argv
   output = Path(FLAGS.output)
@@ -44,15 +40,15 @@ def main(argv):
            "wall_seconds": report["search"]["wall_seconds"]}
     row["gap_to_first"] = row["jackpot"] - (rows[0] if rows else row)["jackpot"]
     rows.append(row)
-    print(f"{dtype}: jackpot {_pct(row['jackpot'])}% (dense {_pct(row['dense'])}%), "
+    print(f"{dtype}: jackpot {common.pct(row['jackpot'])}% (dense {common.pct(row['dense'])}%), "
           f"{row['steps']} steps in {row['wall_seconds']:.0f} s")
   result = {**common.config_source(), "machine": common.machine(), "rows": rows}
   fileio.write_json(output / "dtype.json", result)
   lines = ["| compute dtype | search epochs | dense | jackpot | jackpot minus first, points "
            "| steps | search wall s |", "|---" * 7 + "|"]
   for r in rows:
-    lines.append(f"| {r['dtype']} | {r['epochs']:.3g} | {_pct(r['dense'])} | "
-                 f"{_pct(r['jackpot'])} | {100 * r['gap_to_first']:+.2f} | {r['steps']} | "
+    lines.append(f"| {r['dtype']} | {r['epochs']:.3g} | {common.pct(r['dense'])} | "
+                 f"{common.pct(r['jackpot'])} | {100 * r['gap_to_first']:+.2f} | {r['steps']} | "
                  f"{r['wall_seconds']:.0f} |")
   fileio.write_text(output / "dtype.md", "\n".join(lines) + "\n")
   print(f"wrote {output}/dtype.{{json,md}}")

@@ -38,10 +38,6 @@ def _gap_recovered(accuracy: dict) -> float | None:
   return None if gap <= 0 else (accuracy["jackpot"] - baseline) / gap
 
 
-def _pct(value: float | None) -> str:
-  return "-" if value is None else f"{100 * value:.2f}"
-
-
 def main(argv):
   del argv
   output = Path(FLAGS.output)
@@ -60,9 +56,9 @@ def main(argv):
              "steps": report["search"]["steps"],
              "wall_seconds": report["search"]["wall_seconds"]}
       rows.append(row)
-      print(f"{pattern} {epochs:g} epoch(s): dense {_pct(row['dense'])} magnitude "
-            f"{_pct(row['magnitude_recalibrated'])} wanda {_pct(row['wanda_recalibrated'])} "
-            f"jackpot {_pct(row['jackpot'])} (BN re-estimated baselines)")
+      print(f"{pattern} {epochs:g} epoch(s): dense {common.pct(row['dense'])} magnitude "
+            f"{common.pct(row['magnitude_recalibrated'])} wanda {common.pct(row['wanda_recalibrated'])} "
+            f"jackpot {common.pct(row['jackpot'])} (BN re-estimated baselines)")
   result = {**common.config_source(), "machine": common.machine(), "rows": rows}
   fileio.write_json(output / "nm.json", result)
   lines = ["| pattern | search epochs | dense | magnitude, stale BN | magnitude, BN re-estimated "
@@ -71,7 +67,7 @@ def main(argv):
   for r in rows:
     recovered = "-" if r["gap_recovered"] is None else f"{r['gap_recovered']:.2f}"
     lines.append(f"| {r['pattern']} | {r['epochs']:g} | "
-                 + " | ".join(_pct(r[k]) for k in _COLUMNS)
+                 + " | ".join(common.pct(r[k]) for k in _COLUMNS)
                  + f" | {recovered} | {r['nm_valid']} | {r['steps']} | {r['wall_seconds']:.0f} |")
   fileio.write_text(output / "nm.md", "\n".join(lines) + "\n")
   print(f"wrote {output}/nm.{{json,md}}")
