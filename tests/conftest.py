@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import gc
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -14,6 +17,25 @@ import time
 # single-device tests use only the first.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _share_compiled_programs_across_the_session() -> None:
+  """Every process of the session (this one and the commands the tests start) reads and
+  writes JAX's persistent compilation cache in one temporary folder. Most of the suite's
+  time was XLA compiling the same small programs again in each test and each child
+  process: the tiny searches spend seconds computing and tens of seconds compiling.
+  All programs are cached (no minimum compile time): the eager per-layer ops are hundreds
+  of small compiles. A folder the caller names in $JAX_COMPILATION_CACHE_DIR is used as
+  it is and kept."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  folder = tempfile.mkdtemp(prefix="jackpot-jax-tests-compile-cache-")
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+_share_compiled_programs_across_the_session()
 
 from pathlib import Path
 
@@ -96,15 +118,43 @@ def no_thread_outlives_its_test():
   assert not left, f"threads still running after the test: {left}"
 
 
+def without_shared_compilation_cache(env: dict) -> dict:
+  """`env` for a child process that may be killed, or that runs beside another JAX process:
+  JAX writes a cache entry in place (not through a rename), so a kill mid-write, or a
+  reader racing a writer, would leave or see a truncated entry, which the next reader
+  reports as a warning on stderr. Such children compile for themselves."""
+  return {name: value for name, value in env.items() if name != "JAX_COMPILATION_CACHE_DIR"}
+
+
+def _memory_mappings() -> int | None:
+  try:
+    with open("/proc/self/maps", "rb") as maps:
+      return sum(1 for _ in maps)
+  except OSError:
+    return None
+
+
+def _max_memory_mappings() -> int:
+  try:
+    return int(Path("/proc/sys/vm/max_map_count").read_text())
+  except (OSError, ValueError):
+    return 65530
+
+
 @pytest.fixture(autouse=True)
-def compiled_programs_released_after_each_test():
-  """Drops JAX's compilation caches after every test. Each compiled XLA:CPU executable holds
-  its own memory mappings, and the suite compiles hundreds (3,000-6,000 mappings per search);
-  kept alive for the whole session they reached Linux's vm.max_map_count (65,530) at about
-  the 250th test, where the next compile's mmap failed and XLA crashed with a segfault."""
+def compiled_programs_released_before_the_mapping_limit():
+  """Drops JAX's in-memory compilation caches after a test once this process holds half of
+  Linux's vm.max_map_count memory mappings (or after every test where they cannot be
+  counted). Each compiled XLA:CPU executable holds its own mappings (3,000-6,000 per
+  search); kept for the whole session they reached the limit (65,530) at about the 250th
+  test, where the next compile's mmap failed and XLA crashed with a segfault. Below half
+  the limit the programs stay, so the next test that runs the same ones does not trace and
+  load them again."""
   yield
-  jax.clear_caches()
-  gc.collect()
+  mappings = _memory_mappings()
+  if mappings is None or mappings > _max_memory_mappings() // 2:
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

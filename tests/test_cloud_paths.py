@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, without_shared_compilation_cache
 from gcs_emulator import closed_port_env, running_emulator
 from test_bad_inputs import CONFIG, REPO, assert_one_line_error
 
@@ -72,8 +72,8 @@ def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_
 
     log = tmp_path / "killed.log"
     with open(log, "w") as output:
-      process = subprocess.Popen(_command(search), env=env, cwd=tmp_path, stdout=output,
-                                 stderr=subprocess.STDOUT)
+      process = subprocess.Popen(_command(search), env=without_shared_compilation_cache(env),
+                                 cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT)
       try:
         # Orbax lists a step once its own commit file exists (the last object it writes).
         first = _wait_for_object(gcs, r"run/checkpoints/\d+/commit_success\.txt", process,

@@ -25,7 +25,8 @@ from jackpot_jax import (checkpointing, errors, fileio, progress, report as repo
                          steps, train, workdir as workdir_lib)
 from jackpot_jax.pytorch import export_torch
 
-from conftest import final_search_state, setup_of, tiny_config, tiny_overrides
+from conftest import (final_search_state, setup_of, tiny_config, tiny_overrides,
+                      without_shared_compilation_cache)
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "jackpot_jax"
@@ -39,6 +40,10 @@ def _search_command(job: Path, workdir: Path, *extra: str) -> list[str]:
 
 def _env() -> dict:
   return dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _killable_env() -> dict:
+  return without_shared_compilation_cache(_env())
 
 
 def _steps_on_disk(directory: Path) -> list[int]:
@@ -82,7 +87,7 @@ def test_five_kills_mid_step_and_mid_save_end_bitwise_equal_to_an_uninterrupted_
   # 32 steps, a checkpoint after each: kills land in steps, saves and evaluations.
   extra = ("--config.search.num_epochs=8", "--config.checkpoint.every_steps=1")
   straight = subprocess.Popen(_search_command(tiny_job, tmp_path / "straight", *extra),
-                              cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                              cwd=REPO, env=_killable_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
   workdir = tmp_path / "killed"
   checkpoints = workdir / "checkpoints"
@@ -93,8 +98,8 @@ def test_five_kills_mid_step_and_mid_save_end_bitwise_equal_to_an_uninterrupted_
     for kill in range(5):
       log = tmp_path / f"run{kill}.log"
       with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                                   stderr=stderr)
+        process = subprocess.Popen(command, cwd=REPO, env=_killable_env(),
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
       try:
         resumed_from = max(_steps_on_disk(checkpoints), default=0)
         _wait_for(lambda: max(_steps_on_disk(checkpoints), default=0) > resumed_from, process,
@@ -113,7 +118,7 @@ def test_five_kills_mid_step_and_mid_save_end_bitwise_equal_to_an_uninterrupted_
     assert max(_steps_on_disk(checkpoints)) < 32, "the run ended before the fifth kill"
     assert interrupted_saves >= 1, "no kill landed inside a save"
 
-    final = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+    final = subprocess.run(command, cwd=REPO, env=_killable_env(), capture_output=True, text=True,
                            timeout=300)
     _, straight_stderr = straight.communicate(timeout=300)
   finally:
