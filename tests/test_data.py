@@ -375,6 +375,31 @@ def test_image_folder_grayscale_and_resized(tmp_path):
   assert next(make_train_iterator(config, batch_size=2, seed=0))["image"].shape == (2, 4, 4, 1)
 
 
+def test_image_folder_reads_torchvisions_layout_val_split_nested_folders_any_extension_case(
+    tmp_path):
+  """train/ + val/ as ImageNet ships; each class's images in torchvision's ImageFolder order
+  (its own files before its sub-folders', names sorted); files that are not images skipped."""
+  files = {"train/b/1.PNG": 10, "train/b/sub/0.png": 20, "train/b/sub/deeper/a.jpeg": 30,
+           "train/a/z.Jpg": 40, "train/a/y.webp": 50, "train/a/x.BMP": 60,
+           "val/a/0.png": 70, "val/b/n/0.png": 80}
+  for name, value in files.items():
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.full((3, 3, 3), value, np.uint8))
+    image.save(tmp_path / name, format="JPEG" if "jp" in name.lower() else None, quality=100)
+  (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+  config = _config(f"image_folder:{tmp_path}", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                   augment="none", holdout_images=0)
+  info = load_dataset_info(config)
+  assert info.class_names == ("a", "b")
+  assert (info.num_train, info.num_test) == (6, 2)
+  train = next(make_eval_batches(config, "train", batch_size=6))
+  np.testing.assert_array_equal(train["label"], [0, 0, 0, 1, 1, 1])
+  pixel_values = np.round(train["image"][:, 1, 1, 0] * 255)
+  np.testing.assert_allclose(pixel_values, [60, 50, 40, 10, 20, 30], atol=2)
+  evaluation = next(make_eval_batches(config, batch_size=2))
+  np.testing.assert_array_equal(evaluation["label"], [0, 1])
+
+
 # Augmentation details.
 
 
@@ -447,7 +472,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
   ]
   (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
   (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
-  cases.append(("has no .jpg/.jpeg/.png images", info_of(f"image_folder:{tmp_path / 'empty'}")))
+  cases.append(("has no images in class subdirectories",
+                info_of(f"image_folder:{tmp_path / 'empty'}")))
+  (tmp_path / "no_eval" / "train" / "cat").mkdir(parents=True)
+  cases.append(("has neither a val/ nor a test/ directory",
+                info_of(f"image_folder:{tmp_path / 'no_eval'}")))
   _write_image_folder(tmp_path / "mismatch", {"train": {"cat": 1, "dog": 1},
                                               "test": {"cat": 1, "eel": 1}})
   cases.append((r"train and test classes differ \(only in train: \['dog'\], only in test: "

@@ -2,7 +2,7 @@
 
 The fields and their defaults are declared in `config_defaults` (data.*). Names:
 'fashion_mnist' | 'cifar10' | 'cifar100' | 'imagenet2012' (TFDS), 'image_folder:<root>'
-(root/{train,test}/<class>/*.jpg|jpeg|png) or 'npz:<file>' (uint8 x_train, y_train,
+(root/train/<class>/... plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train,
 x_test, y_test). A mean/std of None means the standard statistics of a TFDS name, or
 statistics computed from the training images of a folder or npz file.
 """
