@@ -1,9 +1,9 @@
 """Paths local or in a bucket, and atomic output files.
 
 Every path the user gives goes through `as_path`: a local path stays a `pathlib.Path`, a
-`gs://` URL becomes an `etils.epath.Path`, the abstraction Orbax and TFDS
-use, so a bucket is never mistaken for a local folder named "gs:". Both kinds share the
-pathlib methods the project calls (`/`, `exists`, `read_text`, `iterdir`, `open`).
+`gs://` URL becomes an `etils.epath.Path` (the abstraction Orbax and TFDS use), so a
+bucket is never mistaken for a local folder named "gs:". Both kinds share the pathlib
+methods the project calls (`/`, `exists`, `read_text`, `iterdir`, `open`).
 
 Outputs are atomic: a local file is written under a temporary name, then renamed; a
 bucket object is uploaded from a local temporary file in one request, and a cloud object
@@ -129,6 +129,17 @@ def check_reachable(path: AnyPath, what: str, *, writable: bool = False,
     raise errors.CheckpointNotFoundError(f"{what} {path} does not exist")
 
 
+# Bytes per read when copying to or from a bucket: large enough for few requests, small
+# enough to keep the copy's memory flat.
+_COPY_CHUNK = 16 << 20
+
+
+def upload(local: Path, target: AnyPath) -> None:
+  """Copies the local file `local` to the bucket object `target` in one object write."""
+  with open(local, "rb") as source, target.open("wb") as destination:
+    shutil.copyfileobj(source, destination, _COPY_CHUNK)
+
+
 @contextlib.contextmanager
 def local_file(path: AnyPath, what: str) -> Iterator[Path]:
   """A local file with `path`'s content, for readers that need a seekable local file:
@@ -150,9 +161,6 @@ def local_file(path: AnyPath, what: str) -> Iterator[Path]:
       yield local
     except errors.CheckpointError as error:
       raise type(error)(str(error).replace(str(local), str(path))) from error
-
-
-_COPY_CHUNK = 16 << 20
 
 
 def _new_file_mode() -> int:
@@ -191,8 +199,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="jackpot-upload-") as directory:
       local = Path(directory) / target.name
       yield local
-      with open(local, "rb") as source, target.open("wb") as upload:
-        shutil.copyfileobj(source, upload, _COPY_CHUNK)
+      upload(local, target)
     return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -70,8 +70,7 @@ class StepProfiler:
         staging, self._staging = self._staging, None
         try:
           for file in sorted(p for p in staging.rglob("*") if p.is_file()):
-            with fileio.atomic_path(self.directory / str(file.relative_to(staging))) as target:
-              shutil.copyfile(file, target)
+            fileio.upload(file, self.directory / str(file.relative_to(staging)))
         finally:
           shutil.rmtree(staging, ignore_errors=True)
 
