@@ -197,7 +197,8 @@ IN_PROCESS = [
     Case("checkpoint_of_another_architecture", _search_with(lambda i, w: [
         f"--config.model.checkpoint={i / 'resnet32.pth'}"]), "does not fit model 'resnet20'"),
     Case("image_folder_without_images", _search_with(lambda i, w: [
-        f"--config.data.name=image_folder:{i / 'no_images'}"]), "has no .jpg/.jpeg/.png images"),
+        f"--config.data.name=image_folder:{i / 'no_images'}"]),
+         "has no images in class subdirectories"),
     Case("image_folder_with_other_test_classes", _search_with(lambda i, w: [
         f"--config.data.name=image_folder:{i / 'other_classes'}"]),
          "train and test classes differ"),
