@@ -63,18 +63,25 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("model.dtype", "float32", "activation dtype: float32 | bfloat16 (weights, scores and "
      "BN statistics stay float32)"),
 
-    ("data.name", "cifar10", "TFDS name, image_folder:<root> or npz:<file>"),
+    ("data.name", "cifar10", "TFDS name (or tfds:<name>), image_folder:<root> or npz:<file>"),
     ("data.mean", CIFAR_MEAN, "per-channel mean on the [0, 1] scale; None: the dataset's"),
     ("data.std", CIFAR_STD, "per-channel std on the [0, 1] scale; None: the dataset's"),
     ("data.image_size", _Unset(int), "square side the model sees; None: native"),
     ("data.augment", "cifar", "cifar (pad and crop, flip) | imagenet | none"),
     ("data.crop_padding", 4, "zero pixels around the 'cifar' random crop"),
     ("data.channels", _Unset(int), "image folders: 1 or 3; None: len(mean)"),
-    ("data.prefetch", 2, "batches a background thread keeps ready; 0: none"),
-    ("data.shuffle_buffer", 16_384, "tf.data shuffle buffer of streamed datasets"),
+    ("data.prefetch", 2, "batches the input pipeline keeps ready (per worker); 0: none"),
+    ("data.workers", 0, "Grain worker processes decoding and augmenting; 0: threads of "
+     "the search process"),
+    ("data.cache_limit_mb", 4096, "TFDS splits of fixed-size images whose decoded pixels "
+     "fit in this many MB are decoded once and kept in memory; 0: decode on every read"),
+    ("data.shuffle_buffer", 16_384, "unused: the Grain pipeline shuffles whole splits; "
+     "kept so that existing command lines run"),
+    ("data.train_split", "train", "split the search trains on (less the held-out images)"),
     ("data.data_dir", _Unset(str), "TFDS data dir; None: TFDS's default"),
     ("data.manual_dir", _Unset(str), "manually downloaded archives (ImageNet)"),
-    ("data.eval_split", "test", "split the accuracies are measured on"),
+    ("data.eval_split", "test", "split the accuracies are measured on; 'test' reads "
+     "'validation' (TFDS) or val/ (image folders) where there is no test split"),
     ("data.holdout_images", _Unset(int),
      "training images held out of the search for its evaluations and early stopping; "
      "None: min(5000, 10%); 0: none"),
@@ -167,6 +174,8 @@ def imagenet_config() -> ml_collections.ConfigDict:
   config.data.augment = "imagenet"
   config.data.image_size = 224
   config.data.eval_split = "validation"
+  # Decoding and cropping full-size JPEGs takes several cores per accelerator.
+  config.data.workers = 8
   config.search.weight_decay = 1e-4
   config.eval.batch_size = 250
   config.checkpoint.every_steps = 1000

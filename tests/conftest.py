@@ -105,12 +105,24 @@ def fashion_mnist_dir(tmp_path_factory) -> Path:
 _THREAD_GRACE_SECONDS = 30.0
 
 
+def _process_wide_threads() -> set[threading.Thread]:
+  """Threads meant to live as long as the process: the pool Grain's first multiprocess
+  input pipeline starts to free shared-memory batches, which every later one shares."""
+  from grain._src.python.ipc import shared_memory_array  # pylint: disable=import-outside-toplevel
+  deleter = shared_memory_array.SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access
+  if deleter is None:
+    return set()
+  return {*deleter._pool, deleter._worker_handler, deleter._task_handler,  # pylint: disable=protected-access
+          deleter._result_handler}  # pylint: disable=protected-access
+
+
 @pytest.fixture(autouse=True)
 def no_thread_outlives_its_test():
   """Fails a test that leaves a Python thread running (input producers, checkpoint
   savers): every way out of a search must close what it opened."""
   before = set(threading.enumerate())
   yield
+  before |= _process_wide_threads()
   deadline = time.monotonic() + _THREAD_GRACE_SECONDS
   for thread in set(threading.enumerate()) - before:
     thread.join(max(deadline - time.monotonic(), 0.0))

@@ -13,12 +13,12 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from jackpot_jax.data import (augment, default_data_config, fashion_mnist, load_dataset_info,
+from jackpot_jax.data import (default_data_config, fashion_mnist, load_dataset_info,
                               make_eval_batches, make_train_iterator, prepare_fashion_mnist)
-from jackpot_jax.data import holdout, prepare as prepare_lib
+from jackpot_jax.data import holdout, prepare as prepare_lib, transforms
 from jackpot_jax.data.config import resolve_spec
-from jackpot_jax.data.prefetch import prefetch
-from jackpot_jax.data.sources import load_arrays
+from jackpot_jax.data.records import ArraySplit
+from jackpot_jax.data.sources import open_data
 
 tfds.disable_progress_bar()
 
@@ -127,15 +127,16 @@ def test_a_dataset_prepared_as_tfrecord_gets_array_record_files_with_the_same_ex
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   config = _config("fashion_mnist", data_dir=str(data_dir))
-  _assert_one_line_error("prepared as tfrecord.*jackpot_jax.data.prepare", load_arrays,
-                         resolve_spec(config))
+  _assert_one_line_error("prepared as tfrecord.*jackpot_jax.data.prepare", load_dataset_info,
+                         config)
 
   prepare_lib.add_array_record(os.fspath(builder.data_dir))
-  arrays = load_arrays(resolve_spec(config))
+  opened = open_data(resolve_spec(config))
   for split in ("train", "test"):
     expected = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images, labels = arrays.split(split)
-    np.testing.assert_array_equal(images, expected["image"])
+    records, rows = opened.rows(split)
+    images, labels = zip(*records.read(rows))
+    np.testing.assert_array_equal(np.stack(images), expected["image"])
     np.testing.assert_array_equal(labels, expected["label"])
   assert sorted(p for p in os.listdir(builder.data_dir) if "array_record" in p) == [
       "fashion_mnist-test.array_record-00000-of-00001",
@@ -236,6 +237,28 @@ def test_hosts_partition_the_global_batch(tmp_path, augmentation):
                                     whole[key])
 
 
+def test_a_late_resume_reads_only_the_records_of_its_own_steps(tmp_path, monkeypatch):
+  """Resuming at step s starts the dataset at s: nothing before it is read or replayed."""
+  config = _config(f"npz:{_npz_dataset(tmp_path)}", augment="cifar", prefetch=0)
+  reads = []
+  original = ArraySplit.read
+  monkeypatch.setattr(ArraySplit, "read",
+                      lambda self, indices: reads.append(len(indices)) or original(self, indices))
+  late = next(make_train_iterator(config, batch_size=8, seed=3, start_step=10**9))
+  assert reads == [8] and late["image"].shape == (8, 8, 8, 3)
+
+
+def test_worker_processes_yield_the_batches_of_the_in_process_pipeline(tmp_path):
+  config = _config(f"npz:{_npz_dataset(tmp_path)}", augment="cifar")
+  in_process = _take(make_train_iterator(config, batch_size=8, seed=2, start_step=3), 4)
+  config.workers = 2
+  batches = make_train_iterator(config, batch_size=8, seed=2, start_step=3)
+  try:
+    _assert_batches_equal(in_process, _take(batches, 4))
+  finally:
+    batches.close()
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_batches_cover_every_example_exactly_once(tmp_path, process_count):
   config = _config(f"npz:{_npz_dataset(tmp_path)}", mean=(0.0,) * 3, std=(1.0,) * 3)
@@ -262,7 +285,7 @@ def test_eval_batches_are_the_unaugmented_normalised_images(tmp_path):
   assert batch["mask"].sum() == 13
 
 
-# Streamed (tf.data) datasets.
+# TFDS datasets read by index, of images of any size.
 
 
 class _TinyImagenet(tfds.builder_cls("imagenet2012"), skip_registration=True):
@@ -287,13 +310,13 @@ class _TinyImagenet(tfds.builder_cls("imagenet2012"), skip_registration=True):
 @pytest.fixture(scope="module")
 def tiny_imagenet_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
-  _TinyImagenet(data_dir=data_dir).download_and_prepare(
+  _TinyImagenet(data_dir=data_dir, file_format="array_record").download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return str(data_dir)
 
 
-def test_streamed_imagenet_info_and_resume(tiny_imagenet_dir):
-  config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16, shuffle_buffer=8)
+def test_imagenet_info_and_resume(tiny_imagenet_dir):
+  config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16)
   info = load_dataset_info(config)
   assert (info.num_classes, info.image_shape, info.num_train, info.num_holdout,
           info.num_test) == (1000, (16, 16, 3), 18, 2, 7)
@@ -303,8 +326,8 @@ def test_streamed_imagenet_info_and_resume(tiny_imagenet_dir):
   _assert_batches_equal(from_zero[5:], resumed)
 
 
-def test_streamed_search_never_reads_the_held_out_examples(tiny_imagenet_dir):
-  config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16, shuffle_buffer=8)
+def test_imagenet_search_never_reads_the_held_out_examples(tiny_imagenet_dir):
+  config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16)
   held_out = [int(label) for batch in make_eval_batches(config, "holdout", batch_size=4)
               for label in batch["label"][batch["mask"]]]
   searched = {int(label) for batch in _take(make_train_iterator(config, batch_size=4, seed=0), 20)
@@ -313,7 +336,7 @@ def test_streamed_search_never_reads_the_held_out_examples(tiny_imagenet_dir):
   assert searched | set(held_out) == set(range(20))
 
 
-def test_streamed_eval_batches_cover_every_example_exactly_once(tiny_imagenet_dir):
+def test_imagenet_eval_batches_cover_every_example_exactly_once(tiny_imagenet_dir):
   config = _config("imagenet2012", data_dir=tiny_imagenet_dir, image_size=16)
   seen, counts = [], []
   for index in range(2):
@@ -325,6 +348,55 @@ def test_streamed_eval_batches_cover_every_example_exactly_once(tiny_imagenet_di
       seen.extend(batch["label"][batch["mask"]])
   assert counts == [2, 2]
   assert sorted(seen) == list(range(7))
+
+
+class TinyShapes(tfds.core.GeneratorBasedBuilder):
+  """A TFDS dataset of none of the usual names: its image and label features are called
+  'picture' and 'category', it has a 'validation' split and no 'test'; example i has
+  label i % 3."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "picture": tfds.features.Image(shape=(6, 6, 3)),
+        "category": tfds.features.ClassLabel(names=["circle", "square", "star"]),
+        "id": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(30), "validation": self._generate_examples(9)}
+
+  def _generate_examples(self, count):
+    rng = np.random.default_rng(count)
+    for i in range(count):
+      yield i, {"picture": rng.integers(0, 256, (6, 6, 3), dtype=np.uint8),
+                "category": i % 3, "id": str(i)}
+
+
+@pytest.mark.parametrize("cache_limit_mb", [0, 4096])
+def test_any_tfds_dataset_with_an_image_and_a_label_feature(tmp_path, cache_limit_mb):
+  TinyShapes(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  config = _config("tfds:tiny_shapes", data_dir=str(tmp_path), holdout_images=6,
+                   cache_limit_mb=cache_limit_mb)
+  info = load_dataset_info(config)
+  assert info.class_names == ("circle", "square", "star")
+  assert (info.image_shape, info.num_train, info.num_holdout, info.num_test) == (
+      (6, 6, 3), 24, 6, 9)
+  evaluation = list(make_eval_batches(config, batch_size=4))
+  labels = np.concatenate([batch["label"][batch["mask"]] for batch in evaluation])
+  np.testing.assert_array_equal(np.bincount(labels), [3, 3, 3])
+  batch = next(make_train_iterator(config, batch_size=8, seed=0))
+  assert batch["image"].shape == (8, 6, 6, 3)
+  config.eval_split = "train"
+  assert load_dataset_info(config).num_test == 30
+  config.train_split = "validation"
+  assert load_dataset_info(config).num_train == 9 - 6
+  config.eval_split = "holdout_v2"
+  _assert_one_line_error(r"TFDS dataset tiny_shapes has no split 'holdout_v2' \(it has train, "
+                         r"validation\); set data.train_split / data.eval_split",
+                         load_dataset_info, config)
 
 
 # Sources.
@@ -403,43 +475,50 @@ def test_image_folder_reads_torchvisions_layout_val_split_nested_folders_any_ext
 # Augmentation details.
 
 
-def test_crop_and_resize_of_the_whole_image_is_the_identity():
-  images = np.random.default_rng(0).integers(0, 256, (3, 7, 5, 2), dtype=np.uint8)
-  boxes = np.tile([0.0, 0.0, 7.0, 5.0], (3, 1))
-  np.testing.assert_allclose(augment.crop_and_resize(images, boxes, (7, 5)), images, atol=1e-4)
-  flipped = augment.crop_and_resize(images, boxes, (7, 5), flips=np.array([True] * 3))
-  np.testing.assert_allclose(flipped, images[:, :, ::-1], atol=1e-4)
+def test_resize_to_the_same_size_is_the_identity_and_flips_mirror():
+  image = np.random.default_rng(0).integers(0, 256, (7, 5, 2), dtype=np.uint8)
+  np.testing.assert_array_equal(transforms.resize(image, 7, 5), image)
+  np.testing.assert_array_equal(transforms.pad_crop_flip(image, 0, 0, True, 0), image[:, ::-1])
 
 
 def test_pad_crop_flip_shifts_in_zeros():
-  images = np.full((2, 4, 4, 1), 200, np.uint8)
-  offsets = np.array([[2, 2], [0, 4]])
-  cropped = augment.pad_crop_flip(images, offsets, np.array([False, False]), padding=2)
-  np.testing.assert_array_equal(cropped[0], images[0])
-  assert (cropped[1][:2] == 0).all() and (cropped[1][:, 2:] == 0).all()
-  assert (cropped[1][2:, :2] == 200).all()
+  image = np.full((4, 4, 1), 200, np.uint8)
+  np.testing.assert_array_equal(transforms.pad_crop_flip(image, 2, 2, False, 2), image)
+  cropped = transforms.pad_crop_flip(image, 0, 4, False, 2)
+  assert (cropped[:2] == 0).all() and (cropped[:, 2:] == 0).all()
+  assert (cropped[2:, :2] == 200).all()
 
 
-def test_resized_crop_boxes_stay_inside_the_image():
-  boxes = augment.sample_resized_crop_boxes(np.random.default_rng(0), 500, 20, 30)
+def test_resized_crop_boxes_stay_inside_the_image_with_torchvisions_ranges():
+  rng = np.random.default_rng(0)
+  boxes = np.array([transforms.resized_crop_box(rng, 20, 30) for _ in range(500)])
   top, left, height, width = boxes.T
   assert (top >= 0).all() and (left >= 0).all()
-  assert (top + height <= 20 + 1e-9).all() and (left + width <= 30 + 1e-9).all()
+  assert (top + height <= 20).all() and (left + width <= 30).all()
   area = height * width / 600
-  assert area.min() >= 0.08 - 1e-9 and area.max() <= 1.0 + 1e-9
+  assert area.min() >= 0.05 and area.max() <= 1.0
+  ratio = width / height
+  assert ratio.min() >= 0.6 and ratio.max() <= 1.6
+  # A sliver of an image never fits a candidate: the fallback is its clamped centre.
+  assert transforms.resized_crop_box(rng, 100, 2) == (48, 0, 3, 2)
 
 
-def test_prefetch_yields_in_order_and_reraises_errors():
-  assert list(prefetch(range(10), 2)) == list(range(10))
+def test_imagenet_eval_is_torchvisions_resize_256_and_centre_crop_224():
+  image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+  resized = np.asarray(Image.fromarray(image).resize((341, 256), Image.Resampling.BILINEAR))
+  expected = resized[16:240, 58:282]
+  np.testing.assert_array_equal(transforms.resize_centre_crop(image, 224), expected)
 
-  def failing():
-    yield 1
-    raise KeyError("broken source")
 
-  iterator = prefetch(failing(), 3)
-  assert next(iterator) == 1
-  with pytest.raises(KeyError, match="broken source"):
-    next(iterator)
+def test_a_broken_image_fails_the_batch_that_reads_it_naming_the_file(tmp_path):
+  _write_image_folder(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
+  (tmp_path / "train" / "b" / "1.png").write_bytes(b"not a png")
+  config = _config(f"image_folder:{tmp_path}", mean=(0.5,) * 3, std=(0.5,) * 3,
+                   holdout_images=0)
+  batches = make_eval_batches(config, "train", batch_size=4)
+  with pytest.raises(ValueError, match=r"image .*b.1\.png cannot be decoded"):
+    next(batches)
+  batches.close()
 
 
 # Bad input.
@@ -457,7 +536,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
   image = np.zeros((4, 8, 8, 3), np.uint8)
   labels = np.zeros(4, np.int64)
   cases = [
-      ("unknown dataset name 'mnist_v9'", info_of("mnist_v9")),
+      ("unknown dataset name 'MNIST v9'", info_of("MNIST v9")),
+      ("unknown dataset name 'mnist_v9': TFDS has no such.*jackpot_jax.data.prepare",
+       info_of("mnist_v9")),
       ("npz file .* does not exist", info_of(f"npz:{tmp_path / 'absent.npz'}")),
       ("lacks y_train, x_test, y_test",
        info_of(_write_npz(tmp_path / "partial.npz", x_train=image))),

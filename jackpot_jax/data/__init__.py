@@ -1,5 +1,6 @@
 """Input pipelines: dataset info, deterministic resumable training batches, padded eval
-batches, and the offline Fashion-MNIST build. See `config` for the data config fields."""
+batches (one Grain pipeline for TFDS datasets, image folders and npz files), and the
+offline Fashion-MNIST build. See `config` for the data config fields."""
 
 from jackpot_jax.data.config import DatasetInfo, DataSpec, default_data_config, resolve_spec
 from jackpot_jax.data.fashion_mnist import prepare_fashion_mnist

@@ -1,16 +1,18 @@
 """The data config's validated form (`DataSpec`) and a dataset's shape (`DatasetInfo`).
 
-The fields and their defaults are declared in `config_defaults` (data.*). Names:
-'fashion_mnist' | 'cifar10' | 'cifar100' | 'imagenet2012' (TFDS), 'image_folder:<root>'
-(root/train/<class>/... plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train,
-x_test, y_test). A mean/std of None means the standard statistics of a TFDS name, or
-statistics computed from the training images of a folder or npz file.
+The fields and their defaults are declared in `config_defaults` (data.*). Names: any
+TFDS dataset with an image and a label feature ('tfds:<name>' or the bare name, e.g.
+'fashion_mnist', 'cifar10', 'imagenet2012'), 'image_folder:<root>' (root/train/<class>/...
+plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train, x_test, y_test). A
+mean/std of None means the standard statistics of a known TFDS name, or statistics
+estimated from the training images.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Mapping
 
 import ml_collections
@@ -20,15 +22,13 @@ from jackpot_jax.config_defaults import STANDARD_STATISTICS
 
 AUGMENTATIONS = ("cifar", "imagenet", "none")
 
-# Streamed with tf.data from TFDS; every other dataset is loaded into memory once.
-STREAMED_TFDS_NAMES = ("imagenet2012",)
-IN_MEMORY_TFDS_NAMES = ("fashion_mnist", "cifar10", "cifar100")
-
 _STANDARD_AUGMENTATION = {
     "fashion_mnist": "cifar", "cifar10": "cifar", "cifar100": "cifar",
     "imagenet2012": "imagenet",
 }
+# The side ImageNet-style preprocessing crops to when data.image_size is unset.
 IMAGENET_DEFAULT_SIZE = 224
+_TFDS_PREFIX = "tfds:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +37,8 @@ class DatasetInfo:
 
   `image_shape` is (H, W, C) of the batches the iterators yield; `num_train` counts the
   training images the search sees, `num_holdout` those held out of it for its
-  evaluations (see `holdout`), `num_test` the evaluation split (imagenet2012's
-  validation split).
+  evaluations (see `holdout`), `num_test` the evaluation split (`data.eval_split`;
+  'validation' where a dataset has no 'test').
   """
   name: str
   num_classes: int
@@ -52,7 +52,8 @@ class DatasetInfo:
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
   """A validated data config: `kind` is 'tfds', 'npz' or 'image_folder'; `source` is the
-  TFDS name, npz file or folder root."""
+  TFDS name, npz file or folder root; `workers` is the number of Grain worker processes
+  (0: threads of the calling process)."""
   name: str
   kind: str
   source: str
@@ -65,12 +66,11 @@ class DataSpec:
   data_dir: str | None
   manual_dir: str | None
   prefetch: int
-  shuffle_buffer: int
+  workers: int = 0
+  cache_limit_mb: int = 4096
+  train_split: str = "train"
+  eval_split: str = "test"
   holdout_images: int | None = None
-
-  @property
-  def streamed(self) -> bool:
-    return self.kind == "tfds" and self.source in STREAMED_TFDS_NAMES
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
@@ -78,23 +78,26 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
   standard statistics and augmentation of TFDS names ('none' augmentation and statistics
   computed from the images for folders and npz files)."""
   values = dict(config_defaults.base_config().data)
-  mean, std = STANDARD_STATISTICS.get(name, (None, None))
-  values.update(name=name, mean=mean, std=std,
-                image_size=IMAGENET_DEFAULT_SIZE if name in STREAMED_TFDS_NAMES else None,
-                augment=_STANDARD_AUGMENTATION.get(name, "none"))
+  bare = name.removeprefix(_TFDS_PREFIX)
+  mean, std = STANDARD_STATISTICS.get(bare, (None, None))
+  augment = _STANDARD_AUGMENTATION.get(bare, "none")
+  values.update(name=name, mean=mean, std=std, augment=augment,
+                image_size=IMAGENET_DEFAULT_SIZE if augment == "imagenet" else None)
   return ml_collections.ConfigDict(values)
 
 
 def _parse_name(name: str) -> tuple[str, str]:
-  if name in IN_MEMORY_TFDS_NAMES or name in STREAMED_TFDS_NAMES:
-    return "tfds", name
+  """(kind, source) of a data.name; whether a TFDS name exists is checked on loading."""
   for kind in ("image_folder", "npz"):
     prefix = kind + ":"
     if name.startswith(prefix) and len(name) > len(prefix):
       return kind, os.path.expanduser(name[len(prefix):])
-  known = ", ".join(IN_MEMORY_TFDS_NAMES + STREAMED_TFDS_NAMES)
-  raise ValueError(f"unknown dataset name {name!r}; use one of {known}, "
-                   "'image_folder:<root>' or 'npz:<file>'")
+  tfds_name = name.removeprefix(_TFDS_PREFIX)
+  if re.fullmatch(r"[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?", tfds_name):
+    return "tfds", tfds_name
+  raise ValueError(f"unknown dataset name {name!r}; use a TFDS name (e.g. fashion_mnist, "
+                   "cifar10, imagenet2012, or tfds:<name>), 'image_folder:<root>' or "
+                   "'npz:<file>'")
 
 
 def _optional_floats(value: Any) -> tuple[float, ...] | None:
@@ -107,6 +110,20 @@ def _optional_int(value: Any, key: str) -> int | None:
   if isinstance(value, bool) or int(value) != value:
     raise ValueError(f"{key} must be a whole number or None, got {value!r}")
   return int(value)
+
+
+def _count(value: Any, key: str) -> int:
+  count = _optional_int(value, key)
+  if count is None or count < 0:
+    raise ValueError(f"{key} must be a whole number >= 0, got {value!r}")
+  return count
+
+
+def _split_name(value: Any, key: str) -> str:
+  if not isinstance(value, str) or not value:
+    raise ValueError(f"{key} must be a split name such as 'train', 'test' or 'validation', "
+                     f"got {value!r}")
+  return value
 
 
 def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> DataSpec:
@@ -135,7 +152,7 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
   if std is not None and min(std) <= 0:
     raise ValueError(f"data.std {std} must be positive")
   image_size = data_config.get("image_size")
-  if kind == "tfds" and source in STREAMED_TFDS_NAMES and image_size is None:
+  if augment == "imagenet" and image_size is None:
     image_size = IMAGENET_DEFAULT_SIZE
   channels = data_config.get("channels")
   if kind == "image_folder" and channels is None:
@@ -161,8 +178,11 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
       channels=channels,
       data_dir=None if data_dir is None else os.path.expanduser(data_dir),
       manual_dir=None if manual_dir is None else os.path.expanduser(manual_dir),
-      prefetch=int(field("prefetch")),
-      shuffle_buffer=int(field("shuffle_buffer")),
+      prefetch=_count(field("prefetch"), "data.prefetch"),
+      workers=_count(field("workers"), "data.workers"),
+      cache_limit_mb=_count(field("cache_limit_mb"), "data.cache_limit_mb"),
+      train_split=_split_name(field("train_split"), "data.train_split"),
+      eval_split=_split_name(field("eval_split"), "data.eval_split"),
       holdout_images=_optional_int(data_config.get("holdout_images"), "data.holdout_images"),
   )
 

@@ -5,10 +5,9 @@ look at the test split, or the reported test accuracy is optimistic. A fixed sli
 the training images is kept out of every search batch and used for those choices.
 
 The slice depends only on the number of training images and its size, never on the
-search seed, so runs with different seeds are selected on the same images. In-memory
-datasets hold out a seeded random subset (image folders list their files class by
-class, so the first N would cover few classes); streamed TFDS splits, stored shuffled,
-hold out their first N examples.
+search seed, so runs with different seeds are selected on the same images. It is a
+seeded random subset (image folders list their files class by class, so the first N
+would cover few classes).
 """
 
 from __future__ import annotations

@@ -3,21 +3,24 @@
 torchvision's ImageFolder layout (ImageNet's is train/ + val/). Class names are the
 subdirectory names of train/, sorted; a class's images are every .jpg, .jpeg, .png, .webp
 or .bmp file (any case) under its directory, nested folders included, in torchvision's
-order. Images are decoded with PIL into memory once, so this suits small folders.
+order. Only the file names are held in memory: each image is decoded with PIL when the
+input pipeline reads it, in Grain's worker processes where data.workers > 0.
 """
 
 from __future__ import annotations
 
 import os
 
+import dataclasses
+
 import numpy as np
 from PIL import Image
 
-from jackpot_jax.data.arrays import ArrayDataset, make_array_dataset
+from jackpot_jax.data.records import SourceDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-# The evaluation split's directory, in order of preference: test/ measures the final
-# accuracy where a folder has both.
+# The evaluation splits' directories; 'test' (data.eval_split's default) reads val/ where
+# a folder has no test/.
 EVAL_DIRECTORIES = ("test", "val")
 _LAYOUT = ("lay it out as <root>/train/<class>/<image> plus <root>/val/<class>/<image> or "
            "<root>/test/<class>/<image>, images ending in " + "/".join(IMAGE_EXTENSIONS))
@@ -40,69 +43,73 @@ def _scan_split(split_dir: str) -> dict[str, list[str]]:
 
 
 def scan_image_folder(root: str) -> dict[str, dict[str, list[str]]]:
-  """Lists the image files of each class of the 'train' split and of the 'test' split (the
-  folder's test/ directory, or val/ where it has none).
+  """Lists the image files of each class of 'train' and of each of 'val' and 'test' the
+  folder has.
 
   Raises:
     ValueError (one line): train/ or both val/ and test/ are missing, a split holds no
-      images, or the two splits have different classes.
+      images, or a split's classes differ from train's.
   """
   train_dir = os.path.join(root, "train")
   if not os.path.isdir(train_dir):
     raise ValueError(f"image folder {root} has no train/ directory; {_LAYOUT}")
-  eval_dirs = [name for name in EVAL_DIRECTORIES if os.path.isdir(os.path.join(root, name))]
-  if not eval_dirs:
+  eval_names = [name for name in EVAL_DIRECTORIES if os.path.isdir(os.path.join(root, name))]
+  if not eval_names:
     raise ValueError(f"image folder {root} has neither a val/ nor a test/ directory; "
                      f"{_LAYOUT}")
-  eval_name = eval_dirs[0]
-  files = {"train": _scan_split(train_dir),
-           "test": _scan_split(os.path.join(root, eval_name))}
-  train_classes, eval_classes = set(files["train"]), set(files["test"])
-  if train_classes != eval_classes:
-    raise ValueError(f"image folder {root}: train and {eval_name} classes differ (only in "
-                     f"train: {sorted(train_classes - eval_classes)}, only in {eval_name}: "
-                     f"{sorted(eval_classes - train_classes)}); give both the same class "
-                     "subdirectories")
+  files = {"train": _scan_split(train_dir)}
+  for name in eval_names:
+    files[name] = _scan_split(os.path.join(root, name))
+    train_classes, eval_classes = set(files["train"]), set(files[name])
+    if train_classes != eval_classes:
+      raise ValueError(f"image folder {root}: train and {name} classes differ (only in "
+                       f"train: {sorted(train_classes - eval_classes)}, only in {name}: "
+                       f"{sorted(eval_classes - train_classes)}); give both the same class "
+                       "subdirectories")
   return files
 
 
-def _decode(path: str, mode: str, image_size: int | None) -> np.ndarray:
-  with Image.open(path) as image:
-    image = image.convert(mode)
-    if image_size is not None and image.size != (image_size, image_size):
-      # PIL's bilinear filter antialiases when it shrinks, unlike a plain resample.
-      image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(image, np.uint8).reshape(image.height, image.width, -1)
+@dataclasses.dataclass(frozen=True)
+class FolderSplit:
+  """One split of an image folder: file paths and labels; images decode on access."""
+  paths: tuple[str, ...]
+  labels: np.ndarray
+  mode: str
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    path = self.paths[index]
+    try:
+      with Image.open(path) as image:
+        image = image.convert(self.mode)
+        pixels = np.asarray(image, np.uint8).reshape(image.height, image.width, -1)
+    except OSError as error:
+      raise ValueError(f"image {path} cannot be decoded ({type(error).__name__}); remove "
+                       "or replace it") from error
+    return pixels, int(self.labels[index])
+
+  def read(self, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    return [self[int(index)] for index in indices]
 
 
-def load_image_folder(root: str, channels: int = 3,
-                      image_size: int | None = None) -> ArrayDataset:
-  """Decodes every image of both splits into uint8 arrays.
+def open_image_folder(root: str, channels: int = 3) -> SourceDataset:
+  """The folder's splits ('train', and 'val' and/or 'test'), decoded on access.
 
   Args:
     root: folder holding train/ and val/ or test/ (see `scan_image_folder`).
     channels: 1 decodes to grayscale, 3 to RGB.
-    image_size: resize every image to this square side; None requires all images to
-      share one size.
 
   Raises:
-    ValueError (one line): see `scan_image_folder`, or images of different sizes when
-      `image_size` is None.
+    ValueError (one line): see `scan_image_folder`.
   """
   files = scan_image_folder(root)
   class_names = tuple(sorted(files["train"]))
   mode = "L" if channels == 1 else "RGB"
   splits = {}
-  for split in ("train", "test"):
-    images, labels = [], []
-    for label, name in enumerate(class_names):
-      for path in files[split][name]:
-        images.append(_decode(path, mode, image_size))
-        labels.append(label)
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
-      raise ValueError(f"image folder {root}: images differ in size ({sorted(shapes)[:2]} "
-                       "...); set data.image_size to resize them")
-    splits[split] = (np.stack(images), np.asarray(labels, np.int32))
-  return make_array_dataset(f"image folder {root}", splits["train"], splits["test"],
-                            class_names)
+  for split, by_class in files.items():
+    paths = [path for name in class_names for path in by_class[name]]
+    labels = [label for label, name in enumerate(class_names) for _ in by_class[name]]
+    splits[split] = FolderSplit(tuple(paths), np.asarray(labels, np.int32), mode)
+  return SourceDataset(f"image folder {root}", splits, class_names)

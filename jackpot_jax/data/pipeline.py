@@ -1,24 +1,40 @@
-"""The data API the training loop uses: dataset info, training iterator, eval batches.
+"""The data API the loops use, built on Grain: dataset info, training batches, eval batches.
 
-Every function takes a `DataSpec` (a run resolves its own once; a data config mapping is
-resolved on the spot, for scripts and tests) and dispatches to the
-in-memory pipeline (fashion_mnist, cifar10/100, npz files, image folders) or the
-streamed tf.data one (imagenet2012). Batches are dicts of numpy arrays: 'image' float32
-(B, H, W, C), normalised; 'label' int32 (B,); eval batches add 'mask' bool (B,).
+One pipeline serves every source. A Grain `MapDataset` of steps maps each step to this
+host's rows of its global batch (read by index from the source in one batched read,
+transformed by `transforms`), and Grain reads batches ahead on threads, or in
+`data.workers` worker processes.
+
+Determinism: step s of a run with seed k reads positions [i * B, (i + 1) * B) of epoch
+e's permutation of the searched rows (e, i = divmod(s, steps_per_epoch)), drawn from
+(k, e), and augments row r of the global batch with draws that depend on (k, s, r) only. Host p of P reads rows [p * B / P, (p + 1) * B / P) of each global batch and
+nothing else, so the global batch is the same for any number of hosts, and a run resumed
+at step s starts its dataset at step s: no earlier batch is read or replayed.
+
+Batches are dicts of numpy arrays: 'image' float32 (B, H, W, C), normalised; 'label'
+int32 (B,); eval batches add 'mask' bool (B,).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from jackpot_jax.data import in_memory
+from absl import flags
+import grain
+import numpy as np
+
+from jackpot_jax.data import transforms
 from jackpot_jax.data.config import DatasetInfo, DataSpec, as_spec
-from jackpot_jax.data.in_memory import Batch, Statistics
-from jackpot_jax.data.prefetch import prefetch
-from jackpot_jax.data.sources import in_memory_info, load_arrays
-from jackpot_jax.data.tfds_source import tfds_info
+from jackpot_jax.data.sources import OpenedData, dataset_info, open_data
 
 DataConfig = DataSpec | Mapping[str, Any]
+Batch = dict[str, np.ndarray]
+
+# Separate RNG streams, so that the permutation and the augmentation never share draws.
+_PERMUTATION_STREAM = 0
+_AUGMENTATION_STREAM = 1
+# Steps of the endless training stream (more than any run takes).
+_ENDLESS = 2**50
 
 
 def host_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -35,42 +51,109 @@ def host_batch_size(batch_size: int, process_index: int, process_count: int) -> 
   return batch_size // process_count
 
 
-def _statistics(spec: DataSpec, channels: int) -> Statistics:
-  """The normalisation of `spec`, computed from the training pixels when unset."""
-  if spec.mean is None:
-    return load_arrays(spec).pixel_statistics
-  if len(spec.mean) != channels:
-    raise ValueError(f"data.mean has {len(spec.mean)} values but {spec.name} images have "
-                     f"{channels} channels; give one mean and std per channel")
-  return spec.mean, spec.std
+def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
+  """The order of the searched examples in `epoch`."""
+  return np.random.default_rng([seed, _PERMUTATION_STREAM, epoch]).permutation(count)
 
 
-def _streamed():
-  # Imported on use: TensorFlow takes seconds to import and only streamed datasets need
-  # it at module level (npz files, image folders and the PyTorch scripts never do).
-  from jackpot_jax.data import streamed  # pylint: disable=import-outside-toplevel
-  return streamed
+class _TrainBatch:
+  """Step -> this host's rows of the step's global batch, augmented and normalised."""
+
+  def __init__(self, opened: OpenedData, spec: DataSpec, *, batch_size: int, seed: int,
+               rows: slice):
+    self.records, self.searched = opened.rows("search")
+    self.shape, (self.mean, self.std) = opened.shape, opened.statistics
+    self.spec, self.batch_size, self.seed, self.rows = spec, batch_size, seed, rows
+    self.steps_per_epoch = len(self.searched) // batch_size
+    self._order = (-1, None)
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    cached_epoch, order = self._order
+    if cached_epoch != epoch:
+      order = self.searched[epoch_permutation(self.seed, epoch, len(self.searched))]
+      self._order = (epoch, order)
+    return order
+
+  def __call__(self, step: int) -> Batch:
+    epoch, index = divmod(int(step), self.steps_per_epoch)
+    keys = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+    images, labels = zip(*self.records.read(keys[self.rows]))
+    pixels = transforms.train_images(list(images), self.spec, self.shape,
+                                     (self.seed, _AUGMENTATION_STREAM, int(step)),
+                                     self.batch_size, self.rows)
+    return {"image": transforms.normalise(pixels, self.mean, self.std),
+            "label": np.asarray(labels, np.int32)}
+
+
+class _EvalBatch:
+  """Batch number -> this host's rows of that global eval batch; rows past the end of
+  the split are zero images with 'mask' False."""
+
+  def __init__(self, opened: OpenedData, spec: DataSpec, split: str, *, batch_size: int,
+               rows: slice):
+    self.records, self.split_rows = opened.rows(split)
+    self.shape, (self.mean, self.std) = opened.shape, opened.statistics
+    self.image_shape = opened.image_shape
+    self.spec, self.batch_size, self.rows = spec, batch_size, rows
+
+  def __call__(self, number: int) -> Batch:
+    positions = int(number) * self.batch_size + np.arange(self.rows.start, self.rows.stop)
+    mask = positions < len(self.split_rows)
+    image = np.zeros((len(positions), *self.image_shape), np.float32)
+    label = np.zeros(len(positions), np.int32)
+    if mask.any():
+      examples = self.records.read(self.split_rows[positions[mask]])
+      pixels = np.stack([transforms.eval_image(pixels, self.spec, self.shape)
+                         for pixels, _ in examples]).astype(np.float32)
+      image[mask] = transforms.normalise(pixels, self.mean, self.std)
+      label[mask] = [example_label for _, example_label in examples]
+    return {"image": image, "label": label, "mask": mask}
+
+
+class _Batches:
+  """Iterates a Grain dataset; `close()` stops its threads and worker processes."""
+
+  def __init__(self, dataset: grain.IterDataset):
+    self._iterator = iter(dataset)
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    return next(self._iterator)
+
+  def close(self) -> None:
+    self._iterator.close()
+
+
+def _read(batches: grain.MapDataset, spec: DataSpec, workers: int) -> _Batches:
+  """Reads ahead `spec.prefetch` batches on threads, or in `workers` processes."""
+  dataset = batches.to_iter_dataset(grain.ReadOptions(num_threads=max(spec.prefetch, 1),
+                                                      prefetch_buffer_size=spec.prefetch))
+  if workers:
+    # Grain's workers read absl flags of their own; a library caller may not have parsed
+    # any (the command line always has).
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(spec.prefetch, 1)))
+  return _Batches(dataset)
 
 
 def load_dataset_info(data_config: DataConfig) -> DatasetInfo:
-  """Classes, image shape and split sizes of the configured dataset.
-
-  TFDS datasets answer from their metadata; npz files and image folders are loaded (and
-  kept for the iterators).
-  """
-  spec = as_spec(data_config)
-  if spec.kind == "tfds":
-    return tfds_info(spec)
-  return in_memory_info(spec, load_arrays(spec))
+  """Classes, image shape and split sizes of the configured dataset (opens it, reading
+  one training image, and a sample of them where the statistics are unset)."""
+  return dataset_info(as_spec(data_config))
 
 
 def make_train_iterator(data_config: DataConfig, *, batch_size: int, seed: int,
                         start_step: int = 0, process_index: int = 0,
-                        process_count: int = 1) -> Iterator[Batch]:
+                        process_count: int = 1) -> _Batches:
   """Endless augmented training batches, this host's share of each global batch.
 
   The batch at step s depends only on (data config, batch_size, seed, s), never on
-  `start_step`, so a run resumed at step s sees exactly the data it would have seen.
+  `start_step` or the number of hosts, so a run resumed at step s sees exactly the data
+  it would have seen.
 
   Args:
     data_config: a `DataSpec`, or a data config to resolve.
@@ -80,38 +163,33 @@ def make_train_iterator(data_config: DataConfig, *, batch_size: int, seed: int,
     process_index, process_count: this host and the number of hosts.
   """
   spec = as_spec(data_config)
-  host_batch_size(batch_size, process_index, process_count)
+  host_size = host_batch_size(batch_size, process_index, process_count)
   if seed < 0 or start_step < 0:
     raise ValueError(f"seed {seed} and start_step {start_step} must be non-negative")
-  if spec.streamed:
-    return _streamed().train_batches(
-        spec, batch_size=batch_size, seed=seed, start_step=start_step,
-        process_index=process_index, process_count=process_count)
-  arrays = load_arrays(spec)
-  batches = in_memory.train_batches(
-      arrays, spec, _statistics(spec, arrays.train_images.shape[-1]), batch_size=batch_size,
-      seed=seed, start_step=start_step, process_index=process_index,
-      process_count=process_count)
-  return prefetch(batches, spec.prefetch)
+  opened = open_data(spec)
+  if len(opened.searched) < batch_size:
+    raise ValueError(f"batch_size {batch_size} exceeds the {len(opened.searched)} searched "
+                     f"training examples of {spec.name}")
+  rows = slice(process_index * host_size, (process_index + 1) * host_size)
+  batch = _TrainBatch(opened, spec, batch_size=batch_size, seed=seed, rows=rows)
+  return _read(grain.MapDataset.range(start_step, _ENDLESS).map(batch), spec, spec.workers)
 
 
 def make_eval_batches(data_config: DataConfig, split: str = "test", *, batch_size: int,
-                      process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-  """One pass over `split`, unaugmented, covering each example once: 'test', 'train', or
-  'holdout' (the training images held out of the search, `data.holdout_images`).
+                      process_index: int = 0, process_count: int = 1) -> _Batches:
+  """One pass over `split`, unaugmented, covering each example once: 'holdout' (the
+  training images held out of the search, `data.holdout_images`), 'train', or a split of
+  the dataset ('test' reads 'validation' / val/ where there is no test split).
 
   Batches are padded to batch_size // process_count rows; the 'mask' field is True on
-  real examples, so accuracy is sum(correct * mask) / sum(mask) summed over hosts. Call
-  it again for every evaluation.
+  real examples, so accuracy is sum(correct * mask) / sum(mask) summed over hosts. Every
+  host yields the same number of batches. Evaluations read on threads: they are short
+  and frequent, and worker processes would start anew for each.
   """
   spec = as_spec(data_config)
-  host_batch_size(batch_size, process_index, process_count)
-  if spec.streamed:
-    return _streamed().eval_batches(
-        spec, split, batch_size=batch_size, process_index=process_index,
-        process_count=process_count)
-  arrays = load_arrays(spec)
-  batches = in_memory.eval_batches(
-      arrays, spec, _statistics(spec, arrays.train_images.shape[-1]), split,
-      batch_size=batch_size, process_index=process_index, process_count=process_count)
-  return prefetch(batches, spec.prefetch)
+  host_size = host_batch_size(batch_size, process_index, process_count)
+  opened = open_data(spec)
+  rows = slice(process_index * host_size, (process_index + 1) * host_size)
+  batch = _EvalBatch(opened, spec, split, batch_size=batch_size, rows=rows)
+  num_batches = -(-len(batch.split_rows) // batch_size)
+  return _read(grain.MapDataset.range(num_batches).map(batch), spec, workers=0)

@@ -7,9 +7,9 @@ fashion_mnist (the default) is built offline from Debian's dataset-fashion-mnist
 (see `jackpot_jax.data.fashion_mnist`); any other TFDS name goes through TFDS's own
 preparation, which downloads unless the dataset reads `--manual_dir` (imagenet2012).
 Both skip a dataset that is already prepared, and both leave array_record files (the
-format the search reads without TensorFlow), converting a dataset prepared earlier as
-tfrecord. Bad input ends with one line on stderr and
-exit status 2, as with the main command line.
+format the search reads by index, without TensorFlow), converting a dataset prepared
+earlier as tfrecord. Bad input ends with one line on stderr and exit status 2, as with
+the main command line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from absl import flags
 import tensorflow_datasets as tfds
 
 from jackpot_jax import entrypoint
-from jackpot_jax.data.config import STREAMED_TFDS_NAMES
 from jackpot_jax.data.fashion_mnist import DEBIAN_SOURCE_DIR, prepare_fashion_mnist
 from jackpot_jax.data.tfds_source import FILE_FORMAT
 
@@ -39,22 +38,16 @@ def prepare(dataset: str, data_dir: str | None, source_dir: str = DEBIAN_SOURCE_
 
   The result holds array_record files, which the search reads without TensorFlow; a
   dataset prepared earlier in another format gets them added beside its own files.
-  Streamed datasets (imagenet2012) keep TFDS's default format, which their tf.data
-  reader needs.
   """
   if dataset == "fashion_mnist":
     path = prepare_fashion_mnist(data_dir, source_dir)
   else:
-    # Streamed datasets are read with tf.data, which reads TFDS's default format only.
-    file_format = None if dataset in STREAMED_TFDS_NAMES else FILE_FORMAT
     builder = tfds.builder(dataset, data_dir=data_dir)
     if not builder.is_prepared():
-      builder = tfds.builder(dataset, data_dir=data_dir, file_format=file_format)
+      builder = tfds.builder(dataset, data_dir=data_dir, file_format=FILE_FORMAT)
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=manual_dir, try_download_gcs=False))
     path = os.fspath(builder.data_dir)
-    if file_format is None:
-      return path
   add_array_record(path)
   return path
 

@@ -1,4 +1,4 @@
-"""Prepared TFDS datasets: the builder, split names, dataset info, and in-memory arrays.
+"""Prepared TFDS datasets, opened as random-access splits of (image, label) records.
 
 Examples are read with `tfds.data_source` from array_record files, which needs no
 TensorFlow: the search, evaluation and export processes never import it (TensorFlow
@@ -15,25 +15,25 @@ from __future__ import annotations
 
 from concurrent import futures
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jackpot_jax.data import augment, holdout
-from jackpot_jax.data.arrays import ArrayDataset, make_array_dataset
-from jackpot_jax.data.config import DatasetInfo, DataSpec
+from jackpot_jax.data.config import DataSpec
+from jackpot_jax.data.records import ArraySplit, SourceDataset
 
 # The file format the TensorFlow-free reader needs.
 FILE_FORMAT = "array_record"
-# Examples decoded per task when a split is read into memory: large enough to amortise
-# the task, small enough to spread a 10,000-example split over every core.
+# Records decoded per task when a split is cached: large enough to amortise the task,
+# small enough to spread a 10,000-record split over every core.
 _DECODE_CHUNK = 1024
 
 
 def prepare_command(spec: DataSpec, data_dir: str) -> str:
   """The command that prepares (or converts) `spec`'s dataset for reading here."""
   command = f"python -m jackpot_jax.data.prepare --dataset={spec.source} --data_dir={data_dir}"
-  if spec.source == "imagenet2012":
+  if spec.source.startswith("imagenet2012"):
     command += " --manual_dir=<dir with ILSVRC2012_img_{train,val}.tar>"
   return command
 
@@ -42,9 +42,15 @@ def prepared_builder(spec: DataSpec) -> tfds.core.DatasetBuilder:
   """The TFDS builder of `spec`, which must already be prepared in `spec.data_dir`.
 
   Raises:
-    ValueError (one line): the dataset is not prepared, with the command that prepares it.
+    ValueError (one line): TFDS knows no such dataset, or it is not prepared, with the
+      command that prepares it.
   """
-  builder = tfds.builder(spec.source, data_dir=spec.data_dir)
+  try:
+    builder = tfds.builder(spec.source, data_dir=spec.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise ValueError(f"unknown dataset name {spec.source!r}: TFDS has no such dataset; give "
+                     "a TFDS name (prepared once with `python -m jackpot_jax.data.prepare "
+                     "--dataset=<name>`), 'image_folder:<root>' or 'npz:<file>'") from error
   data_dir = os.fspath(builder.data_dir_root)
   if not builder.is_prepared():
     how = ("offline, from Debian's dataset-fashion-mnist files" if spec.source == "fashion_mnist"
@@ -73,62 +79,98 @@ def array_record_builder(spec: DataSpec) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> str:
-  """Maps our 'train'/'test' to the builder's split; 'test' is 'validation' where a dataset
-  has no labelled test split (imagenet2012)."""
-  if split not in ("train", "test"):
-    raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
-  if split == "test" and "test" not in builder.info.splits:
-    return "validation"
-  return split
+def _feature_key(features: Any, wanted: str, kind: type, source: str) -> str:
+  """`wanted` if the dataset has it, else its only feature of `kind`.
 
-
-def tfds_info(spec: DataSpec) -> DatasetInfo:
-  """DatasetInfo read from the builder's metadata, without loading any example."""
-  builder = prepared_builder(spec)
-  features = builder.info.features
-  height, width, channels = features["image"].shape
-  if spec.image_size is not None:
-    height = width = spec.image_size
-  num_train = builder.info.splits[tfds_split(builder, "train")].num_examples
-  held_out = holdout.holdout_count(spec.holdout_images, num_train)
-  return DatasetInfo(
-      name=spec.name,
-      num_classes=features["label"].num_classes,
-      image_shape=(height, width, channels),
-      num_train=num_train - held_out,
-      num_test=builder.info.splits[tfds_split(builder, "test")].num_examples,
-      class_names=tuple(features["label"].names),
-      num_holdout=held_out,
-  )
-
-
-def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes every example of one split, in the split's order, on a pool of threads.
-
-  Image decoding (PIL) releases the GIL, so the threads share the cores.
+  Raises:
+    ValueError (one line): no such feature, or several to choose from.
   """
-  source = builder.as_data_source(split=split, file_format=FILE_FORMAT)
-  starts = range(0, len(source), _DECODE_CHUNK)
-
-  def decode(start: int) -> list[dict]:
-    return source.__getitems__(range(start, min(start + _DECODE_CHUNK, len(source))))
-
-  with futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-    examples = [example for chunk in pool.map(decode, starts) for example in chunk]
-  images = np.stack([example["image"] for example in examples])
-  labels = np.asarray([example["label"] for example in examples], np.int32)
-  return images, labels
+  if wanted in features:
+    return wanted
+  keys = [key for key, feature in features.items() if isinstance(feature, kind)]
+  if len(keys) != 1:
+    raise ValueError(f"TFDS dataset {source} has {len(keys) or 'no'} {kind.__name__} "
+                     f"features ({', '.join(features)}); jackpot_jax needs one image and one "
+                     "class label feature")
+  return keys[0]
 
 
-def load_tfds_arrays(spec: DataSpec) -> ArrayDataset:
-  """Decodes both splits of a small TFDS dataset into numpy, resized to `spec.image_size`."""
+class TfdsSplit:
+  """One split of a prepared dataset, read by index from its array_record files.
+
+  The reader opens on first access, in the process that reads (a Grain worker receives
+  the directory and split, not an open file). A `cached` split decodes all its images on
+  first access and keeps them: small datasets (CIFAR, Fashion-MNIST) then cost their
+  decoding once, not once per epoch and evaluation.
+  """
+
+  def __init__(self, dataset_dir: str, split: str, count: int, image_key: str,
+               label_key: str, cached: bool):
+    self.dataset_dir, self.split, self.count = dataset_dir, split, count
+    self.image_key, self.label_key, self.cached = image_key, label_key, cached
+    self._source, self._arrays = None, None
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_source": None}
+
+  def __len__(self) -> int:
+    return self.count
+
+  def _record(self, example: dict) -> tuple[np.ndarray, int]:
+    image = np.asarray(example[self.image_key], np.uint8)
+    return (image[..., None] if image.ndim == 2 else image), int(example[self.label_key])
+
+  def _decode(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
+    # One batched read: array_record reads a list of keys ~50x faster per record than
+    # one key at a time.
+    if self._source is None:
+      builder = tfds.builder_from_directory(self.dataset_dir)
+      self._source = builder.as_data_source(split=self.split, file_format=FILE_FORMAT)
+    return [self._record(example) for example in self._source.__getitems__(indices)]
+
+  def _decoded_arrays(self) -> ArraySplit:
+    """Every record decoded, on a pool of threads (PIL releases the GIL)."""
+    if self._arrays is None:
+      starts = range(0, self.count, _DECODE_CHUNK)
+      with futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        chunks = pool.map(lambda start: self._decode(
+            list(range(start, min(start + _DECODE_CHUNK, self.count)))), starts)
+        records = [record for chunk in chunks for record in chunk]
+      images = np.stack([image for image, _ in records])
+      self._arrays = ArraySplit(images, np.asarray([label for _, label in records], np.int32))
+    return self._arrays
+
+  def read(self, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    if self.cached:
+      return self._decoded_arrays().read(indices)
+    return self._decode([int(i) for i in indices])
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    return self.read([index])[0]
+
+
+def open_tfds(spec: DataSpec) -> SourceDataset:
+  """Every split of the prepared TFDS dataset of `spec`, without reading an example.
+
+  Splits of fixed-size images whose decoded pixels fit in data.cache_limit_mb are
+  cached in memory once read; all others are decoded on every read.
+
+  Raises:
+    ValueError (one line): see `array_record_builder`, or the dataset lacks an image or
+      a class-label feature.
+  """
   builder = array_record_builder(spec)
-  splits = []
-  for split in ("train", "test"):
-    images, labels = _read_split(builder, tfds_split(builder, split))
-    if spec.image_size is not None:
-      images = augment.resize(images, (spec.image_size, spec.image_size))
-    splits.append((images, labels))
-  class_names = tuple(builder.info.features["label"].names)
-  return make_array_dataset(f"TFDS dataset {spec.source}", *splits, class_names)
+  features = builder.info.features
+  image_key = _feature_key(features, "image", tfds.features.Image, spec.source)
+  label_key = _feature_key(features, "label", tfds.features.ClassLabel, spec.source)
+  dataset_dir = os.fspath(builder.data_dir)
+  image_shape = features[image_key].shape
+  fixed = None not in image_shape
+  splits = {}
+  for name, info in builder.info.splits.items():
+    decoded_mb = info.num_examples * int(np.prod(image_shape)) / 2**20 if fixed else None
+    cached = decoded_mb is not None and decoded_mb <= spec.cache_limit_mb
+    splits[name] = TfdsSplit(dataset_dir, name, info.num_examples, image_key, label_key,
+                             cached)
+  return SourceDataset(f"TFDS dataset {spec.source}", splits,
+                       tuple(features[label_key].names))
