@@ -150,8 +150,10 @@ def _write_folder(root: str, train_images: int) -> str:
 
 def _peak_rss_of_search(folder: str, workdir: str, overrides: list[str]) -> int:
   """Peak of the summed RSS of a search process and its children, sampled every 0.1 s."""
-  command = [sys.executable, "-m", "jackpot_jax", "search", f"--workdir={workdir}",
-             f"--config.data.name=image_folder:{folder}", *overrides]
+  config_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "configs", "default.py")
+  command = [sys.executable, "-m", "jackpot_jax", "search", f"--config={config_file}",
+             f"--workdir={workdir}", f"--config.data.name=image_folder:{folder}", *overrides]
   child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True)
   process, peak = psutil.Process(child.pid), 0

@@ -13,6 +13,8 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import REPO
+from jackpot_jax.config_files import load_config
 from jackpot_jax.data import (default_data_config, fashion_mnist, load_dataset_info,
                               make_eval_batches, make_train_iterator, prepare_fashion_mnist)
 from jackpot_jax.data import holdout, prepare as prepare_lib, transforms
@@ -470,6 +472,27 @@ def test_image_folder_reads_torchvisions_layout_val_split_nested_folders_any_ext
   np.testing.assert_allclose(pixel_values, [60, 50, 40, 10, 20, 30], atol=2)
   evaluation = next(make_eval_batches(config, batch_size=2))
   np.testing.assert_array_equal(evaluation["label"], [0, 1])
+
+
+def test_the_paper_resnet50_configs_read_an_imagenet_layout_folder(tmp_path):
+  """train/ + val/ as ImageNet ships: the 'validation' eval split reads val/, training
+  crops are torchvision's random-resized 224 crops, evaluation its resize-256 centre crop."""
+  _write_image_folder(tmp_path, {"train": {"n01": 3, "n02": 3}, "val": {"n01": 1, "n02": 2}},
+                      height=40, width=60)
+  config = load_config(REPO / "configs" / "paper" / "resnet50_imagenet_s90_e30.py")
+  config.data.name = f"image_folder:{tmp_path}"
+  config.data.workers, config.data.holdout_images = 0, 0
+  info = load_dataset_info(config.data)
+  assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (
+      2, (224, 224, 3), 6, 3)
+  batch = next(make_train_iterator(config.data, batch_size=2, seed=0))
+  assert batch["image"].shape == (2, 224, 224, 3)
+  evaluation = next(make_eval_batches(config.data, config.data.eval_split, batch_size=4))
+  np.testing.assert_array_equal(evaluation["label"][evaluation["mask"]], [0, 1, 1])
+  source = np.asarray(Image.open(tmp_path / "val" / "n01" / "0.png"))
+  mean, std = config.data.mean, config.data.std
+  expected = transforms.normalise(transforms.resize_centre_crop(source, 224), mean, std)
+  np.testing.assert_allclose(evaluation["image"][0], expected, atol=1e-6)
 
 
 # Augmentation details.
