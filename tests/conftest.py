@@ -125,7 +125,14 @@ def no_thread_outlives_its_test():
   before |= _process_wide_threads()
   deadline = time.monotonic() + _THREAD_GRACE_SECONDS
   for thread in set(threading.enumerate()) - before:
-    thread.join(max(deadline - time.monotonic(), 0.0))
+    while True:
+      try:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+        break
+      except RuntimeError:  # started this very moment by a thread of the test: not yet joinable
+        if time.monotonic() > deadline:
+          break
+        time.sleep(0.01)
   left = sorted(t.name for t in set(threading.enumerate()) - before if t.is_alive())
   assert not left, f"threads still running after the test: {left}"
 

@@ -161,11 +161,13 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     raise ValueError(f"data.channels must be 1 or 3, got {channels}")
   data_dir = data_config.get("data_dir")
   manual_dir = data_config.get("manual_dir")
-  for what, path in (("data.name", source), ("data.data_dir", data_dir),
-                     ("data.manual_dir", manual_dir)):
+  for what, path in (("data.data_dir", data_dir), ("data.manual_dir", manual_dir)):
     if path is not None and fileio.is_cloud(path):
-      raise ValueError(f"{what} {path} is in a bucket; the input pipeline reads local files "
-                       "only: copy the data to local disk or mount the bucket (gcsfuse)")
+      raise ValueError(f"{what} {path} is in a bucket; TFDS's array_record reader reads local "
+                       "files only: copy the dataset to local disk or mount the bucket "
+                       "(gcsfuse); image folders and npz files may be gs:// paths")
+  if kind != "tfds":
+    fileio.as_path(source, "data.name")  # refuses URLs of schemes other than gs://
   return DataSpec(
       name=name,
       kind=kind,

@@ -4,18 +4,21 @@ torchvision's ImageFolder layout (ImageNet's is train/ + val/). Class names are 
 subdirectory names of train/, sorted; a class's images are every .jpg, .jpeg, .png, .webp
 or .bmp file (any case) under its directory, nested folders included, in torchvision's
 order. Only the file names are held in memory: each image is decoded with PIL when the
-input pipeline reads it, in Grain's worker processes where data.workers > 0.
+input pipeline reads it, in Grain's worker processes where data.workers > 0. The root may
+be a local folder or a gs:// one (listed and read through etils.epath).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 
-import dataclasses
-
+from etils import epath
 import numpy as np
 from PIL import Image
 
+from jackpot_jax import fileio
 from jackpot_jax.data.records import SourceDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -26,16 +29,30 @@ _LAYOUT = ("lay it out as <root>/train/<class>/<image> plus <root>/val/<class>/<
            "<root>/test/<class>/<image>, images ending in " + "/".join(IMAGE_EXTENSIONS))
 
 
+def _walk(directory: str) -> list[tuple[str, list[str]]]:
+  """(folder, file names) of every folder under `directory`, in sorted folder order."""
+  if fileio.is_cloud(directory):
+    # gcsfs names the folders it walks without their scheme.
+    walked = ((f"gs://{os.fspath(folder).removeprefix('gs://')}", files)
+              for folder, _, files in epath.Path(directory).walk())
+  else:
+    walked = ((folder, files) for folder, _, files in os.walk(directory, followlinks=True))
+  return sorted(walked)
+
+
 def _class_images(class_dir: str) -> list[str]:
   """The images under `class_dir`, nested folders included, in torchvision's order."""
-  return [os.path.join(folder, name)
-          for folder, _, names in sorted(os.walk(class_dir, followlinks=True))
+  return [f"{folder.rstrip('/')}/{name}" for folder, names in _walk(class_dir)
           for name in sorted(names) if name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
+def _is_dir(path: str) -> bool:
+  return epath.Path(path).is_dir() if fileio.is_cloud(path) else os.path.isdir(path)
+
+
 def _scan_split(split_dir: str) -> dict[str, list[str]]:
-  classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
-  files = {name: _class_images(os.path.join(split_dir, name)) for name in classes}
+  classes = sorted(entry.name for entry in epath.Path(split_dir).iterdir() if entry.is_dir())
+  files = {name: _class_images(f"{split_dir}/{name}") for name in classes}
   if not any(files.values()):
     raise ValueError(f"image folder {split_dir} has no images in class subdirectories; "
                      f"{_LAYOUT}")
@@ -50,16 +67,17 @@ def scan_image_folder(root: str) -> dict[str, dict[str, list[str]]]:
     ValueError (one line): train/ or both val/ and test/ are missing, a split holds no
       images, or a split's classes differ from train's.
   """
-  train_dir = os.path.join(root, "train")
-  if not os.path.isdir(train_dir):
+  root = root.rstrip("/")
+  train_dir = f"{root}/train"
+  if not _is_dir(train_dir):
     raise ValueError(f"image folder {root} has no train/ directory; {_LAYOUT}")
-  eval_names = [name for name in EVAL_DIRECTORIES if os.path.isdir(os.path.join(root, name))]
+  eval_names = [name for name in EVAL_DIRECTORIES if _is_dir(f"{root}/{name}")]
   if not eval_names:
     raise ValueError(f"image folder {root} has neither a val/ nor a test/ directory; "
                      f"{_LAYOUT}")
   files = {"train": _scan_split(train_dir)}
   for name in eval_names:
-    files[name] = _scan_split(os.path.join(root, name))
+    files[name] = _scan_split(f"{root}/{name}")
     train_classes, eval_classes = set(files["train"]), set(files[name])
     if train_classes != eval_classes:
       raise ValueError(f"image folder {root}: train and {name} classes differ (only in "
@@ -82,7 +100,8 @@ class FolderSplit:
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     path = self.paths[index]
     try:
-      with Image.open(path) as image:
+      source = io.BytesIO(epath.Path(path).read_bytes()) if fileio.is_cloud(path) else path
+      with Image.open(source) as image:
         image = image.convert(self.mode)
         pixels = np.asarray(image, np.uint8).reshape(image.height, image.width, -1)
     except OSError as error:
@@ -102,8 +121,9 @@ def open_image_folder(root: str, channels: int = 3) -> SourceDataset:
     channels: 1 decodes to grayscale, 3 to RGB.
 
   Raises:
-    ValueError (one line): see `scan_image_folder`.
+    ValueError (one line): see `scan_image_folder`, or a gs:// root cannot be reached.
   """
+  fileio.check_reachable(fileio.as_path(root, "data.name"), "image folder")
   files = scan_image_folder(root)
   class_names = tuple(sorted(files["train"]))
   mode = "L" if channels == 1 else "RGB"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from jackpot_jax import errors, fileio
 from jackpot_jax.data.records import ArraySplit, SourceDataset
 
 REQUIRED_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -36,15 +35,26 @@ def load_npz(path: str) -> SourceDataset:
   Images must be uint8 pixels of one shape in both splits; labels integers from 0, and
   the number of classes is the largest label plus one.
 
+  Args:
+    path: a local file or a gs:// object (downloaded to a temporary file to be read).
+
   Raises:
     ValueError (one line): the file is missing, lacks an array, or holds arrays of the
       wrong kind.
   """
-  if not os.path.isfile(path):
+  try:
+    with fileio.local_file(fileio.as_path(path, "data.name"), "npz file") as local:
+      if not local.is_file():
+        raise errors.CheckpointNotFoundError(f"npz file {path} does not exist")
+      return _read_npz(path, local)
+  except errors.CheckpointNotFoundError as error:
     raise ValueError(f"npz file {path} does not exist; 'npz:<file>' needs a file with "
-                     f"arrays {', '.join(REQUIRED_ARRAYS)}")
+                     f"arrays {', '.join(REQUIRED_ARRAYS)}") from error
+
+
+def _read_npz(path: str, local) -> SourceDataset:
   source = f"npz file {path}"
-  with np.load(path, allow_pickle=False) as archive:
+  with np.load(local, allow_pickle=False) as archive:
     missing = [name for name in REQUIRED_ARRAYS if name not in archive.files]
     if missing:
       raise ValueError(f"npz file {path} lacks {', '.join(missing)} (it has "
