@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A TPU VM pod slice: runs the same command on every worker; jax.distributed finds the
 # other hosts itself, each host reads its own shard of the input, process 0 writes.
-# The workdir must be on storage every worker sees: gs://bucket/path or NFS. Data is read
-# from local paths: NFS, or a bucket mounted at the same path on every worker (gcsfuse).
+# The workdir must be on storage every worker sees: gs://bucket/path or NFS. So must the
+# data: an image folder or npz file may be gs://...; a prepared TFDS data_dir must be a
+# local path (NFS, or a bucket mounted at the same path on every worker with gcsfuse).
 #   bash launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [overrides...]
 # Example (ResNet-50, ImageNet, 90%):
 #   bash launch/tpu_pod.sh my-v4-32 us-central2-b configs/paper/resnet50_imagenet_s90_e30.py \
