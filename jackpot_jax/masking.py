@@ -248,6 +248,15 @@ def compute_masks(scores: PyTree, keep_counts: PyTree, by_magnitude: bool = Fals
   return jax.tree.unflatten(treedef, masks)
 
 
+def compiled_masks(scores: PyTree, keep_counts: PyTree, by_magnitude: bool = False) -> PyTree:
+  """`compute_masks` as one compiled program, for callers outside a jitted step (the first
+  search state, the magnitude baseline): run op by op, every layer shape compiles its own
+  small programs, ~3x slower on a ResNet-20 in a fresh process (10.5 s against 3.1 s here).
+  """
+  return jax.jit(functools.partial(compute_masks, keep_counts=keep_counts,
+                                   by_magnitude=by_magnitude))(scores)
+
+
 @jax.custom_vjp
 def straight_through(scores: jax.Array, mask: jax.Array) -> jax.Array:
   """Returns `mask` as a float array whose gradient flows to `scores` unchanged.

@@ -111,4 +111,4 @@ def initial_tune_state(setup: SearchSetup, batch_stats: Any) -> steps.TuneState:
 def magnitude_masks(setup: SearchSetup) -> Any:
   """The layer-wise magnitude-pruning mask at the plan's keep counts (the search's start)."""
   scores = scores_lib.init_scores(setup.params, setup.plan, "magnitude", jax.random.PRNGKey(0))
-  return masking.compute_masks(scores, setup.keep_counts)
+  return masking.compiled_masks(scores, setup.keep_counts)

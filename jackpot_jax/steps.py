@@ -55,7 +55,7 @@ def init_search_state(scores: PyTree, keep_counts: PyTree, batch_stats: PyTree,
                       rank_by_magnitude: bool = False) -> SearchState:
   """Optimizer state exists for the scores only: frozen weights get no moments."""
   return SearchState(step=jnp.zeros((), jnp.int32), scores=scores,
-                     masks=masking.compute_masks(scores, keep_counts, rank_by_magnitude),
+                     masks=masking.compiled_masks(scores, keep_counts, rank_by_magnitude),
                      opt_state=tx.init(scores), batch_stats=batch_stats)
 
 
