@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping
 
@@ -70,19 +71,26 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
   if method not in SCORE_INITS:
     raise ValueError(f"unknown search.score_init {method!r}; choose one of {SCORE_INITS}")
   flat_params = traverse_util.flatten_dict(params)
-  flat_scores = {}
-  for index, layer in enumerate(plan.masked_layers):
-    weight = jnp.asarray(flat_params[layer.path + ("kernel",)])
+  kernels = [jnp.asarray(flat_params[layer.path + ("kernel",)]) for layer in plan.masked_layers]
+  # One compiled program for all layers: op by op, every layer shape compiles its own.
+  scores = jax.jit(functools.partial(_layer_scores, plan=plan, method=method))(kernels, rng)
+  return traverse_util.unflatten_dict(
+      {layer.path + ("kernel",): score for layer, score in zip(plan.masked_layers, scores)})
+
+
+def _layer_scores(kernels: list, rng: jax.Array, *, plan: SparsityPlan, method: str) -> list:
+  """The initial scores of each masked layer's kernel, in `plan.masked_layers` order."""
+  scores = []
+  for index, (layer, weight) in enumerate(zip(plan.masked_layers, kernels)):
     layer_rng = jax.random.fold_in(rng, index)
     if method == "magnitude" and plan.pattern is not None:
-      scores = _magnitude_pattern(weight, plan.pattern)
+      scores.append(_magnitude_pattern(weight, plan.pattern))
     elif method == "magnitude":
-      scores = _magnitude(weight, plan.prune_counts[layer.name])
+      scores.append(_magnitude(weight, plan.prune_counts[layer.name]))
     elif method == "magnitude_abs":
-      scores = _magnitude_abs(weight)
+      scores.append(_magnitude_abs(weight))
     elif method in ("kaiming", "edge_popup"):
-      scores = _kaiming(weight, layer_rng)
+      scores.append(_kaiming(weight, layer_rng))
     else:
-      scores = jax.random.uniform(layer_rng, weight.shape, jnp.float32)
-    flat_scores[layer.path + ("kernel",)] = scores
-  return traverse_util.unflatten_dict(flat_scores)
+      scores.append(jax.random.uniform(layer_rng, weight.shape, jnp.float32))
+  return scores
