@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 from PIL import Image
+import psutil
 import pytest
 import tensorflow_datasets as tfds
 
@@ -259,6 +264,43 @@ def test_worker_processes_yield_the_batches_of_the_in_process_pipeline(tmp_path)
     _assert_batches_equal(in_process, _take(batches, 4))
   finally:
     batches.close()
+
+
+_HOLD_A_PIPELINE = """
+import itertools, json, sys, time
+import psutil
+from jackpot_jax.data import default_data_config, make_train_iterator
+
+if __name__ == "__main__":
+  config = default_data_config("npz:" + sys.argv[1])
+  config.workers = 2
+  batches = make_train_iterator(config, batch_size=8, seed=0)
+  next(batches)
+  workers = [p.pid for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+  print(json.dumps(workers), flush=True)
+  time.sleep(600)
+"""
+
+
+def test_a_killed_search_leaves_no_input_worker_behind(tmp_path):
+  script = tmp_path / "hold.py"
+  script.write_text(_HOLD_A_PIPELINE)
+  holder = subprocess.Popen([sys.executable, str(script), str(_npz_dataset(tmp_path))],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    workers = json.loads(holder.stdout.readline())
+  finally:
+    holder.kill()
+    holder.wait()
+  assert len(workers) == 2
+  # A worker still starting when its parent died ends once started: allow a loaded machine.
+  deadline = time.monotonic() + 120
+  while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            for pid in workers) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  alive = [pid for pid in workers if psutil.pid_exists(pid)
+           and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+  assert alive == []
 
 
 @pytest.mark.parametrize("process_count", [1, 2])

@@ -17,6 +17,11 @@ int32 (B,); eval batches add 'mask' bool (B,).
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import signal
+import sys
 from typing import Any, Iterator, Mapping
 
 from absl import flags
@@ -33,6 +38,8 @@ Batch = dict[str, np.ndarray]
 # Separate RNG streams, so that the permutation and the augmentation never share draws.
 _PERMUTATION_STREAM = 0
 _AUGMENTATION_STREAM = 1
+# prctl option: the signal a process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
 # Steps of the endless training stream (more than any run takes).
 _ENDLESS = 2**50
 
@@ -126,6 +133,17 @@ class _Batches:
     self._iterator.close()
 
 
+def _end_with_the_parent(worker_index: int, worker_count: int, *, parent: int) -> None:
+  """Runs first in each Grain worker: on Linux, the kernel kills the worker when the
+  process that started it (`parent`) dies, so a SIGKILLed search leaves no worker behind;
+  a worker whose parent died while it was starting ends at once."""
+  del worker_index, worker_count
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  if os.getppid() != parent:
+    os._exit(1)  # pylint: disable=protected-access
+
+
 def _read(batches: grain.MapDataset, spec: DataSpec, workers: int) -> _Batches:
   """Reads ahead `spec.prefetch` batches on threads, or in `workers` processes."""
   dataset = batches.to_iter_dataset(grain.ReadOptions(num_threads=max(spec.prefetch, 1),
@@ -136,7 +154,9 @@ def _read(batches: grain.MapDataset, spec: DataSpec, workers: int) -> _Batches:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=max(spec.prefetch, 1)))
+        num_workers=workers, per_worker_buffer_size=max(spec.prefetch, 1)),
+                                  worker_init_fn=functools.partial(_end_with_the_parent,
+                                                                   parent=os.getpid()))
   return _Batches(dataset)
 
 
