@@ -623,6 +623,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
   (tmp_path / "no_eval" / "train" / "cat").mkdir(parents=True)
   cases.append(("has neither a val/ nor a test/ directory",
                 info_of(f"image_folder:{tmp_path / 'no_eval'}")))
+  _write_image_folder(tmp_path / "sizes", {"train": {"cat": 2}, "test": {"cat": 1}})
+  Image.new("RGB", (9, 7)).save(tmp_path / "sizes" / "test" / "cat" / "odd.png")
+  cases.append((r"images differ in size \(.*0\.png is 6x5, .*odd\.png is 9x7\); set "
+                "data.image_size", info_of(f"image_folder:{tmp_path / 'sizes'}")))
   _write_image_folder(tmp_path / "mismatch", {"train": {"cat": 1, "dog": 1},
                                               "test": {"cat": 1, "eel": 1}})
   cases.append((r"train and test classes differ \(only in train: \['dog'\], only in test: "

@@ -10,6 +10,7 @@ be a local folder or a gs:// one (listed and read through etils.epath).
 
 from __future__ import annotations
 
+from concurrent import futures
 import dataclasses
 import io
 import os
@@ -111,6 +112,33 @@ class FolderSplit:
 
   def read(self, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
     return [self[int(index)] for index in indices]
+
+  def check_one_size(self, description: str,
+                     reference: tuple[str, tuple[int, int]] | None = None
+                     ) -> tuple[str, tuple[int, int]]:
+    """Reads every image's header (not its pixels) to check they share one size, the
+    size of `reference` (an image path and its size) when given, so a folder that needs
+    data.image_size fails before the search, not at its first odd image.
+
+    Returns:
+      `reference`, or this split's first image and its size.
+    Raises:
+      ValueError (one line): two sizes, naming an image of each.
+    """
+    def size(path: str) -> tuple[int, int]:
+      source = epath.Path(path).open("rb") if fileio.is_cloud(path) else open(path, "rb")
+      with source, Image.open(source) as image:
+        return image.size
+
+    with futures.ThreadPoolExecutor(max_workers=8) as pool:
+      sizes = list(pool.map(size, self.paths))
+    first, (first_w, first_h) = reference or (self.paths[0], sizes[0])
+    for path, (width, height) in zip(self.paths, sizes):
+      if (width, height) != (first_w, first_h):
+        raise ValueError(f"{description}: images differ in size ({first} is "
+                         f"{first_w}x{first_h}, {path} is {width}x{height}); set "
+                         "data.image_size to resize them")
+    return first, (first_w, first_h)
 
 
 def open_image_folder(root: str, channels: int = 3) -> SourceDataset:

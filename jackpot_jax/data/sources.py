@@ -87,6 +87,10 @@ def _open_cached(spec: DataSpec) -> OpenedData:
       len(records), holdout.holdout_count(spec.holdout_images, len(records)))
   shape = tuple(records[0][0].shape)
   size = spec.image_size
+  if size is None and spec.kind == "image_folder":
+    reference = None
+    for split in dataset.splits.values():
+      reference = split.check_one_size(dataset.description, reference)
   image_shape = shape if size is None else (size, size, shape[-1])
   if spec.mean is None:
     statistics = _estimated_statistics(records)
