@@ -108,12 +108,13 @@ _THREAD_GRACE_SECONDS = 30.0
 def _process_wide_threads() -> set[threading.Thread]:
   """Threads meant to live as long as the process: the pool Grain's first multiprocess
   input pipeline starts to free shared-memory batches, which every later one shares."""
-  from grain._src.python.ipc import shared_memory_array  # pylint: disable=import-outside-toplevel
-  deleter = shared_memory_array.SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access
+  # pylint: disable=import-outside-toplevel,protected-access
+  from grain._src.python.ipc import shared_memory_array
+  deleter = shared_memory_array.SharedMemoryArray._del_thread_pool
   if deleter is None:
     return set()
-  return {*deleter._pool, deleter._worker_handler, deleter._task_handler,  # pylint: disable=protected-access
-          deleter._result_handler}  # pylint: disable=protected-access
+  return {*deleter._pool, deleter._worker_handler, deleter._task_handler,
+          deleter._result_handler}
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +130,7 @@ def no_thread_outlives_its_test():
       try:
         thread.join(max(deadline - time.monotonic(), 0.0))
         break
-      except RuntimeError:  # started this very moment by a thread of the test: not yet joinable
+      except RuntimeError:  # being started this very moment: not yet joinable
         if time.monotonic() > deadline:
           break
         time.sleep(0.01)

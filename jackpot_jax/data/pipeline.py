@@ -7,9 +7,10 @@ transformed by `transforms`), and Grain reads batches ahead on threads, or in
 
 Determinism: step s of a run with seed k reads positions [i * B, (i + 1) * B) of epoch
 e's permutation of the searched rows (e, i = divmod(s, steps_per_epoch)), drawn from
-(k, e), and augments row r of the global batch with draws that depend on (k, s, r) only. Host p of P reads rows [p * B / P, (p + 1) * B / P) of each global batch and
-nothing else, so the global batch is the same for any number of hosts, and a run resumed
-at step s starts its dataset at step s: no earlier batch is read or replayed.
+(k, e), and augments row r of the global batch with draws that depend on (k, s, r) only.
+Host p of P reads rows [p * B / P, (p + 1) * B / P) of each global batch and nothing
+else, so the global batch is the same for any number of hosts, and a run resumed at step
+s starts its dataset at step s: no earlier batch is read or replayed.
 
 Batches are dicts of numpy arrays: 'image' float32 (B, H, W, C), normalised; 'label'
 int32 (B,); eval batches add 'mask' bool (B,).
