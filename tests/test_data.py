@@ -575,13 +575,18 @@ def test_imagenet_eval_is_torchvisions_resize_256_and_centre_crop_224():
   np.testing.assert_array_equal(transforms.resize_centre_crop(image, 224), expected)
 
 
-def test_a_broken_image_fails_the_batch_that_reads_it_naming_the_file(tmp_path):
+def test_a_broken_image_is_named_when_the_folder_opens_or_when_its_batch_is_read(tmp_path):
+  """Without data.image_size every header is read when the folder opens; with it, the
+  file fails the batch that reads it."""
   _write_image_folder(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
   (tmp_path / "train" / "b" / "1.png").write_bytes(b"not a png")
   config = _config(f"image_folder:{tmp_path}", mean=(0.5,) * 3, std=(0.5,) * 3,
                    holdout_images=0)
+  broken = r"image .*b.1\.png cannot be decoded \(UnidentifiedImageError\); remove or replace"
+  _assert_one_line_error(broken, load_dataset_info, config)
+  config.image_size = 5
   batches = make_eval_batches(config, "train", batch_size=4)
-  with pytest.raises(ValueError, match=r"image .*b.1\.png cannot be decoded"):
+  with pytest.raises(ValueError, match=broken):
     next(batches)
   batches.close()
 

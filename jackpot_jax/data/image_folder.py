@@ -11,9 +11,11 @@ be a local folder or a gs:// one (listed and read through etils.epath).
 from __future__ import annotations
 
 from concurrent import futures
+import contextlib
 import dataclasses
 import io
 import os
+from typing import Iterator
 
 from etils import epath
 import numpy as np
@@ -88,6 +90,22 @@ def scan_image_folder(root: str) -> dict[str, dict[str, list[str]]]:
   return files
 
 
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Image.Image]:
+  """The image at `path` opened with PIL (pixels decode on first use).
+
+  Raises:
+    ValueError (one line): PIL cannot read the file, naming it.
+  """
+  try:
+    source = io.BytesIO(epath.Path(path).read_bytes()) if fileio.is_cloud(path) else path
+    with Image.open(source) as image:
+      yield image
+  except OSError as error:
+    raise ValueError(f"image {path} cannot be decoded ({type(error).__name__}); remove "
+                     "or replace it") from error
+
+
 @dataclasses.dataclass(frozen=True)
 class FolderSplit:
   """One split of an image folder: file paths and labels; images decode on access."""
@@ -100,14 +118,9 @@ class FolderSplit:
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     path = self.paths[index]
-    try:
-      source = io.BytesIO(epath.Path(path).read_bytes()) if fileio.is_cloud(path) else path
-      with Image.open(source) as image:
-        image = image.convert(self.mode)
-        pixels = np.asarray(image, np.uint8).reshape(image.height, image.width, -1)
-    except OSError as error:
-      raise ValueError(f"image {path} cannot be decoded ({type(error).__name__}); remove "
-                       "or replace it") from error
+    with _opened(path) as image:
+      image = image.convert(self.mode)
+      pixels = np.asarray(image, np.uint8).reshape(image.height, image.width, -1)
     return pixels, int(self.labels[index])
 
   def read(self, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -126,8 +139,7 @@ class FolderSplit:
       ValueError (one line): two sizes, naming an image of each.
     """
     def size(path: str) -> tuple[int, int]:
-      source = epath.Path(path).open("rb") if fileio.is_cloud(path) else open(path, "rb")
-      with source, Image.open(source) as image:
+      with _opened(path) as image:
         return image.size
 
     with futures.ThreadPoolExecutor(max_workers=8) as pool:
