@@ -1,8 +1,7 @@
-"""Flax layers whose frozen weight can be multiplied by a mask from the `masks` collection.
+"""Flax layers with PyTorch's semantics (explicit conv padding, BatchNorm defaults).
 
-A layer looks for `masks/<its path>/kernel`. When the collection (or its entry) is absent
-the layer runs dense, so a freshly converted model evaluates before any search and layers
-kept dense by the sparsity plan carry no mask at all.
+They know nothing of masks: `masked_model.masked` multiplies their kernels by the masks
+from outside, as it does for any other Flax module.
 """
 
 from __future__ import annotations
@@ -14,17 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-MASKS = "masks"
-
 # PyTorch's default initialisers are irrelevant here (weights come from checkpoints),
 # but random init must still be sensible for tests and from-scratch smoke runs.
 _default_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def _masked(module: nn.Module, kernel: jax.Array) -> jax.Array:
-  if module.has_variable(MASKS, "kernel"):
-    return kernel * module.get_variable(MASKS, "kernel").astype(kernel.dtype)
-  return kernel
 
 
 def explicit_padding(padding: int | Sequence[int]) -> tuple[tuple[int, int], ...]:
@@ -55,7 +46,7 @@ class Conv(nn.Module):
     kernel = self.param(
         "kernel", _default_kernel_init, (kh, kw, in_features // self.groups, self.features))
     y = lax.conv_general_dilated(
-        x, _masked(self, kernel).astype(x.dtype),
+        x, kernel.astype(x.dtype),
         window_strides=tuple(self.strides),
         padding=explicit_padding(self.padding),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -74,7 +65,7 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-    y = x @ _masked(self, kernel).astype(x.dtype)
+    y = x @ kernel.astype(x.dtype)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
     return y

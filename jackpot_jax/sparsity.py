@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from jackpot_jax.masked_model import Maskable, is_maskable
 from jackpot_jax.masking import NMPattern, nm_group_counts, parse_pattern
 from jackpot_jax.models.registry import ModelSpec, torch_module_name
 
@@ -25,28 +26,32 @@ LAYER_POLICIES = ("dense", "plan")
 
 @dataclasses.dataclass(frozen=True)
 class PrunableLayer:
-  """A conv or dense layer whose kernel a mask may cover."""
+  """A layer whose kernel a mask may cover."""
 
   name: str  # PyTorch-style module name, e.g. "layer1.0.conv1"
   path: tuple[str, ...]  # Flax module path, e.g. ("layer1_0", "conv1")
   shape: tuple[int, ...]
-  kind: str  # "conv" (4-D kernel) or "dense" (2-D kernel)
+  kind: str  # "conv" (4-D kernel), "dense" (2-D kernel) or "other" (e.g. DenseGeneral)
 
   @property
   def size(self) -> int:
     return math.prod(self.shape)
 
 
-def prunable_layers(params: Mapping[str, Any]) -> list[PrunableLayer]:
-  """Every module that owns a 2-D or 4-D `kernel`, in parameter-tree order."""
+def _kind(ndim: int) -> str:
+  return {4: "conv", 2: "dense"}.get(ndim, "other")
+
+
+def prunable_layers(params: Mapping[str, Any], maskable: Maskable = is_maskable
+                    ) -> list[PrunableLayer]:
+  """Every module that owns a maskable `kernel`, in parameter-tree order."""
   layers = []
   for path, leaf in traverse_util.flatten_dict(params).items():
-    if path[-1] != "kernel" or np.ndim(leaf) not in (2, 4):
+    if path[-1] != "kernel" or not maskable(tuple(path), tuple(np.shape(leaf))):
       continue
     module_path = tuple(path[:-1])
     layers.append(PrunableLayer(name=torch_module_name(module_path), path=module_path,
-                                shape=tuple(np.shape(leaf)),
-                                kind="conv" if np.ndim(leaf) == 4 else "dense"))
+                                shape=tuple(np.shape(leaf)), kind=_kind(np.ndim(leaf))))
   return layers
 
 
@@ -107,7 +112,7 @@ def _included(layers, spec: ModelSpec | None, classifier: str, first_layer: str,
 def _pooled(params, spec, classifier, first_layer, hidden_dense):
   """(params on the host, every prunable layer, the layers the policies let a plan mask)."""
   params = jax.device_get(params)
-  layers = prunable_layers(params)
+  layers = prunable_layers(params, spec.maskable if spec else is_maskable)
   if not layers:
     raise ValueError("the model has no prunable conv or dense layer")
   return params, layers, _included(layers, spec, classifier, first_layer, hidden_dense)
@@ -181,7 +186,7 @@ def build_pattern_plan(params: Mapping[str, Any], pattern: NMPattern, *,
   Raises ValueError with one line when no included layer fits the pattern.
   """
   params, layers, included = _pooled(params, spec, classifier, first_layer, hidden_dense)
-  fit = [l for l in included if pattern.fits(l.shape)]
+  fit = [l for l in included if l.kind != "other" and pattern.fits(l.shape)]
   if not fit:
     raise ValueError(f"search.pattern={pattern} fits no layer the plan masks: no reduction "
                      f"size (in * kh * kw) is a multiple of {pattern.m}; choose a smaller M")
@@ -265,6 +270,8 @@ def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -
 
   Returns:
     {"conv": fraction of conv-kernel weights masked out (the reference's "sparsity"),
+     "linear": over the 2-D (Dense) kernels of the layers the masks cover, a
+       transformer's "all masked linear layers",
      "prunable": over conv + dense kernels (the reference's compression-rate convention),
      "all_weights": over every parameter, BN affine and biases included,
      "per_layer": {layer name: fraction masked out},
@@ -272,23 +279,26 @@ def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -
   """
   params = jax.device_get(params)
   flat_masks = traverse_util.flatten_dict(jax.device_get(masks or {}))
-  per_layer, totals = {}, {"conv": [0, 0], "prunable": [0, 0]}
+  per_layer, totals = {}, {"conv": [0, 0], "linear": [0, 0], "prunable": [0, 0]}
   for layer in prunable_layers(params):
     mask = flat_masks.get(layer.path + ("kernel",))
     pruned = 0 if mask is None else int(layer.size - np.count_nonzero(mask))
     per_layer[layer.name] = pruned / layer.size
-    for key in ("prunable",) + (("conv",) if layer.kind == "conv" else ()):
+    kinds = {"conv": ("conv",), "dense": ("linear",) if mask is not None else ()}
+    for key in ("prunable",) + kinds.get(layer.kind, ()):
       totals[key][0] += pruned
       totals[key][1] += layer.size
   all_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
   pruned_total = totals["prunable"][0]
   return {
       "conv": totals["conv"][0] / max(totals["conv"][1], 1),
+      "linear": totals["linear"][0] / max(totals["linear"][1], 1),
       "prunable": pruned_total / max(totals["prunable"][1], 1),
       "all_weights": pruned_total / max(all_params, 1),
       "per_layer": per_layer,
       "conventions": {
           "conv": "masked-out fraction of convolution kernels (the paper's sparsity)",
+          "linear": "masked-out fraction of the masked linear (Dense) layers' kernels",
           "prunable": "masked-out fraction of conv + dense kernels, classifier included",
           "all_weights": "masked-out fraction of every parameter, BN and biases included",
       },

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import optax
 
 from jackpot_jax import masking
-from jackpot_jax.layers import BN_MOMENTUM, MASKS
+from jackpot_jax.layers import BN_MOMENTUM
+from jackpot_jax.masked_model import MASKS
 
 PyTree = Any
 BN_MODES = ("recalibrate", "frozen")
@@ -75,7 +76,7 @@ def _forward(model: nn.Module, variables: dict, images: jax.Array, bn_mode: str)
   """Runs the model in the BN mode the search uses; returns (logits, new batch_stats)."""
   if bn_mode == "recalibrate":
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    return logits, updates["batch_stats"]
+    return logits, updates.get("batch_stats", variables["batch_stats"])  # {}: no BatchNorm
   if bn_mode == "frozen":
     return model.apply(variables, images, train=False), variables["batch_stats"]
   raise ValueError(f"unknown search.bn_mode {bn_mode!r}; choose one of {BN_MODES}")

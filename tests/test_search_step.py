@@ -7,7 +7,7 @@ import optax
 from flax import traverse_util
 
 from jackpot_jax import masking, steps
-from jackpot_jax.layers import MASKS
+from jackpot_jax.masked_model import MASKS
 
 from conftest import TinySearch, sgd_config
 

@@ -108,7 +108,8 @@ def test_count_sparsity_labels_each_convention(resnet20):
   counted = sparsity.count_sparsity(params, masks)
   assert counted["per_layer"]["linear"] == 0.0
   assert counted["all_weights"] < counted["prunable"] < counted["conv"]
-  assert set(counted["conventions"]) == {"conv", "prunable", "all_weights"}
+  assert set(counted["conventions"]) == {"conv", "linear", "prunable", "all_weights"}
+  assert counted["linear"] == 0.0  # the classifier is ResNet-20's only Dense, kept dense
   dense = sparsity.count_sparsity(params, None)
   assert dense["conv"] == dense["prunable"] == dense["all_weights"] == 0.0
 

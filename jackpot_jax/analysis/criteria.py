@@ -101,8 +101,14 @@ def _input_square_sums(module: nn.Module, inputs: jax.Array) -> jax.Array:
   with groups, output channel o sees only its group's input channels.
   """
   squares = jnp.square(inputs.astype(jnp.float32))
-  if isinstance(module, layers.Dense):
-    return jnp.sum(squares.reshape(-1, squares.shape[-1]), axis=0)[:, None]
+  if isinstance(module, (layers.Dense, nn.Dense)) or _last_axis_dense_general(module):
+    features = getattr(module, "features", ())
+    extra = len(features) if isinstance(features, (tuple, list)) else 1
+    return jnp.sum(squares.reshape(-1, squares.shape[-1]), axis=0).reshape((-1,) + (1,) * extra)
+  if not isinstance(module, layers.Conv):
+    raise ValueError(f"the wanda criterion reads the inputs of Dense, DenseGeneral (axis=-1) "
+                     f"and jackpot_jax Conv layers; {'/'.join(module.path)} is a "
+                     f"{type(module).__name__}: keep it dense or use another criterion")
   kh, kw = module.kernel_size
   patches = lax.conv_general_dilated_patches(
       squares, (kh, kw), tuple(module.strides), layers.explicit_padding(module.padding),
@@ -110,6 +116,11 @@ def _input_square_sums(module: nn.Module, inputs: jax.Array) -> jax.Array:
   columns = jnp.sum(patches, axis=(0, 1, 2)).reshape(module.groups, -1, kh, kw)
   per_group = jnp.transpose(columns, (2, 3, 1, 0))  # (kh, kw, in // groups, groups)
   return jnp.repeat(per_group, module.features // module.groups, axis=-1)
+
+
+def _last_axis_dense_general(module: nn.Module) -> bool:
+  return (isinstance(module, nn.DenseGeneral) and module.axis in (-1, (-1,))
+          and not module.batch_dims)
 
 
 def wanda_saliency(model, params, batch_stats, plan, batches) -> dict:

@@ -8,6 +8,8 @@ from typing import Callable, Mapping
 
 import flax.linen as nn
 
+from jackpot_jax.masked_model import Maskable, is_maskable, masked
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -16,12 +18,15 @@ class ModelSpec:
   Attributes:
     name: registry name, e.g. "resnet20".
     build: `build(num_classes, **kwargs) -> nn.Module`; the module is called as
-      `module(images_nhwc, train=bool)` and returns logits.
+      `module(images_nhwc, train=bool)` and returns logits. A model file gives the plain
+      module's builder; `register` stores one that wraps it with `masked_model.masked`,
+      so every registered model's `apply` takes a `masks` collection.
     classifier: PyTorch-style name of the final classifier layer (kept dense by default).
     first_layer: PyTorch-style name of the first convolution.
     input_shape: default (height, width, channels) for this model's usual data.
     torch_aliases: other PyTorch module names a checkpoint may use for one of our layers,
       e.g. {"linear": ("fc",)} for CIFAR-ResNet checkpoints that name the classifier fc.
+    maskable: which params may carry a mask (`masked_model.is_maskable`: every kernel).
   """
 
   name: str
@@ -30,16 +35,23 @@ class ModelSpec:
   first_layer: str
   input_shape: tuple[int, int, int]
   torch_aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  maskable: Maskable = is_maskable
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
+  """Adds a model; the stored spec builds the plain module wrapped by `masked`."""
   if spec.name in _REGISTRY:
     raise ValueError(f"model {spec.name!r} registered twice")
-  _REGISTRY[spec.name] = spec
-  return spec
+  plain = spec.build
+
+  def build(num_classes: int, **kwargs) -> nn.Module:
+    return masked(plain(num_classes=num_classes, **kwargs), spec.maskable)
+
+  _REGISTRY[spec.name] = dataclasses.replace(spec, build=build)
+  return _REGISTRY[spec.name]
 
 
 def get_model_spec(name: str) -> ModelSpec:
