@@ -11,7 +11,9 @@ Formats:
   masks: bit-packed masks only (see masks_file).
 The authors' `<layer>.b_mask` entries are written as the exported mask and their
 `<layer>.mask` scores as `scores` when given, else as the mask itself (whose top-k is the
-mask again); layers without a mask get all ones. The wrapper is written back around the
+mask again); layers without a mask get all ones. A fused tensor (timm's qkv) is written
+whole, its parts (weights, masks, scores) stacked by rows as they came; in the prune
+format a part without a mask gets all ones. The wrapper is written back around the
 state_dict alone: the source's other entries (epoch, optimizer state) describe the dense
 training run, not the jackpot. The output file is a torch pickle, or safetensors when its
 name ends in .safetensors (flat, so without a wrapper).
@@ -32,7 +34,7 @@ from jackpot_jax import fileio
 from jackpot_jax.fileio import atomic_path
 from jackpot_jax.errors import CheckpointMismatchError
 from jackpot_jax.pytorch.importing import ImportedModel
-from jackpot_jax.pytorch.layout import CheckpointLayout, TensorSource, to_torch
+from jackpot_jax.pytorch.layout import CheckpointLayout, TensorSource, by_key, to_torch
 from jackpot_jax.pytorch.masks_file import write_masks_file
 
 PyTree = Any
@@ -76,9 +78,9 @@ def export_torch(imported_or_layout: ImportedModel | CheckpointLayout,
   flat_variables = traverse_util.flatten_dict(dict(variables))
   flat_scores = _params_paths(scores)
   tensors = {}
-  for source in layout.tensors:
-    tensors.update(_export_entries(source, flat_variables, flat_masks, flat_scores,
-                                   prune=format == "prune"))
+  for parts in by_key(layout.tensors).values():
+    tensors.update(_key_entries(parts, flat_variables, flat_masks, flat_scores,
+                                prune=format == "prune"))
   _write(tensors, layout, output_path, clean_keys)
   return output_path
 
@@ -114,14 +116,28 @@ def _checked_masks(layout: CheckpointLayout, masks: PyTree | None) -> dict[FlaxP
   return checked
 
 
+def _key_entries(parts: tuple[TensorSource, ...], variables: Mapping[FlaxPath, Any],
+                 masks: Mapping[FlaxPath, np.ndarray], scores: Mapping[FlaxPath, np.ndarray],
+                 prune: bool) -> dict[str, torch.Tensor]:
+  """The checkpoint entries of one key: its parts' entries stacked by rows."""
+  torch_masks = [None if s.role == "counter" or s.target not in masks
+                 else to_torch(masks[s.target], s.transform) for s in parts]
+  if len(parts) > 1 and any(m is not None for m in torch_masks):
+    # One weight_mask covers every part, and W * 1 is W exactly.
+    torch_masks = [np.ones(s.shape, bool) if m is None else m
+                   for s, m in zip(parts, torch_masks)]
+  entries = [_export_entries(s, variables, m, scores, prune) for s, m in zip(parts, torch_masks)]
+  if len(entries) == 1:
+    return entries[0]
+  return {name: torch.cat([entry[name] for entry in entries]) for name in entries[0]}
+
+
 def _export_entries(source: TensorSource, variables: Mapping[FlaxPath, Any],
-                    masks: Mapping[FlaxPath, np.ndarray], scores: Mapping[FlaxPath, np.ndarray],
+                    torch_mask: np.ndarray | None, scores: Mapping[FlaxPath, np.ndarray],
                     prune: bool) -> dict[str, torch.Tensor]:
   """The checkpoint entries one source tensor turns into (two for a pruned weight)."""
   if source.role == "counter":
     return {source.key: torch.tensor(source.value, dtype=getattr(torch, source.dtype))}
-  mask = masks.get(source.target)
-  torch_mask = None if mask is None else to_torch(mask, source.transform)
   if source.role == "variable":
     return _variable_entries(source, variables, torch_mask, prune)
   return {source.key: _tensor(_jackpot_value(source, scores, torch_mask), source.dtype)}

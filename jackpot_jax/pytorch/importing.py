@@ -4,9 +4,17 @@ Names follow `torch_module_name`: the Flax leaf ("params", "layer1_0", "conv1", 
 is the tensor "layer1.0.conv1.weight" (or one of the ModelSpec's torch_aliases). Kernels
 are transposed (OIHW -> HWIO, (out, in) -> (in, out)); a 1x1 conv stored for a Dense
 layer (the lottery-jackpots authors' classifiers) is squeezed first. BN's weight, bias,
-running_mean and running_var become scale, bias, mean and var; num_batches_tracked is
-kept aside for export. The authors' pruned checkpoints carry `<layer>.mask` (scores)
-and `<layer>.b_mask` (binary mask) beside each weight; they import as a jackpot.
+running_mean and running_var become scale, bias, mean and var; other params (a ViT's
+cls_token, position_embeddings) keep their name and layout. num_batches_tracked is kept
+aside for export. The authors' pruned checkpoints carry `<layer>.mask` (scores) and
+`<layer>.b_mask` (binary mask) beside each weight; they import as a jackpot.
+
+A model class may offer two hooks. `checkpoint_input_shape(shapes, default)` gives the
+input a checkpoint was made for when parameter shapes depend on its size (a ViT's position
+embeddings follow its patch grid). `checkpoint_layouts()` names other key layouts it
+imports, {layout: {their module: ours}} with "{i}" for an index and a tuple for a tensor
+that stacks several of ours by rows (timm's fused qkv); the layout that names most of a
+checkpoint's keys (more than half) is used, and errors and exports keep its names.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 import warnings
 from typing import Any, Mapping
 
@@ -41,6 +50,8 @@ _JACKPOT_ROLES = {"mask": "scores", "b_mask": "mask"}
 _BN_COUNTER = "num_batches_tracked"
 _LISTED = 3
 _ALREADY_REPORTED = ""
+# What follows a module name in a key: ".weight", ".bias", the authors' ".mask", ...
+_PARAM = r"(?P<param>\.[^.]+)?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +103,15 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
   model = spec.build(num_classes=num_classes, **model_kwargs)
   raw = read_checkpoint(source)
   where = "the state_dict passed in" if isinstance(source, Mapping) else f"checkpoint {source}"
-  input_shape = _input_shape(spec, raw.tensors)
+  renamed = _renamed(model, raw.tensors)
+  input_shape = _input_shape(spec, model, renamed.tensors)
   shapes = _variable_shapes(model, input_shape)
-  sources, missing, unexpected, mismatched = _match(raw.tensors, shapes, spec.torch_aliases)
+  sources, missing, unexpected, mismatched = _match(renamed.tensors, shapes,
+                                                    spec.torch_aliases)
+  missing = _unique(renamed.theirs(name) for name in missing)
+  unexpected = _unique(renamed.theirs(name) for name in unexpected)
+  mismatched = renamed.problems + [f"{renamed.theirs(name, rows=True)} {detail}"
+                                   for name, detail in mismatched]
   if mismatched or (strict and (missing or unexpected)):
     raise CheckpointMismatchError(_mismatch_message(
         where, model_name, num_classes, missing, unexpected, mismatched))
@@ -102,10 +119,11 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
     warnings.warn(f"non-strict import of {where}: {_listing('keys left at random init', missing)}"
                   f"; {_listing('checkpoint keys ignored', unexpected)}", stacklevel=2)
 
-  sha256 = weights_sha256({s.key: raw.tensors[s.key] for s in sources if s.role == "variable"})
-  layout = CheckpointLayout(model_name, num_classes, model_kwargs, sources, raw.wrapper,
+  theirs = tuple(renamed.original(s) for s in sources)
+  sha256 = weights_sha256({s.key: raw.tensors[s.key] for s in theirs if s.role == "variable"})
+  layout = CheckpointLayout(model_name, num_classes, model_kwargs, theirs, raw.wrapper,
                             raw.prefix, raw.file_format, sha256)
-  flat = {s.target: jnp.asarray(to_flax(_float32(raw.tensors[s.key]), s.transform))
+  flat = {s.target: jnp.asarray(to_flax(_float32(renamed.tensors[s.key]), s.transform))
           for s in sources if s.role == "variable"}
   if missing:
     flat = {**_initial_variables(model, input_shape), **flat}
@@ -113,8 +131,8 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
       model=model,
       variables=traverse_util.unflatten_dict(flat),
       layout=layout,
-      scores=_jackpot_tree(raw.tensors, sources, "scores"),
-      masks=_jackpot_tree(raw.tensors, sources, "mask"),
+      scores=_jackpot_tree(renamed.tensors, sources, "scores"),
+      masks=_jackpot_tree(renamed.tensors, sources, "mask"),
       source_sha256=sha256)
 
 
@@ -132,16 +150,113 @@ def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
   return digest.hexdigest()
 
 
-def _input_shape(spec: ModelSpec, tensors: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
-  """The spec's input shape with the channel count the checkpoint's first conv expects.
+@dataclasses.dataclass(frozen=True)
+class _Renamed:
+  """A checkpoint's tensors under our names, with the way back to theirs.
 
-  Kernel shapes follow the input's channels, so a grayscale (1-channel) checkpoint
-  imports as a 1-channel model; spatial size changes no parameter shape.
+  Attributes:
+    tensors: our name -> tensor, in the checkpoint's order; the parts of a fused tensor
+      are its row blocks. Keys no name map covers keep their own name.
+    origins: our name -> (their key, rows or None) for every entry of `tensors`.
+    names: the layout's {their module: ours} map (see the module docstring), or {}.
+    problems: one line per fused tensor that does not split into equal row blocks.
   """
+
+  tensors: dict[str, torch.Tensor]
+  origins: dict[str, tuple[str, tuple[int, int] | None]]
+  names: Mapping[str, str | tuple[str, ...]]
+  problems: list[str]
+
+  def theirs(self, name: str, rows: bool = False) -> str:
+    """The checkpoint's key for one of our names (with its rows for a fused part)."""
+    if name in self.origins:
+      key, span = self.origins[name]
+      return f"{key}[{span[0]}:{span[1]}]" if rows and span else key
+    for their_module, ours in self.names.items():
+      for our_module in (ours,) if isinstance(ours, str) else ours:
+        match = re.fullmatch(_module_pattern(our_module) + _PARAM, name)
+        if match:
+          return _filled(their_module, match) + (match["param"] or "")
+    return name
+
+  def original(self, source: TensorSource) -> TensorSource:
+    """`source` under the checkpoint's key, with its rows if it is a fused part."""
+    key, rows = self.origins.get(source.key, (source.key, None))
+    return dataclasses.replace(source, key=key, rows=rows)
+
+
+def _module_pattern(template: str) -> str:
+  """A regex for a module name template whose "{i}" stands for any index."""
+  return re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)")
+
+
+def _filled(template: str, match: re.Match) -> str:
+  return template.replace("{i}", match["i"]) if "{i}" in template else template
+
+
+def _their_match(names: Mapping[str, str | tuple[str, ...]], key: str
+                 ) -> tuple[re.Match, tuple[str, ...]] | None:
+  """The name map's entry that covers `key`: the match and our module name(s)."""
+  for their_module, ours in names.items():
+    match = re.fullmatch(_module_pattern(their_module) + _PARAM, key)
+    if match:
+      return match, (ours,) if isinstance(ours, str) else tuple(ours)
+  return None
+
+
+def _renamed(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> _Renamed:
+  """The checkpoint under our names, through the model's layout that names most keys."""
+  layouts = getattr(model, "checkpoint_layouts", None)
+  names, named = {}, 0
+  for candidate in (layouts() if layouts else {}).values():
+    count = sum(_their_match(candidate, key) is not None for key in tensors)
+    if count > named:
+      names, named = candidate, count
+  if named * 2 <= len(tensors):
+    names = {}
+  renamed, origins, problems = {}, {}, []
+  for key, tensor in tensors.items():
+    entry = _their_match(names, key)
+    ours = [key] if entry is None else [_filled(o, entry[0]) + (entry[0]["param"] or "")
+                                        for o in entry[1]]
+    if any(name in renamed for name in ours):
+      ours = [key]  # a second tensor for the same variable: left to be unexpected
+    if len(ours) == 1:
+      renamed[ours[0]] = tensor
+      origins[ours[0]] = (key, None)
+      continue
+    if tensor.dim() == 0 or tensor.shape[0] % len(ours):
+      problems.append(f"{key} checkpoint {tuple(tensor.shape)} does not split into "
+                      f"{len(ours)} equal row blocks")
+      continue
+    size = tensor.shape[0] // len(ours)
+    for index, name in enumerate(ours):
+      renamed[name] = tensor[index * size:(index + 1) * size]
+      origins[name] = (key, (index * size, (index + 1) * size))
+  return _Renamed(renamed, origins, names, problems)
+
+
+def _unique(items) -> list[str]:
+  return list(dict.fromkeys(items))
+
+
+def _input_shape(spec: ModelSpec, model: nn.Module, tensors: Mapping[str, torch.Tensor]
+                 ) -> tuple[int, ...]:
+  """The input the checkpoint's parameter shapes were made for.
+
+  Kernel shapes follow the input's channels, so the spec's input shape takes the channel
+  count the checkpoint's first conv expects (a grayscale checkpoint imports as a
+  1-channel model). The spatial size changes no CNN parameter; a model whose parameters
+  do depend on it says so through `checkpoint_input_shape`.
+  """
+  shape = spec.input_shape
   weight = tensors.get(f"{spec.first_layer}.weight")
-  if weight is None or weight.dim() != 4:
-    return spec.input_shape
-  return (*spec.input_shape[:-1], weight.shape[1])
+  if weight is not None and weight.dim() == 4:
+    shape = (*spec.input_shape[:-1], weight.shape[1])
+  hook = getattr(model, "checkpoint_input_shape", None)
+  if hook is None:
+    return shape
+  return tuple(hook({key: tuple(tensor.shape) for key, tensor in tensors.items()}, shape))
 
 
 def _variable_shapes(model: nn.Module, input_shape: tuple[int, ...]
@@ -169,7 +284,8 @@ def _candidate_keys(path: FlaxPath, aliases: Mapping[str, tuple[str, ...]]) -> l
   for ours, theirs in aliases.items():
     if module == ours or module.startswith(ours + "."):
       modules += [alias + module[len(ours):] for alias in theirs]
-  return [f"{name}.{_TORCH_PARAM_NAMES[path[-1]]}" for name in modules]
+  param = _TORCH_PARAM_NAMES.get(path[-1], path[-1])
+  return [f"{name}.{param}" if name else param for name in modules]
 
 
 def _transform(path: FlaxPath, flax_shape: tuple[int, ...], source_shape: tuple[int, ...]
@@ -183,11 +299,12 @@ def _transform(path: FlaxPath, flax_shape: tuple[int, ...], source_shape: tuple[
 
 def _match(tensors: Mapping[str, torch.Tensor], shapes: Mapping[FlaxPath, tuple[int, ...]],
            aliases: Mapping[str, tuple[str, ...]]
-           ) -> tuple[tuple[TensorSource, ...], list[str], list[str], list[str]]:
+           ) -> tuple[tuple[TensorSource, ...], list[str], list[str], list[tuple[str, str]]]:
   """Pairs checkpoint tensors with Flax leaves.
 
   Returns:
-    (sources in checkpoint order, missing keys, unexpected keys, shape mismatches).
+    (sources in checkpoint order, missing keys, unexpected keys, shape mismatches as
+    (key, what differs)).
   """
   sources, claimed, missing, mismatched = _match_variables(tensors, shapes, aliases)
   unexpected = []
@@ -199,7 +316,7 @@ def _match(tensors: Mapping[str, torch.Tensor], shapes: Mapping[FlaxPath, tuple[
       sources[key] = companion
     elif companion is None:
       unexpected.append(key)
-    elif companion != _ALREADY_REPORTED:
+    elif isinstance(companion, tuple):
       mismatched.append(companion)
   ordered = tuple(sources[key] for key in tensors if key in sources)
   return ordered, missing, unexpected, mismatched
@@ -208,7 +325,8 @@ def _match(tensors: Mapping[str, torch.Tensor], shapes: Mapping[FlaxPath, tuple[
 def _match_variables(tensors: Mapping[str, torch.Tensor],
                      shapes: Mapping[FlaxPath, tuple[int, ...]],
                      aliases: Mapping[str, tuple[str, ...]]
-                     ) -> tuple[dict[str, TensorSource], set[str], list[str], list[str]]:
+                     ) -> tuple[dict[str, TensorSource], set[str], list[str],
+                                list[tuple[str, str]]]:
   """Finds each Flax leaf's tensor.
 
   Returns:
@@ -225,7 +343,7 @@ def _match_variables(tensors: Mapping[str, torch.Tensor],
     transform = _transform(path, flax_shape, source_shape)
     expected = torch_shape(flax_shape, transform)
     if source_shape != expected:
-      mismatched.append(f"{key} checkpoint {source_shape} vs model {expected}")
+      mismatched.append((key, f"checkpoint {source_shape} vs model {expected}"))
       claimed.add(key)
       continue
     sources[key] = TensorSource(key, source_shape, _dtype_name(tensors[key]), "variable", path,
@@ -234,13 +352,13 @@ def _match_variables(tensors: Mapping[str, torch.Tensor],
 
 
 def _companion(key: str, tensor: torch.Tensor, sources: Mapping[str, TensorSource],
-               claimed: set[str]) -> TensorSource | str | None:
+               claimed: set[str]) -> TensorSource | tuple[str, str] | str | None:
   """Classifies a tensor that is no variable but may sit beside one.
 
   Returns:
     A source for the authors' `.mask` / `.b_mask` beside a weight or BN's counter; a
-    shape-mismatch line; _ALREADY_REPORTED when its weight or BN is a reported shape
-    mismatch; None when it is unexpected.
+    shape mismatch (key, what differs); _ALREADY_REPORTED when its weight or BN is a
+    reported shape mismatch; None when it is unexpected.
   """
   module, _, name = key.rpartition(".")
   if name in _JACKPOT_ROLES:
@@ -250,7 +368,7 @@ def _companion(key: str, tensor: torch.Tensor, sources: Mapping[str, TensorSourc
     if weight is None or weight.target[-1] != "kernel":
       return None
     if tuple(tensor.shape) != weight.shape:
-      return f"{key} checkpoint {tuple(tensor.shape)} vs its weight {weight.shape}"
+      return key, f"checkpoint {tuple(tensor.shape)} vs its weight {weight.shape}"
     return TensorSource(key, weight.shape, _dtype_name(tensor), _JACKPOT_ROLES[name],
                         weight.target, weight.transform)
   if name == _BN_COUNTER:

@@ -2,15 +2,17 @@
 
 A layout lists every tensor the import used, in the checkpoint's order, with its source
 name, shape, dtype, role and the transform that turned it into a Flax leaf. Transforms
-are transposes and reshapes only, so the inverse is exact. The layout is plain data and
-round-trips through JSON, so a search run can store it beside its own checkpoints.
+are transposes and reshapes only, so the inverse is exact. A fused tensor (timm's
+`attn.qkv`, query, key and value stacked by rows) is one source per part, each naming its
+rows; export stacks the parts again. The layout is plain data and round-trips through
+JSON, so a search run can store it beside its own checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 
@@ -70,6 +72,8 @@ class TensorSource:
       ("params", "layer1_0", "conv1", "kernel"); for scores and masks the kernel's path.
     transform: how the tensor became the Flax leaf.
     value: the counter's value, for role "counter".
+    rows: for one part of a fused tensor, its rows [start, stop) of `key` (other sources
+      hold the other rows; `shape` is the part's); None for a whole tensor.
   """
 
   key: str
@@ -79,6 +83,24 @@ class TensorSource:
   target: tuple[str, ...] | None = None
   transform: Transform = "identity"
   value: int | None = None
+  rows: tuple[int, int] | None = None
+
+
+def by_key(sources: Iterable[TensorSource]) -> dict[str, tuple[TensorSource, ...]]:
+  """Sources grouped by checkpoint key, in the checkpoint's order; a fused tensor's parts
+  in row order."""
+  groups: dict[str, list[TensorSource]] = {}
+  for source in sources:
+    groups.setdefault(source.key, []).append(source)
+  return {key: tuple(sorted(parts, key=lambda s: s.rows or (0, 0)))
+          for key, parts in groups.items()}
+
+
+def whole_shape(parts: tuple[TensorSource, ...]) -> tuple[int, ...]:
+  """The PyTorch shape of the tensor that `parts` (one key's sources) stack up to."""
+  if parts[0].rows is None:
+    return parts[0].shape
+  return (sum(part.shape[0] for part in parts), *parts[0].shape[1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +137,7 @@ class CheckpointLayout:
     fields = json.loads(text)
     tensors = tuple(
         TensorSource(**{**t, "shape": tuple(t["shape"]),
-                        "target": None if t["target"] is None else tuple(t["target"])})
+                        "target": None if t["target"] is None else tuple(t["target"]),
+                        "rows": None if t.get("rows") is None else tuple(t["rows"])})
         for t in fields.pop("tensors"))
     return cls(tensors=tensors, **fields)

@@ -3,9 +3,10 @@
 The file holds, per masked layer, the mask in PyTorch layout packed with np.packbits
 (C order), plus one JSON metadata string: format version, model name and num_classes,
 the sha256 of the source weights, and per layer its module name, shape, keep count and
-array name. It is readable with numpy alone (no pickle) and about 1/32 of the float32
-weights. It carries no BN statistics: a network evaluated with it uses the source
-checkpoint's running statistics, not the ones re-estimated during the search.
+array name. A fused tensor (timm's qkv) is one layer, its parts' masks stacked by rows
+(all ones for a part without one). It is readable with numpy alone (no pickle) and about
+1/32 of the float32 weights. It carries no BN statistics: a network evaluated with it uses
+the source checkpoint's running statistics, not the ones re-estimated during the search.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from jackpot_jax.fileio import atomic_path
 from jackpot_jax.errors import (CheckpointNotFoundError, CheckpointReadError,
                                 MasksFileError, one_line)
 from jackpot_jax.pytorch.importing import ImportedModel
-from jackpot_jax.pytorch.layout import CheckpointLayout, TensorSource, to_flax, to_torch
+from jackpot_jax.pytorch.layout import (CheckpointLayout, TensorSource, by_key, to_flax,
+                                        to_torch, whole_shape)
 
 FORMAT = "jackpot_jax.masks"
 VERSION = 1
@@ -38,13 +40,15 @@ def write_masks_file(layout: CheckpointLayout, masks: Mapping[tuple[str, ...], n
                      path: Path) -> None:
   """Writes `masks` (kernel path ("params", ...) -> bool array, Flax layout) to `path`."""
   layers, arrays = [], {}
-  for source in layout.tensors:
-    if source.role != "variable" or source.target not in masks:
+  for parts in _kernels(layout).values():
+    if not any(part.target in masks for part in parts):
       continue
-    mask = to_torch(masks[source.target], source.transform)
+    mask = np.concatenate([to_torch(masks[part.target], part.transform)
+                           if part.target in masks else np.ones(part.shape, bool)
+                           for part in parts])
     name = f"mask_{len(layers)}"
     arrays[name] = np.packbits(mask.reshape(-1))
-    layers.append({"name": _module_name(source), "shape": list(source.shape),
+    layers.append({"name": _module_name(parts[0]), "shape": list(whole_shape(parts)),
                    "keep_count": int(mask.sum()), "array": name})
   metadata = {"format": FORMAT, "version": VERSION, "model_name": layout.model_name,
               "num_classes": layout.num_classes, "source_sha256": layout.source_sha256,
@@ -79,29 +83,36 @@ def apply_masks_file(path: str | os.PathLike,
         f"masks file {path} was made for weights with sha256 "
         f"{metadata['source_sha256'][:12]}..., the imported checkpoint's is "
         f"{layout.source_sha256[:12]}...; import the checkpoint the masks were searched on")
-  kernels = {_module_name(s): s for s in layout.tensors
-             if s.role == "variable" and s.target[-1] == "kernel"}
+  kernels = {_module_name(parts[0]): parts for parts in _kernels(layout).values()}
   _check_layers_fit(path, layout.model_name, metadata["layers"], kernels)
   flat = {}
   for layer in metadata["layers"]:
-    source = kernels[layer["name"]]
-    size = int(np.prod(source.shape))
-    mask = np.unpackbits(arrays[layer["array"]], count=size).astype(bool)
+    parts = kernels[layer["name"]]
+    shape = whole_shape(parts)
+    mask = np.unpackbits(arrays[layer["array"]], count=int(np.prod(shape))).astype(bool)
     if int(mask.sum()) != layer["keep_count"]:
       raise CheckpointReadError(f"masks file {path} is damaged: {layer['name']} keeps "
                                 f"{int(mask.sum())} weights, its record says "
                                 f"{layer['keep_count']}")
-    flat[source.target[1:]] = jnp.asarray(to_flax(mask.reshape(source.shape), source.transform))
+    mask = mask.reshape(shape)
+    for part in parts:
+      rows = mask if part.rows is None else mask[part.rows[0]:part.rows[1]]
+      flat[part.target[1:]] = jnp.asarray(to_flax(rows, part.transform))
   return traverse_util.unflatten_dict(flat)
 
 
+def _kernels(layout: CheckpointLayout) -> dict[str, tuple[TensorSource, ...]]:
+  """The kernels' sources by checkpoint key (a fused tensor's parts in row order)."""
+  return by_key(s for s in layout.tensors if s.role == "variable" and s.target[-1] == "kernel")
+
+
 def _check_layers_fit(path: Path, model_name: str, layers: list[dict[str, Any]],
-                      kernels: Mapping[str, TensorSource]) -> None:
+                      kernels: Mapping[str, tuple[TensorSource, ...]]) -> None:
   unknown = [layer["name"] for layer in layers if layer["name"] not in kernels]
   mismatched = [f"{layer['name']} file {tuple(layer['shape'])} vs model "
-                f"{kernels[layer['name']].shape}" for layer in layers
+                f"{whole_shape(kernels[layer['name']])}" for layer in layers
                 if layer["name"] in kernels
-                and tuple(layer["shape"]) != kernels[layer["name"]].shape]
+                and tuple(layer["shape"]) != whole_shape(kernels[layer["name"]])]
   if unknown or mismatched:
     raise MasksFileError(f"masks file {path} does not fit model {model_name!r}: "
                          f"{len(unknown)} unknown layers ({', '.join(unknown[:3])}); "
