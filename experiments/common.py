@@ -7,6 +7,7 @@ Every script takes `--config=configs/<name>.py` (default: configs/default.py) an
 from __future__ import annotations
 
 import copy
+import json
 import platform
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +17,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jackpot_jax import config_files, entrypoint, fileio, train
+from jackpot_jax import config_files, entrypoint, fileio, run_spec, train
+from jackpot_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 entrypoint.define_config_flag()
@@ -53,6 +55,17 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return train.search_and_evaluate(config, workdir)
   finally:
     jax.clear_caches()
+
+
+def finished_report(config: ml_collections.ConfigDict, workdir: Path) -> dict | None:
+  """The report of a finished search of `config` in `workdir`, read without evaluating
+  again; None when there is none yet. A workdir holding another config's run is refused
+  in one line, as `run` would refuse it."""
+  report = workdir / "report.json"
+  if not report.exists():
+    return None
+  workdir_lib.prepare_workdir(run_spec.resolve(config), workdir)
+  return json.loads(report.read_text())
 
 
 def pct(fraction: float | None) -> str:

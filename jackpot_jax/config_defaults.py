@@ -99,6 +99,12 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("search.score_init", "magnitude",
      "magnitude | magnitude_abs | kaiming | edge_popup | random"),
     ("search.bn_mode", "recalibrate", "recalibrate (train-mode BN statistics) | frozen"),
+    ("search.bn_momentum", 0.1, "recalibrate: weight of each batch in BN's running "
+     "statistics (PyTorch's convention: the reference's 0.1 is Flax's momentum 0.9)"),
+    ("search.distill_weight", 0.0, "w of the loss (1 - w) * CE + w * T^2 * KL(dense teacher "
+     "|| masked student); 0: no distillation, no teacher pass (the reference)"),
+    ("search.distill_temperature", 4.0, "T of that distillation (Hinton et al. 2015); 4 is "
+     "the usual CIFAR choice (steps.distillation_loss)"),
     ("search.num_epochs", 30.0, "search length in epochs; fractions allowed"),
     ("search.batch_size", 256, "global search batch size"),
     ("search.seed", 0, "seed of the scores' init and the batch order"),

@@ -99,6 +99,14 @@ def initial_search_state(setup: SearchSetup) -> steps.SearchState:
   return jax.device_put(state, setup.shardings(state), may_alias=False)
 
 
+def teacher(setup: SearchSetup) -> steps.Teacher:
+  """The dense network a distilling search learns from, on its devices: the pre-trained
+  weights and BN statistics (the search's own statistics move away from these)."""
+  return steps.Teacher(params=setup.params,
+                       batch_stats=jax.device_put(setup.batch_stats,
+                                                  setup.shardings(setup.batch_stats)))
+
+
 def initial_tune_state(setup: SearchSetup, batch_stats: Any) -> steps.TuneState:
   """The "+T" stage's first state: the pre-trained weights and a fresh optimizer state."""
   state = steps.TuneState(step=jnp.zeros((), jnp.int32), params=setup.params,

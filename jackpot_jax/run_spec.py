@@ -66,6 +66,18 @@ def _check(config: ml_collections.ConfigDict) -> None:
                      "search.pattern=unstructured")
   _choice(search.score_init, scores.SCORE_INITS, "search.score_init")
   _choice(search.bn_mode, steps.BN_MODES, "search.bn_mode")
+  if not 0.0 < search.bn_momentum <= 1.0:
+    raise ValueError(f"search.bn_momentum must be in (0, 1] (PyTorch's convention, 0.1 the "
+                     f"reference), got {search.bn_momentum}")
+  if search.bn_mode != "recalibrate" and search.bn_momentum != steps.TORCH_BN_MOMENTUM:
+    raise ValueError(f"search.bn_momentum={search.bn_momentum} needs search.bn_mode="
+                     f"recalibrate; search.bn_mode={search.bn_mode} updates no statistics")
+  if not 0.0 <= search.distill_weight <= 1.0:
+    raise ValueError(f"search.distill_weight must be in [0, 1] (0: no distillation), got "
+                     f"{search.distill_weight}")
+  if search.distill_temperature <= 0:
+    raise ValueError(f"search.distill_temperature must be positive, got "
+                     f"{search.distill_temperature}")
   _choice(search.classifier, sparsity.LAYER_POLICIES, "search.classifier")
   _choice(search.first_layer, sparsity.LAYER_POLICIES, "search.first_layer")
   _choice(search.hidden_dense, sparsity.LAYER_POLICIES, "search.hidden_dense")

@@ -24,6 +24,9 @@ from jackpot_jax.masked_model import MASKS
 
 PyTree = Any
 BN_MODES = ("recalibrate", "frozen")
+# PyTorch's BatchNorm momentum (the weight of each batch in the running statistics), the
+# reference search's; Flax's convention, layers.BN_MOMENTUM = 0.9, is the same rule.
+TORCH_BN_MOMENTUM = 0.1
 
 
 @flax.struct.dataclass
@@ -38,6 +41,15 @@ class SearchState:
   scores: PyTree
   masks: PyTree
   opt_state: optax.OptState
+  batch_stats: PyTree
+
+
+@flax.struct.dataclass
+class Teacher:
+  """The frozen dense network a distilling search learns from: the pre-trained weights
+  (the student's too, masked) and the pre-trained BatchNorm running statistics."""
+
+  params: PyTree
   batch_stats: PyTree
 
 
@@ -94,13 +106,42 @@ def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+                      temperature: float) -> jax.Array:
+  """Hinton et al. (2015): T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean.
+
+  The T^2 keeps the term's gradient on the scale of the cross-entropy's whatever T is
+  (the soft targets' gradients shrink as 1/T^2), so the weight means the same for every T.
+  T = 4, search.distill_temperature's default: Hinton et al. found 2.5-4 best for a much
+  smaller student (and every T above 8 alike for a large one), and 4 is the CIFAR setting
+  of the common distillation baselines (Zagoruyko & Komodakis 2017; Tian et al. 2020,
+  with w = 0.9). T = 1 matches the plain softmax outputs.
+  """
+  teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
+  student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+  kl = jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+  return temperature ** 2 * jnp.mean(kl)
+
+
+def teacher_forward(teacher: Teacher, images: jax.Array, *, model: nn.Module) -> jax.Array:
+  """The dense pre-trained network's logits: no masks, BN in eval mode with the pre-trained
+  statistics, no gradient (the teacher is a constant of the step)."""
+  logits = model.apply(_variables(teacher.params, teacher.batch_stats, None), images,
+                       train=False)
+  return jax.lax.stop_gradient(logits)
+
+
 def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
                          model: nn.Module, bn_mode: str, label_smoothing: float = 0.0,
-                         rank_by_magnitude: bool = False):
+                         rank_by_magnitude: bool = False,
+                         teacher_logits: jax.Array | None = None,
+                         distill_weight: float = 0.0, distill_temperature: float = 1.0):
   """Loss and dL/dS through the straight-through mask: dL/dS = dL/d(W*M) * W.
 
   With `rank_by_magnitude` (edge-popup) the mask is top-k of |S| and the estimator passes
-  through |S|: dL/dS = dL/d(W*M) * W * sign(S).
+  through |S|: dL/dS = dL/d(W*M) * W * sign(S). With `teacher_logits` the loss is
+  (1 - w) * CE + w * distillation_loss(T) (w = `distill_weight`, T = `distill_temperature`);
+  without, it is the cross-entropy alone, traced exactly as before distillation existed.
 
   Returns:
     ((loss, (logits, new batch_stats)), score gradients).
@@ -111,24 +152,73 @@ def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
                          masking.ranking_values(scores, rank_by_magnitude), state.masks)
     variables = {"params": params, "batch_stats": state.batch_stats, MASKS: masks}
     logits, batch_stats = _forward(model, variables, batch["image"], bn_mode)
-    return cross_entropy(logits, batch["label"], label_smoothing), (logits, batch_stats)
+    loss = cross_entropy(logits, batch["label"], label_smoothing)
+    if teacher_logits is not None:
+      loss = ((1.0 - distill_weight) * loss
+              + distill_weight * distillation_loss(logits, teacher_logits, distill_temperature))
+    return loss, (logits, batch_stats)
 
   return jax.value_and_grad(loss_fn, has_aux=True)(state.scores)
 
 
+def _with_bn_momentum(old: PyTree, updated: PyTree, momentum: float) -> PyTree:
+  """Running statistics as if BN's momentum were `momentum` (PyTorch's convention).
+
+  Flax's update is old + (1 - BN_MOMENTUM) * (batch - old), so updated - old is that
+  fraction of (batch - old): rescaling it changes the momentum without touching a model.
+  """
+  scale = momentum / (1.0 - BN_MOMENTUM)
+  return jax.tree.map(lambda o, u: o + scale * (u - o), old, updated)
+
+
 def search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
                 keep_counts: PyTree, tx: optax.GradientTransformation, bn_mode: str,
-                label_smoothing: float = 0.0,
-                rank_by_magnitude: bool = False) -> tuple[SearchState, dict]:
+                label_smoothing: float = 0.0, rank_by_magnitude: bool = False,
+                bn_momentum: float = TORCH_BN_MOMENTUM) -> tuple[SearchState, dict]:
   """One score update: straight-through top-k forward/backward, optax update, new masks.
 
   Gradients are taken with respect to the scores only, so BN affine parameters, biases
-  and weights are untouched by construction; batch statistics follow `bn_mode`.
+  and weights are untouched by construction; batch statistics follow `bn_mode`, updated
+  with `bn_momentum` (PyTorch's convention) under "recalibrate".
   `rank_by_magnitude` ranks |score| (edge-popup) instead of the signed score.
   """
+  state, metrics, _ = _update_scores(
+      params, state, batch, model=model, keep_counts=keep_counts, tx=tx, bn_mode=bn_mode,
+      label_smoothing=label_smoothing, rank_by_magnitude=rank_by_magnitude,
+      bn_momentum=bn_momentum)
+  return state, metrics
+
+
+def distill_search_step(teacher: Teacher, state: SearchState, batch: dict, *,
+                        distill_weight: float, distill_temperature: float,
+                        model: nn.Module, **search_statics) -> tuple[SearchState, dict]:
+  """`search_step` whose loss also distils the dense network (`distillation_loss`).
+
+  One extra forward pass of the dense network per step, in the same program; the student
+  is the masked network exactly as in `search_step`. Its frozen argument is the `Teacher`
+  (the student reads the same weights). `search_statics` are `search_step`'s.
+  """
+  targets = teacher_forward(teacher, batch["image"], model=model)
+  state, metrics, logits = _update_scores(
+      teacher.params, state, batch, model=model, teacher_logits=targets,
+      distill_weight=distill_weight, distill_temperature=distill_temperature, **search_statics)
+  metrics["distill_loss"] = distillation_loss(logits, targets, distill_temperature)
+  return state, metrics
+
+
+def _update_scores(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
+                   keep_counts: PyTree, tx: optax.GradientTransformation, bn_mode: str,
+                   label_smoothing: float = 0.0, rank_by_magnitude: bool = False,
+                   bn_momentum: float = TORCH_BN_MOMENTUM,
+                   teacher_logits: jax.Array | None = None, distill_weight: float = 0.0,
+                   distill_temperature: float = 1.0) -> tuple[SearchState, dict, jax.Array]:
+  """The update both search steps share: (new state, metrics, the student's logits)."""
   (loss, (logits, batch_stats)), grads = score_loss_and_grads(
       params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing,
-      rank_by_magnitude=rank_by_magnitude)
+      rank_by_magnitude=rank_by_magnitude, teacher_logits=teacher_logits,
+      distill_weight=distill_weight, distill_temperature=distill_temperature)
+  if bn_mode == "recalibrate" and bn_momentum != TORCH_BN_MOMENTUM:
+    batch_stats = _with_bn_momentum(state.batch_stats, batch_stats, bn_momentum)
   updates, opt_state = tx.update(grads, state.opt_state, state.scores)
   scores = optax.apply_updates(state.scores, updates)
   masks = masking.compute_masks(scores, keep_counts, rank_by_magnitude)
@@ -141,7 +231,7 @@ def search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Mo
   }
   new_state = state.replace(step=state.step + 1, scores=scores, masks=masks,
                             opt_state=opt_state, batch_stats=batch_stats)
-  return new_state, metrics
+  return new_state, metrics, logits
 
 
 def tune_step(masks: PyTree | None, state: TuneState, batch: dict, *, model: nn.Module,

@@ -19,7 +19,7 @@ from jackpot_jax import (checkpointing, evaluation, fileio, loop, optim, paralle
                          report as report_lib, run_spec, scores as scores_lib, sparsity, steps)
 from jackpot_jax import workdir as workdir_lib
 from jackpot_jax.run_setup import (SearchSetup, initial_search_state, initial_tune_state,
-                                   setup_search)
+                                   setup_search, teacher)
 
 SEARCH_CHECKPOINTS, TUNE_CHECKPOINTS = "checkpoints", "tune_checkpoints"
 
@@ -40,15 +40,20 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
                     for p, v in counted["per_layer"].items() if p in layer_names.values()})
     return jackpot, scalars
 
+  search = config.search
+  statics = dict(model=setup.model, keep_counts=setup.keep_counts, tx=setup.optimizer("search"),
+                 bn_mode=search.bn_mode, label_smoothing=search.label_smoothing,
+                 rank_by_magnitude=rank_by_magnitude, bn_momentum=search.bn_momentum)
+  if search.distill_weight > 0:  # only then does the step run the dense teacher too
+    step = functools.partial(steps.distill_search_step, distill_weight=search.distill_weight,
+                             distill_temperature=search.distill_temperature, **statics)
+    frozen = teacher(setup)
+  else:
+    step, frozen = functools.partial(steps.search_step, **statics), setup.params
   every = config.eval.every_epochs
   return loop.Stage(
-      name="search",
-      step=functools.partial(steps.search_step, model=setup.model,
-                             keep_counts=setup.keep_counts, tx=setup.optimizer("search"),
-                             bn_mode=config.search.bn_mode,
-                             label_smoothing=config.search.label_smoothing,
-                             rank_by_magnitude=rank_by_magnitude),
-      frozen=setup.params, fresh_state=initial_search_state(setup), checked="scores",
+      name="search", step=step, frozen=frozen, fresh_state=initial_search_state(setup),
+      checked="scores",
       checked_values=lambda state: state.scores,
       checkpoint_dir=workdir / SEARCH_CHECKPOINTS, total_steps=setup.total_steps,
       steps_per_epoch=setup.steps_per_epoch, seed=config.search.seed,

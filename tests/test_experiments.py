@@ -92,3 +92,34 @@ def test_dtypes_runs_one_search_per_compute_dtype_and_reports_the_gap(tiny_job, 
   assert first["gap_to_first"] == 0.0
   assert second["gap_to_first"] == second["jackpot"] - first["jackpot"]
   assert "| bfloat16 | 0.5 |" in (tmp_path / "dtype.md").read_text()
+
+
+def test_time_to_jackpot_runs_each_recipe_on_each_budget_and_reuses_finished_runs(tiny_job,
+                                                                                   tmp_path):
+  bad = _script("time_to_jackpot.py", f"--output={tmp_path}", "--recipes=reference,adamw",
+                *_sets(tiny_job))
+  assert bad.returncode == 2 and bad.stderr.strip().startswith(
+      "time_to_jackpot.py: error: unknown recipe 'adamw' in --recipes; choose from reference,")
+  # Two searches keep it short: the budget ladder is the same loop over budgets.
+  args = [f"--output={tmp_path}", "--budgets=1", "--recipes=reference,distill",
+          *_sets(tiny_job), "--config.eval.recalibration_images=0"]
+  result = _script("time_to_jackpot.py", *args)
+  assert result.returncode == 0, result.stderr[-2000:]
+  saved = json.loads((tmp_path / "results.json").read_text())
+  rows = saved["rows"]
+  assert [(r["recipe"], r["budget_epochs"], r["steps"]) for r in rows] == [
+      ("reference", 1.0, 4), ("distill", 1.0, 4)]
+  for row in rows:
+    assert row["images_seen"] == 16 * row["steps"] and row["wall_seconds"] > 0
+    assert all(0.0 <= row[k] <= 1.0 for k in ("holdout", "holdout_dense", "test", "dense"))
+  distilled = json.loads((tmp_path / "distill_1ep" / "config.json").read_text())["search"]
+  assert (distilled["distill_weight"], distilled["distill_temperature"]) == (0.5, 4.0)
+  summary = saved["summary"]
+  assert summary["reference_1_epoch"]["steps"] == 4
+  assert summary["recipes"]["reference"]["steps_ratio"] == 1.0
+  table = (tmp_path / "results.md").read_text()
+  assert "| distill | 1 | 4 | 64 |" in table and "`distill`: + distillation" in table
+  assert (tmp_path / "results.png").stat().st_size > 0
+  again = _script("time_to_jackpot.py", *args)  # every run finished: reused, not re-run
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
