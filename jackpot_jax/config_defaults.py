@@ -86,7 +86,8 @@ FIELDS: list[tuple[str, Any, str]] = [
      "training images held out of the search for its evaluations and early stopping; "
      "None: min(5000, 10%); 0: none"),
 
-    ("search.sparsity", 0.9, "target sparsity over the conv weights"),
+    ("search.sparsity", 0.9, "target sparsity over the weights the plan pools (the "
+     "convs by default; every hidden Linear too with hidden_dense=plan)"),
     ("search.pattern", "unstructured",
      "unstructured | N:M (e.g. 2:4): keep N of every M weights along the reduction "
      "dimension; N:M implies the plan, so sparsity, sparsity_plan and layer_overrides "

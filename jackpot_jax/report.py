@@ -73,7 +73,7 @@ def render_markdown(report: dict) -> str:
       f"# Lottery jackpot: {report['model']} on {report['dataset']}",
       "",
       f"- checkpoint: `{report['checkpoint']}`",
-      f"- target sparsity: {_pct(report['target_sparsity'])} of the conv weights "
+      f"- target sparsity: {_pct(report['target_sparsity'])} of the weights the plan pools "
       f"(plan `{_plan_label(search)}`, scores `{search['score_init']}`)",
       f"- search: {search['steps']} steps, {search['epochs']:.3g} epochs, "
       f"{search['wall_seconds']:.1f} s, {search.get('dtype', 'float32')} compute"
@@ -109,7 +109,9 @@ def render_markdown(report: dict) -> str:
               f"{sparsity['groups']} groups keeps at most N (counted from the masks); "
               f"left dense, reduction size no multiple of M: {unfit}."]
   lines += ["", "| sparsity convention | counted from the masks |", "|---|---|"]
-  for key in ("conv", "prunable", "all_weights"):
+  for key in ("conv", "linear", "prunable", "all_weights"):
+    if key not in sparsity:  # reports written before the linear count existed
+      continue
     lines.append(f"| {key}: {sparsity['conventions'][key]} | {_pct(sparsity[key])} |")
   lines += ["", "| layer | shape | kept | sparsity |", "|---|---|---|---|"]
   for name, fraction in sparsity["per_layer"].items():
