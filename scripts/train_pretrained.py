@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,30 +73,45 @@ def random_crop_and_flip(images: torch.Tensor, padding: int,
   return cropped.permute(0, 3, 1, 2).contiguous()
 
 
+def cnn_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+  """Logits of a module that takes normalised NCHW images, as CifarResNet does."""
+  return model(normalise(images))
+
+
+LogitsFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+# (step, total steps, steps per epoch) -> factor of the peak learning rate.
+Rate = Callable[[int, int, int], float]
+
+
+def cosine(step: int, total_steps: int, steps_per_epoch: int) -> float:
+  """Per-step cosine decay to 0 over the run."""
+  del steps_per_epoch
+  return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = 1000) -> float:
+             batch_size: int = 1000, logits_of: LogitsFn = cnn_logits) -> float:
   """Top-1 accuracy in eval mode (BatchNorm running statistics)."""
   model.eval()
   correct = 0
   with torch.inference_mode():
     for start in range(0, len(images), batch_size):
-      logits = model(normalise(images[start:start + batch_size]))
+      logits = logits_of(model, images[start:start + batch_size])
       correct += (logits.argmax(1) == labels[start:start + batch_size]).sum().item()
   return correct / len(images)
 
 
-def train(args: argparse.Namespace) -> torch.nn.Module:
-  """SGD with momentum 0.9 and a per-step cosine decay of the learning rate to 0."""
+def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rate: Rate,
+        args: argparse.Namespace, logits_of: LogitsFn = cnn_logits) -> torch.nn.Module:
+  """Trains on the training split (random crops and flips, cross-entropy, the learning rate
+  `rate` per step), prints each epoch's loss and the final test accuracy."""
   train_images, train_labels = load_split(args.source_dir, "train")
   test_images, test_labels = load_split(args.source_dir, "test")
   generator = torch.Generator().manual_seed(args.seed)
-  model = CifarResNet(20, num_classes=10, in_channels=1)
-  optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
-                              weight_decay=args.weight_decay)
   steps_per_epoch = len(train_images) // args.batch_size
   total_steps = args.epochs * steps_per_epoch
   schedule = torch.optim.lr_scheduler.LambdaLR(
-      optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
+      optimizer, lambda step: rate(step, total_steps, steps_per_epoch))
   for epoch in range(args.epochs):
     model.train()
     start = time.time()
@@ -104,7 +120,7 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     for step in range(steps_per_epoch):
       index = order[step * args.batch_size:(step + 1) * args.batch_size]
       images = random_crop_and_flip(train_images[index], args.crop_padding, generator)
-      loss = F.cross_entropy(model(normalise(images)), train_labels[index])
+      loss = F.cross_entropy(logits_of(model, images), train_labels[index])
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       optimizer.step()
@@ -112,24 +128,38 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
       loss_sum += loss.detach()
     print(f"epoch {epoch + 1}/{args.epochs}: train loss {loss_sum.item() / steps_per_epoch:.4f}, "
           f"{time.time() - start:.0f}s", flush=True)
-  model.eval()
-  print(f"test accuracy {evaluate(model, test_images, test_labels):.4f}", flush=True)
+  accuracy = evaluate(model, test_images, test_labels, logits_of=logits_of)
+  print(f"test accuracy {accuracy:.4f}", flush=True)
   return model
 
 
-def main() -> None:
-  args = parse_args()
+def train(args: argparse.Namespace) -> torch.nn.Module:
+  """SGD with momentum 0.9 and a per-step cosine decay of the learning rate to 0."""
+  model = CifarResNet(20, num_classes=10, in_channels=1)
+  optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
+                              weight_decay=args.weight_decay)
+  return fit(model, optimizer, cosine, args)
+
+
+def run(args: argparse.Namespace, train_fn: Callable[[argparse.Namespace], torch.nn.Module],
+        deterministic: bool = True) -> None:
+  """Seeds and threads torch, trains with `train_fn`, saves the state_dict at args.out."""
   # Denormal floats make CPU convolutions many times slower late in training.
   torch.set_flush_denormal(True)
   torch.set_num_threads(args.threads)
   torch.manual_seed(args.seed)
-  torch.use_deterministic_algorithms(True)
+  if deterministic:
+    torch.use_deterministic_algorithms(True)
   start = time.time()
-  model = train(args)
+  model = train_fn(args)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   torch.save(model.state_dict(), args.out)
   print(f"saved {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB) after "
         f"{time.time() - start:.0f}s", flush=True)
+
+
+def main() -> None:
+  run(parse_args(), train)
 
 
 if __name__ == "__main__":

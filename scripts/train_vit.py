@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import time
 
 import torch
-import torch.nn.functional as F
 import transformers
 
-from train_pretrained import load_split, normalise, random_crop_and_flip
+from train_pretrained import Rate, fit, normalise, run
 from jackpot_jax.data import fashion_mnist
 
 
@@ -58,63 +55,26 @@ def logits_of(model: transformers.ViTForImageClassification, images: torch.Tenso
   return model(pixel_values=normalise(images)).logits
 
 
-def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-  model.eval()
-  correct = 0
-  with torch.inference_mode():
-    for start in range(0, len(images), batch_size):
-      logits = logits_of(model, images[start:start + batch_size])
-      correct += (logits.argmax(1) == labels[start:start + batch_size]).sum().item()
-  return correct / len(images)
+def warmup_cosine(warmup_epochs: float) -> Rate:
+  """A linear warm-up over `warmup_epochs`, then the per-step cosine decay to 0."""
 
-
-def train(args: argparse.Namespace) -> transformers.ViTForImageClassification:
-  train_images, train_labels = load_split(args.source_dir, "train")
-  test_images, test_labels = load_split(args.source_dir, "test")
-  generator = torch.Generator().manual_seed(args.seed)
-  model = vit_tiny_p4()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-  steps_per_epoch = len(train_images) // args.batch_size
-  total_steps = args.epochs * steps_per_epoch
-  warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
-
-  def rate(step: int) -> float:
+  def rate(step: int, total_steps: int, steps_per_epoch: int) -> float:
+    warmup = max(1, int(warmup_epochs * steps_per_epoch))
     if step < warmup:
       return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
-  schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
-  for epoch in range(args.epochs):
-    model.train()
-    start = time.time()
-    order = torch.randperm(len(train_images), generator=generator)
-    loss_sum = torch.zeros(())
-    for step in range(steps_per_epoch):
-      index = order[step * args.batch_size:(step + 1) * args.batch_size]
-      images = random_crop_and_flip(train_images[index], args.crop_padding, generator)
-      loss = F.cross_entropy(logits_of(model, images), train_labels[index])
-      optimizer.zero_grad(set_to_none=True)
-      loss.backward()
-      optimizer.step()
-      schedule.step()
-      loss_sum += loss.detach()
-    print(f"epoch {epoch + 1}/{args.epochs}: train loss {loss_sum.item() / steps_per_epoch:.4f}, "
-          f"{time.time() - start:.0f}s", flush=True)
-  print(f"test accuracy {evaluate(model, test_images, test_labels):.4f}", flush=True)
-  return model
+  return rate
+
+
+def train(args: argparse.Namespace) -> transformers.ViTForImageClassification:
+  model = vit_tiny_p4()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+  return fit(model, optimizer, warmup_cosine(args.warmup_epochs), args, logits_of=logits_of)
 
 
 def main() -> None:
-  args = parse_args()
-  torch.set_flush_denormal(True)
-  torch.set_num_threads(args.threads)
-  torch.manual_seed(args.seed)
-  start = time.time()
-  model = train(args)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  torch.save(model.state_dict(), args.out)
-  print(f"saved {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB) after "
-        f"{time.time() - start:.0f}s", flush=True)
+  run(parse_args(), train, deterministic=False)
 
 
 if __name__ == "__main__":
