@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 
 from jackpot_jax import (config_defaults, models, optim, run_setup, run_spec, scores as scores_lib,
                          sparsity, steps, train)
@@ -83,6 +84,14 @@ class TinySearch:
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def random_kernel_masks(params, seed: int = 0):
+  """A random bool mask (about half kept) for every kernel of a params tree."""
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({path: rng.random(leaf.shape) < 0.5
+                                       for path, leaf in flat.items() if path[-1] == "kernel"})
 
 
 @pytest.fixture(scope="session")

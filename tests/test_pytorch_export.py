@@ -18,16 +18,10 @@ from jackpot_jax.torch_reference.torch_models import (AuthorsCifarVGG, CifarResN
                                               TorchvisionVGG, randomize_batch_norm,
                                               torchvision_resnet)
 
+from conftest import random_kernel_masks
+
 NUM_CLASSES = 5
 TOLERANCE = 1e-4
-
-
-def _random_masks(params, seed: int = 0):
-  """A random bool mask (about half kept) for every kernel: convs and the classifier."""
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({path: rng.random(leaf.shape) < 0.5
-                                       for path, leaf in flat.items() if path[-1] == "kernel"})
 
 
 def _torch_masks(imported, masks) -> dict[str, np.ndarray]:
@@ -55,7 +49,7 @@ def jackpot(tmp_path_factory):
   path = tmp_path_factory.mktemp("source") / "resnet18.pth.tar"
   torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 90}, path)
   imported = import_torch(path, "resnet18", NUM_CLASSES)
-  masks = _random_masks(imported.variables["params"])
+  masks = random_kernel_masks(imported.variables["params"])
   images = torch.randn(2, 3, 32, 32)
   logits = imported.model.apply({**imported.variables, "masks": masks},
                                 images.permute(0, 2, 3, 1).numpy(), train=False)
@@ -244,7 +238,7 @@ def test_masked_export_matches_masked_flax_model(model_name, tmp_path):
   reference = randomize_batch_norm(build_reference())
   imported = import_torch(reference.state_dict(), model_name, NUM_CLASSES,
                           model_kwargs=model_kwargs)
-  masks = _random_masks(imported.variables["params"])
+  masks = random_kernel_masks(imported.variables["params"])
   images = torch.randn(2, 3, 32, 32)
   expected = imported.model.apply({**imported.variables, "masks": masks},
                                   images.permute(0, 2, 3, 1).numpy(), train=False)

@@ -26,6 +26,8 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
+from conftest import random_kernel_masks  # noqa: E402
+
 NUM_CLASSES = 7
 TOLERANCE = 1e-4
 IMAGE = 32
@@ -74,14 +76,6 @@ def _torch_logits(module: torch.nn.Module, images: torch.Tensor, **kwargs) -> np
   with torch.no_grad():
     output = module.eval()(images, **kwargs)
   return getattr(output, "logits", output).numpy()
-
-
-def _random_masks(params, seed: int = 0):
-  """A random bool mask (about half kept) for every kernel."""
-  rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({path: rng.random(leaf.shape) < 0.5
-                                       for path, leaf in flat.items() if path[-1] == "kernel"})
 
 
 def _torch_masks(imported, masks) -> dict[str, np.ndarray]:
@@ -183,7 +177,7 @@ def jackpot(request):
   # Copies: a state_dict's tensors are the module's parameters.
   state = {key: value.clone() for key, value in build().state_dict().items()}
   imported = import_torch(state, model_name, NUM_CLASSES, model_kwargs=kwargs)
-  masks = _random_masks(imported.variables["params"])
+  masks = random_kernel_masks(imported.variables["params"])
   images = torch.randn(2, 3, IMAGE, IMAGE)
   return {"build": build, "state": state, "imported": imported, "masks": masks,
           "images": images, "masked_logits": _flax_logits(imported, images, masks)}
