@@ -247,6 +247,7 @@ def test_hosts_partition_the_global_batch(tmp_path, augmentation):
 def test_a_late_resume_reads_only_the_records_of_its_own_steps(tmp_path, monkeypatch):
   """Resuming at step s starts the dataset at s: nothing before it is read or replayed."""
   config = _config(f"npz:{_npz_dataset(tmp_path)}", augment="cifar", prefetch=0)
+  load_dataset_info(config)  # opens the dataset once, its statistics read from every image
   reads = []
   original = ArraySplit.read
   monkeypatch.setattr(ArraySplit, "read",
