@@ -56,9 +56,11 @@ def main(argv):
              "steps": report["search"]["steps"],
              "wall_seconds": report["search"]["wall_seconds"]}
       rows.append(row)
+      bn = "_recalibrated" if row["magnitude_recalibrated"] is not None else ""
       print(f"{pattern} {epochs:g} epoch(s): dense {common.pct(row['dense'])} magnitude "
-            f"{common.pct(row['magnitude_recalibrated'])} wanda {common.pct(row['wanda_recalibrated'])} "
-            f"jackpot {common.pct(row['jackpot'])} (BN re-estimated baselines)")
+            f"{common.pct(row['magnitude' + bn])} wanda {common.pct(row['wanda' + bn])} "
+            f"jackpot {common.pct(row['jackpot'])} "
+            f"({'BN re-estimated' if bn else 'no BN statistics: as is'} baselines)")
   result = {**common.config_source(), "machine": common.machine(), "rows": rows}
   fileio.write_json(output / "nm.json", result)
   lines = ["| pattern | search epochs | dense | magnitude, stale BN | magnitude, BN re-estimated "
