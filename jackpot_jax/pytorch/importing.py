@@ -12,9 +12,8 @@ aside for export. The authors' pruned checkpoints carry `<layer>.mask` (scores) 
 A model class may offer two hooks. `checkpoint_input_shape(shapes, default)` gives the
 input a checkpoint was made for when parameter shapes depend on its size (a ViT's position
 embeddings follow its patch grid). `checkpoint_layouts()` names other key layouts it
-imports, {layout: {their module: ours}} with "{i}" for an index and a tuple for a tensor
-that stacks several of ours by rows (timm's fused qkv); the layout that names most of a
-checkpoint's keys (more than half) is used, and errors and exports keep its names.
+imports (timm's, with its fused qkv), renamed as `renaming` describes; errors and exports
+keep the checkpoint's names.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-import re
 import warnings
 from typing import Any, Mapping
 
@@ -38,6 +36,7 @@ from jackpot_jax.errors import CheckpointMismatchError
 from jackpot_jax.pytorch.layout import (CheckpointLayout, TensorSource, Transform, to_flax,
                                         torch_shape)
 from jackpot_jax.pytorch.reading import read_checkpoint
+from jackpot_jax.pytorch.renaming import renamed_tensors
 from jackpot_jax.models import ModelSpec, get_model_spec, torch_module_name
 
 PyTree = Any
@@ -50,8 +49,6 @@ _JACKPOT_ROLES = {"mask": "scores", "b_mask": "mask"}
 _BN_COUNTER = "num_batches_tracked"
 _LISTED = 3
 _ALREADY_REPORTED = ""
-# What follows a module name in a key: ".weight", ".bias", the authors' ".mask", ...
-_PARAM = r"(?P<param>\.[^.]+)?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +100,7 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
   model = spec.build(num_classes=num_classes, **model_kwargs)
   raw = read_checkpoint(source)
   where = "the state_dict passed in" if isinstance(source, Mapping) else f"checkpoint {source}"
-  renamed = _renamed(model, raw.tensors)
+  renamed = renamed_tensors(getattr(model, "checkpoint_layouts", dict)(), raw.tensors)
   input_shape = _input_shape(spec, model, renamed.tensors)
   shapes = _variable_shapes(model, input_shape)
   sources, missing, unexpected, mismatched = _match(renamed.tensors, shapes,
@@ -148,92 +145,6 @@ def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     digest.update(f"{key}|{_dtype_name(tensor)}|{tuple(tensor.shape)}|".encode())
     digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
   return digest.hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Renamed:
-  """A checkpoint's tensors under our names, with the way back to theirs.
-
-  Attributes:
-    tensors: our name -> tensor, in the checkpoint's order; the parts of a fused tensor
-      are its row blocks. Keys no name map covers keep their own name.
-    origins: our name -> (their key, rows or None) for every entry of `tensors`.
-    names: the layout's {their module: ours} map (see the module docstring), or {}.
-    problems: one line per fused tensor that does not split into equal row blocks.
-  """
-
-  tensors: dict[str, torch.Tensor]
-  origins: dict[str, tuple[str, tuple[int, int] | None]]
-  names: Mapping[str, str | tuple[str, ...]]
-  problems: list[str]
-
-  def theirs(self, name: str, rows: bool = False) -> str:
-    """The checkpoint's key for one of our names (with its rows for a fused part)."""
-    if name in self.origins:
-      key, span = self.origins[name]
-      return f"{key}[{span[0]}:{span[1]}]" if rows and span else key
-    for their_module, ours in self.names.items():
-      for our_module in (ours,) if isinstance(ours, str) else ours:
-        match = re.fullmatch(_module_pattern(our_module) + _PARAM, name)
-        if match:
-          return _filled(their_module, match) + (match["param"] or "")
-    return name
-
-  def original(self, source: TensorSource) -> TensorSource:
-    """`source` under the checkpoint's key, with its rows if it is a fused part."""
-    key, rows = self.origins.get(source.key, (source.key, None))
-    return dataclasses.replace(source, key=key, rows=rows)
-
-
-def _module_pattern(template: str) -> str:
-  """A regex for a module name template whose "{i}" stands for any index."""
-  return re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)")
-
-
-def _filled(template: str, match: re.Match) -> str:
-  return template.replace("{i}", match["i"]) if "{i}" in template else template
-
-
-def _their_match(names: Mapping[str, str | tuple[str, ...]], key: str
-                 ) -> tuple[re.Match, tuple[str, ...]] | None:
-  """The name map's entry that covers `key`: the match and our module name(s)."""
-  for their_module, ours in names.items():
-    match = re.fullmatch(_module_pattern(their_module) + _PARAM, key)
-    if match:
-      return match, (ours,) if isinstance(ours, str) else tuple(ours)
-  return None
-
-
-def _renamed(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> _Renamed:
-  """The checkpoint under our names, through the model's layout that names most keys."""
-  layouts = getattr(model, "checkpoint_layouts", None)
-  names, named = {}, 0
-  for candidate in (layouts() if layouts else {}).values():
-    count = sum(_their_match(candidate, key) is not None for key in tensors)
-    if count > named:
-      names, named = candidate, count
-  if named * 2 <= len(tensors):
-    names = {}
-  renamed, origins, problems = {}, {}, []
-  for key, tensor in tensors.items():
-    entry = _their_match(names, key)
-    ours = [key] if entry is None else [_filled(o, entry[0]) + (entry[0]["param"] or "")
-                                        for o in entry[1]]
-    if any(name in renamed for name in ours):
-      ours = [key]  # a second tensor for the same variable: left to be unexpected
-    if len(ours) == 1:
-      renamed[ours[0]] = tensor
-      origins[ours[0]] = (key, None)
-      continue
-    if tensor.dim() == 0 or tensor.shape[0] % len(ours):
-      problems.append(f"{key} checkpoint {tuple(tensor.shape)} does not split into "
-                      f"{len(ours)} equal row blocks")
-      continue
-    size = tensor.shape[0] // len(ours)
-    for index, name in enumerate(ours):
-      renamed[name] = tensor[index * size:(index + 1) * size]
-      origins[name] = (key, (index * size, (index + 1) * size))
-  return _Renamed(renamed, origins, names, problems)
 
 
 def _unique(items) -> list[str]:
