@@ -6,10 +6,12 @@ import gzip
 import itertools
 import json
 import os
+import pickle
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -443,6 +445,42 @@ def test_any_tfds_dataset_with_an_image_and_a_label_feature(tmp_path, cache_limi
                          r"validation\); set data.train_split / data.eval_split",
                          load_dataset_info, config)
 
+
+
+def test_a_cached_tfds_split_decodes_once_when_two_threads_ask_at_once(tmp_path, monkeypatch):
+  """The train and evaluation pipelines may both be first to read a cached split: one
+  decodes, the other waits for it. The split still pickles (Grain workers) and reads."""
+  from jackpot_jax.data import tfds_source  # pylint: disable=import-outside-toplevel
+  TinyShapes(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  config = _config("tfds:tiny_shapes", data_dir=str(tmp_path), holdout_images=6)
+  opened = open_data(resolve_spec(config)).dataset.splits["train"]  # decoded by now
+  split = tfds_source.TfdsSplit(opened.dataset_dir, opened.split, opened.count,
+                                opened.image_key, opened.label_key, cached=True)
+  decode, calls = tfds_source.TfdsSplit._decode, []
+
+  def slow_decode(self, indices):
+    calls.append(len(indices))
+    time.sleep(0.3)
+    return decode(self, indices)
+
+  monkeypatch.setattr(tfds_source.TfdsSplit, "_decode", slow_decode)
+  barrier, results = threading.Barrier(2), []
+
+  def first_read():
+    barrier.wait()
+    results.append(split.read(np.arange(30)))
+
+  threads = [threading.Thread(target=first_read) for _ in range(2)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert calls == [30]
+  np.testing.assert_array_equal(results[0][7][0], results[1][7][0])
+  copy = pickle.loads(pickle.dumps(split))
+  np.testing.assert_array_equal(copy.read(np.array([7]))[0][0], results[0][7][0])
+  assert calls == [30]
 
 # Sources.
 

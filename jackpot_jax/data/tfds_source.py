@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from concurrent import futures
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,8 @@ class TfdsSplit:
   The reader opens on first access, in the process that reads (a Grain worker receives
   the directory and split, not an open file). A `cached` split decodes all its images on
   first access and keeps them: small datasets (CIFAR, Fashion-MNIST) then cost their
-  decoding once, not once per epoch and evaluation.
+  decoding once, not once per epoch and evaluation, also when the train and evaluation
+  pipelines' threads ask for it at the same time.
   """
 
   def __init__(self, dataset_dir: str, split: str, count: int, image_key: str,
@@ -109,9 +111,16 @@ class TfdsSplit:
     self.dataset_dir, self.split, self.count = dataset_dir, split, count
     self.image_key, self.label_key, self.cached = image_key, label_key, cached
     self._source, self._arrays = None, None
+    self._open_lock, self._decode_lock = threading.Lock(), threading.Lock()
 
   def __getstate__(self) -> dict:
-    return {**self.__dict__, "_source": None}
+    state = {**self.__dict__, "_source": None}
+    del state["_open_lock"], state["_decode_lock"]
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._open_lock, self._decode_lock = threading.Lock(), threading.Lock()
 
   def __len__(self) -> int:
     return self.count
@@ -123,14 +132,17 @@ class TfdsSplit:
   def _decode(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
     # One batched read: array_record reads a list of keys ~50x faster per record than
     # one key at a time.
-    if self._source is None:
-      builder = tfds.builder_from_directory(self.dataset_dir)
-      self._source = builder.as_data_source(split=self.split, file_format=FILE_FORMAT)
+    with self._open_lock:
+      if self._source is None:
+        builder = tfds.builder_from_directory(self.dataset_dir)
+        self._source = builder.as_data_source(split=self.split, file_format=FILE_FORMAT)
     return [self._record(example) for example in self._source.__getitems__(indices)]
 
   def _decoded_arrays(self) -> ArraySplit:
-    """Every record decoded, on a pool of threads (PIL releases the GIL)."""
-    if self._arrays is None:
+    """Every record decoded, on a pool of threads (PIL releases the GIL), once."""
+    with self._decode_lock:
+      if self._arrays is not None:
+        return self._arrays
       starts = range(0, self.count, _DECODE_CHUNK)
       with futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         chunks = pool.map(lambda start: self._decode(
