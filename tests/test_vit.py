@@ -7,13 +7,19 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from flax import traverse_util
 from torch.nn.utils import prune
+from torch.sparse import to_sparse_semi_structured
+# PyTorch's own CUTLASS 2:4 packing, on the CPU too (a private module: no public CPU path).
+from torch.sparse._semi_structured_conversions import (
+    sparse_semi_structured_from_dense_cutlass, sparse_semi_structured_to_dense_cutlass)
 
+from jackpot_jax import masking
 from jackpot_jax.models import build_model
 from jackpot_jax.models.vit import resize_grid
 from jackpot_jax.pytorch import (CheckpointLayout, CheckpointMismatchError, apply_masks_file,
@@ -43,10 +49,10 @@ def flush_denormals():
   torch.set_flush_denormal(False)
 
 
-def _hf_model() -> ViTForImageClassification:
-  config = ViTConfig(hidden_size=SMALL["hidden_size"], num_hidden_layers=SMALL["depth"],
-                     num_attention_heads=SMALL["num_heads"], intermediate_size=SMALL["mlp_dim"],
-                     image_size=IMAGE, patch_size=SMALL["patch_size"], num_labels=NUM_CLASSES,
+def _hf_model(sizes: dict = SMALL) -> ViTForImageClassification:
+  config = ViTConfig(hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["depth"],
+                     num_attention_heads=sizes["num_heads"], intermediate_size=sizes["mlp_dim"],
+                     image_size=IMAGE, patch_size=sizes["patch_size"], num_labels=NUM_CLASSES,
                      initializer_range=0.2)
   torch.manual_seed(0)
   return randomize_layer_norms(ViTForImageClassification(config))
@@ -246,6 +252,55 @@ def test_a_qkv_part_without_a_mask_exports_as_all_ones_rows(tmp_path):
   assert torch.equal(mask[:dim], torch.from_numpy(query_mask.T).float())
   assert torch.all(mask[dim:] == 1)
   assert "blocks.1.attn.qkv.weight" in exported and "blocks.1.attn.qkv.weight_mask" not in exported
+
+
+# Wide enough that every encoder Linear weight meets float16 to_sparse_semi_structured's
+# shape rule (rows a multiple of 32, columns of 64).
+SEMI_STRUCTURED = {**SMALL, "hidden_size": 64, "mlp_dim": 128, "depth": 1}
+
+
+def _nm_kernel_masks(params, pattern: masking.NMPattern):
+  """The N:M magnitude mask of every encoder kernel (patch embedding and head stay dense)."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({
+      path: np.asarray(masking.nm_mask(jnp.abs(leaf), pattern))
+      for path, leaf in flat.items() if path[-1] == "kernel" and "encoder" in path})
+
+
+@pytest.mark.parametrize("layout", ["hf", "timm"])
+def test_a_2_4_jackpot_exports_linear_weights_that_pytorch_2_4_kernels_take(layout, tmp_path):
+  """Every masked Linear weight survives PyTorch's own CUTLASS 2:4 compression round trip
+  (which silently corrupts a group of four holding more than two non-zeros), the fused
+  timm qkv included; where CUDA is present, to_sparse_semi_structured converts every one
+  and the sparse layer computes what the dense masked layer does."""
+  if layout == "hf":
+    state = _hf_model(SEMI_STRUCTURED).state_dict()
+    imported = import_torch(state, "vit_b16", NUM_CLASSES, model_kwargs=SEMI_STRUCTURED)
+  else:
+    torch.manual_seed(1)
+    state = TimmVisionTransformer(
+        IMAGE, SEMI_STRUCTURED["patch_size"], 3, NUM_CLASSES, SEMI_STRUCTURED["hidden_size"],
+        SEMI_STRUCTURED["depth"], SEMI_STRUCTURED["num_heads"],
+        SEMI_STRUCTURED["mlp_dim"]).state_dict()
+    imported = import_torch(state, "deit_b16", NUM_CLASSES,
+                            model_kwargs=_timm_kwargs(**SEMI_STRUCTURED))
+  masks = _nm_kernel_masks(imported.variables["params"], masking.NMPattern(2, 4))
+
+  exported = torch.load(export_torch(imported, imported.variables, masks,
+                                     tmp_path / "jackpot.pth"), weights_only=True)
+
+  masked_keys = list(_torch_masks(imported, masks))
+  assert len(masked_keys) == (6 if layout == "hf" else 4) * SEMI_STRUCTURED["depth"]
+  for key in masked_keys:
+    weight = exported[key].half()
+    assert weight.shape[0] % 32 == 0 and weight.shape[1] % 64 == 0, key
+    compressed, meta = sparse_semi_structured_from_dense_cutlass(weight)
+    assert torch.equal(sparse_semi_structured_to_dense_cutlass(compressed, meta), weight), key
+    if torch.cuda.is_available():
+      weight = weight.cuda()
+      inputs = torch.randn(64, weight.shape[1], dtype=torch.half, device="cuda")
+      torch.testing.assert_close(F.linear(inputs, to_sparse_semi_structured(weight)),
+                                 F.linear(inputs, weight), rtol=1e-2, atol=1e-2)
 
 
 def test_authors_masks_beside_a_fused_qkv_import_per_part_and_export_stacked(tmp_path):
