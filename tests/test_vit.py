@@ -58,13 +58,13 @@ def _hf_model(sizes: dict = SMALL) -> ViTForImageClassification:
   return randomize_layer_norms(ViTForImageClassification(config))
 
 
-def _timm_model(pool: str = "token", depth: int = SMALL["depth"],
-                dynamic_img_size: bool = False) -> TimmVisionTransformer:
+def _timm_model(pool: str = "token", depth: int | None = None, dynamic_img_size: bool = False,
+                sizes: dict = SMALL) -> TimmVisionTransformer:
   torch.manual_seed(1)
   return randomize_layer_norms(TimmVisionTransformer(
-      IMAGE, SMALL["patch_size"], 3, NUM_CLASSES, SMALL["hidden_size"], depth,
-      SMALL["num_heads"], SMALL["mlp_dim"], global_pool=pool,
-      dynamic_img_size=dynamic_img_size))
+      IMAGE, sizes["patch_size"], 3, NUM_CLASSES, sizes["hidden_size"],
+      sizes["depth"] if depth is None else depth, sizes["num_heads"], sizes["mlp_dim"],
+      global_pool=pool, dynamic_img_size=dynamic_img_size))
 
 
 def _timm_kwargs(pool: str = "token", **extra) -> dict:
@@ -277,11 +277,7 @@ def test_a_2_4_jackpot_exports_linear_weights_that_pytorch_2_4_kernels_take(layo
     state = _hf_model(SEMI_STRUCTURED).state_dict()
     imported = import_torch(state, "vit_b16", NUM_CLASSES, model_kwargs=SEMI_STRUCTURED)
   else:
-    torch.manual_seed(1)
-    state = TimmVisionTransformer(
-        IMAGE, SEMI_STRUCTURED["patch_size"], 3, NUM_CLASSES, SEMI_STRUCTURED["hidden_size"],
-        SEMI_STRUCTURED["depth"], SEMI_STRUCTURED["num_heads"],
-        SEMI_STRUCTURED["mlp_dim"]).state_dict()
+    state = _timm_model(sizes=SEMI_STRUCTURED).state_dict()
     imported = import_torch(state, "deit_b16", NUM_CLASSES,
                             model_kwargs=_timm_kwargs(**SEMI_STRUCTURED))
   masks = _nm_kernel_masks(imported.variables["params"], masking.NMPattern(2, 4))
