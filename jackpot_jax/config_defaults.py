@@ -102,6 +102,10 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("search.bn_mode", "recalibrate", "recalibrate (train-mode BN statistics) | frozen"),
     ("search.bn_momentum", 0.1, "recalibrate: weight of each batch in BN's running "
      "statistics (PyTorch's convention: the reference's 0.1 is Flax's momentum 0.9)"),
+    ("search.bn_statistics", "running", "running: the jackpot keeps the BN statistics the "
+     "search's train-mode passes ran up (the reference) | reestimated: every evaluation and "
+     "the result re-estimate them for the mask on eval.recalibration_images training images, "
+     "as magnitude_recalibrated does"),
     ("search.distill_weight", 0.0, "w of the loss (1 - w) * CE + w * T^2 * KL(dense teacher "
      "|| masked student); 0: no distillation, no teacher pass (the reference)"),
     ("search.distill_temperature", 4.0, "T of that distillation (Hinton et al. 2015); 4 is "

@@ -100,6 +100,17 @@ def recalibrated_batch_stats(setup: SearchSetup, masks: Any) -> Any:
         {"batch_stats": setup.batch_stats, "masks": masks})
 
 
+def jackpot_batch_stats(setup: SearchSetup, state: Any) -> Any:
+  """The BN statistics a search state's jackpot is evaluated and exported with: the
+  running ones the search kept, or with search.bn_statistics=reestimated, statistics
+  re-estimated for its masks as `recalibrated_batch_stats` does (deterministic, so the
+  report, `evaluate` and `export` agree)."""
+  if (setup.config.search.bn_statistics == "running"
+      or not jax.tree.leaves(state.batch_stats)):
+    return state.batch_stats
+  return recalibrated_batch_stats(setup, state.masks)
+
+
 def wanda_masks(setup: SearchSetup) -> Any:
   """Wanda's N:M mask (|w| * input column norm, Sun et al. 2023) over `wanda_batches`."""
   with _search_batches(setup, wanda_batches(setup)) as placed:

@@ -72,6 +72,10 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if search.bn_mode != "recalibrate" and search.bn_momentum != steps.TORCH_BN_MOMENTUM:
     raise ValueError(f"search.bn_momentum={search.bn_momentum} needs search.bn_mode="
                      f"recalibrate; search.bn_mode={search.bn_mode} updates no statistics")
+  _choice(search.bn_statistics, steps.BN_STATISTICS, "search.bn_statistics")
+  if search.bn_statistics == "reestimated" and config.eval.recalibration_images <= 0:
+    raise ValueError("search.bn_statistics=reestimated re-estimates on "
+                     "eval.recalibration_images training images; set it > 0 (default 2048)")
   if not 0.0 <= search.distill_weight <= 1.0:
     raise ValueError(f"search.distill_weight must be in [0, 1] (0: no distillation), got "
                      f"{search.distill_weight}")

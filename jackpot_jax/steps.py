@@ -24,6 +24,8 @@ from jackpot_jax.masked_model import MASKS
 
 PyTree = Any
 BN_MODES = ("recalibrate", "frozen")
+# Which BN statistics a jackpot is evaluated and exported with (search.bn_statistics).
+BN_STATISTICS = ("running", "reestimated")
 # PyTorch's BatchNorm momentum (the weight of each batch in the running statistics), the
 # reference search's; Flax's convention, layers.BN_MOMENTUM = 0.9, is the same rule.
 TORCH_BN_MOMENTUM = 0.1

@@ -33,7 +33,8 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
   layer_names = {l.path: l.name for l in setup.plan.masked_layers}
 
   def measure(state) -> tuple[float, dict]:
-    jackpot = holdout.accuracy(setup.params, state.batch_stats, state.masks)
+    jackpot = holdout.accuracy(setup.params, evaluation.jackpot_batch_stats(setup, state),
+                               state.masks)
     counted = sparsity.count_sparsity(setup.params, state.masks)
     scalars = {"holdout/jackpot_accuracy": jackpot, "sparsity/conv": counted["conv"]}
     scalars.update({f"sparsity_per_layer/{layer_names.get(p, p)}": v
@@ -122,6 +123,7 @@ def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pat
                                workdir, stop_after=stop_after)
   if int(state.step) < setup.total_steps and meta.get("goal_reached_at") is None:
     return {"stopped_at": int(state.step)}
+  state = state.replace(batch_stats=evaluation.jackpot_batch_stats(setup, state))
   return _tune_and_report(setup, workdir, evaluator, state, meta, baseline)
 
 
@@ -151,11 +153,13 @@ def restore_tuned_state(setup: SearchSetup, workdir: Path,
 
 def load_workdir(workdir: str | os.PathLike,
                  overrides: dict | None = None) -> tuple[SearchSetup, steps.SearchState, dict]:
-  """A finished (or stopped) run's set-up and latest search state, for evaluate, export
-  and the analysis scripts; `overrides` may change how it runs (see workdir.py)."""
+  """A finished (or stopped) run's set-up and latest search state (with the BN statistics
+  its jackpot is evaluated with: search.bn_statistics), for evaluate, export and the
+  analysis scripts; `overrides` may change how it runs (see workdir.py)."""
   workdir = fileio.as_path(workdir, "--workdir")
   setup = setup_search(run_spec.resolve(workdir_lib.load_workdir_config(workdir, overrides)))
   state, meta = restore_search_state(setup, workdir)
+  state = state.replace(batch_stats=evaluation.jackpot_batch_stats(setup, state))
   return setup, state, meta
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import optax
 import pytest
 
-from jackpot_jax import run_spec, steps, train
+from jackpot_jax import evaluation, run_setup, run_spec, steps, train
 
-from conftest import TinySearch, setup_of, sgd_config, tiny_config, tiny_overrides
+from conftest import (TinySearch, final_search_state, setup_of, sgd_config, tiny_config,
+                      tiny_overrides)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,10 +93,14 @@ def test_student_equal_to_teacher_has_zero_distillation_loss_and_gradient():
     return targets, distilled, plain
 
   targets, ((loss, (logits, _)), grads), (_, ce_grads) = losses(state, search.batch)
-  np.testing.assert_array_equal(np.asarray(logits), np.asarray(targets))
+  # W * 1 and W compile to different graphs, so they agree to float32 rounding, not bitwise
+  # (how far depends on the CPU's vector width); the gradient is then rounding noise, a
+  # millionth of the cross-entropy's on this network.
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(targets), rtol=1e-5, atol=1e-5)
   assert abs(float(loss)) < 1e-6
-  assert float(optax.tree.norm(grads)) < 1e-6
-  assert float(optax.tree.norm(ce_grads)) > 1e-3  # the cross-entropy does move the scores
+  ce_norm = float(optax.tree.norm(ce_grads))
+  assert ce_norm > 1e-3  # the cross-entropy does move the scores
+  assert float(optax.tree.norm(grads)) < 1e-5 * ce_norm
 
 
 def _kl_reference(student: np.ndarray, teacher: np.ndarray, temperature: float) -> float:
@@ -203,6 +208,8 @@ def test_magnitude_init_gap_is_the_learning_rate_and_weight_decay_in_disguise():
     ("distill_temperature", 0.0, "search.distill_temperature must be positive, got 0.0"),
     ("bn_momentum", 0.0, "search.bn_momentum must be in (0, 1]"),
     ("bn_momentum", 1.5, "search.bn_momentum must be in (0, 1]"),
+    ("bn_statistics", "final", "unknown search.bn_statistics 'final'; choose one of running, "
+     "reestimated"),
 ])
 def test_recipe_fields_out_of_range_are_one_line_errors(tiny_job, field, value, message):
   config = tiny_config(tiny_job)
@@ -219,6 +226,40 @@ def test_bn_momentum_with_frozen_statistics_is_an_error(tiny_job):
     run_spec.resolve(config)
   config.search.bn_momentum = steps.TORCH_BN_MOMENTUM
   run_spec.resolve(config)
+
+
+def test_reestimated_bn_statistics_need_recalibration_images(tiny_job):
+  config = tiny_config(tiny_job)
+  config.search.bn_statistics, config.eval.recalibration_images = "reestimated", 0
+  with pytest.raises(ValueError, match="set it > 0"):
+    run_spec.resolve(config)
+
+
+def test_running_bn_statistics_are_the_searchs_own_by_default(tiny_job):
+  setup = setup_of(tiny_config(tiny_job))
+  state = run_setup.initial_search_state(setup)
+  assert evaluation.jackpot_batch_stats(setup, state) is state.batch_stats
+
+
+def test_reestimated_bn_statistics_are_what_the_jackpot_is_selected_reported_and_exported_with(
+    tiny_job, tmp_path):
+  """search.bn_statistics=reestimated: the held-out evaluations, report.json's jackpot
+  accuracy and the state `evaluate`/`export` load all use the statistics re-estimated for
+  the final masks, not the running ones the search checkpointed."""
+  config = tiny_config(tiny_job)
+  config.search.bn_statistics, config.eval.recalibration_images = "reestimated", 32
+  report = train.search_and_evaluate(config, tmp_path / "run")
+  setup = setup_of(config)
+  saved = final_search_state(config, tmp_path / "run")
+  reestimated = evaluation.recalibrated_batch_stats(setup, saved.masks)
+  assert not _equal_bitwise(reestimated, saved.batch_stats)
+  assert report["search"]["bn_statistics"] == "reestimated"
+  assert report["accuracy"]["jackpot"] == evaluation.Evaluator(setup).accuracy(
+      setup.params, reestimated, saved.masks)
+  assert report["holdout"]["jackpot"] == evaluation.Evaluator(setup, evaluation.HOLDOUT).accuracy(
+      setup.params, reestimated, saved.masks)
+  _, loaded, _ = train.load_workdir(tmp_path / "run")
+  assert _equal_bitwise(jax.device_get(loaded.batch_stats), jax.device_get(reestimated))
 
 
 def test_bad_distill_weight_exits_2_in_one_line_through_the_command(tiny_job, tmp_path):
