@@ -124,6 +124,13 @@ RECIPES = {
                           "4x the steps at equal images seen", _small_batch(scale_lr=True)),
     "small_batch_same_lr": Recipe("a quarter of the batch, the given lr",
                                   _small_batch(scale_lr=False)),
+    "bn_reestimated": Recipe("the reference search; each evaluation and the result use BN "
+                             "statistics re-estimated for the mask on 2,048 training images "
+                             "(search.bn_statistics=reestimated)",
+                             lambda c: {"search.bn_statistics": "reestimated"}),
+    "distill_bn_reestimated": Recipe("`distill` with `bn_reestimated`'s statistics",
+                                     lambda c: {**_distill(0.5)(c),
+                                                "search.bn_statistics": "reestimated"}),
     "bn_momentum_0.3": Recipe("BN running statistics with momentum 0.3 (PyTorch's "
                               "convention; reference 0.1): they follow the mask faster",
                               lambda c: {"search.bn_momentum": 0.3}),
@@ -164,7 +171,8 @@ def run_one(name: str, epochs: float, context: Context, output: Path) -> dict:
          "batch_size": search["batch_size"],
          "images_seen": search["steps"] * search["batch_size"],
          "wall_seconds": search["wall_seconds"], "holdout": report["holdout"]["jackpot"],
-         "holdout_dense": report["holdout"]["dense"], "test": report["accuracy"]["jackpot"],
+         "holdout_dense": report["holdout"]["dense"],
+         "holdout_images": report["holdout"]["images"], "test": report["accuracy"]["jackpot"],
          "dense": report["accuracy"]["dense"], "target_sparsity": report["target_sparsity"],
          "overrides": {k: repr(v) for k, v in overrides.items()}}
   print(f"{name}, {epochs:g} epoch(s): {row['steps']} steps, {row['images_seen']} images, "
@@ -216,20 +224,27 @@ def table(rows: list[dict], summary: dict, tolerance: float) -> str:
   reference = summary["reference_1_epoch"]
   lines += ["", f"Held-out accuracy of the dense network: {common.pct(rows[0]['holdout_dense'])}"
             "; every comparison below uses held-out accuracy only.", ""]
+  images = rows[0].get("holdout_images")  # absent from rows written before it was recorded
+  if images:
+    accuracy = (reference or rows[0])["holdout"]
+    error = 100 * math.sqrt(accuracy * (1 - accuracy) / images)
+    lines += [f"The held-out slice has {images} images (one image: {100 / images:.2f} "
+              f"points); the binomial standard error of an accuracy of {common.pct(accuracy)} "
+              f"on it is {error:.2f} points, so gaps smaller than that are not resolved.", ""]
   if reference is None:
     lines.append("No `reference` run at 1 epoch: the steps-to-reference columns are empty.")
   else:
     lines.append(f"The reference at 1 epoch: {common.pct(reference['holdout'])} held out, "
                  f"{reference['steps']} steps, {reference['wall_seconds']:.0f} s.")
   lines += ["", "| recipe | first budget reaching the reference's 1-epoch accuracy | steps / "
-            "reference's | wall s / reference's | first budget within "
-            f"{100 * tolerance:g} point(s) of dense |", "|---|---|---|---|---|"]
+            "reference's | images / reference's | wall s / reference's | first budget within "
+            f"{100 * tolerance:g} point(s) of dense |", "|---|---|---|---|---|---|"]
   for name, entry in summary["recipes"].items():
     goal = entry.get("reaches_reference")
-    steps_ratio = "-" if goal is None else f"{entry['steps_ratio']:.2f}"
-    wall_ratio = "-" if goal is None else f"{entry['wall_ratio']:.2f}"
+    ratios = " | ".join("-" if goal is None else f"{entry[key]:.2f}"
+                        for key in ("steps_ratio", "images_ratio", "wall_ratio"))
     lines.append(f"| {name} | {'-' if reference is None else _budget_cell(goal)} | "
-                 f"{steps_ratio} | {wall_ratio} | {_budget_cell(entry['within_dense'])} |")
+                 f"{ratios} | {_budget_cell(entry['within_dense'])} |")
   lines += ["", "Recipes:", ""]
   lines += [f"- `{name}`: {RECIPES[name].doc}" for name in summary["recipes"]]
   return "\n".join(lines) + "\n"

@@ -119,6 +119,7 @@ def test_time_to_jackpot_runs_each_recipe_on_each_budget_and_reuses_finished_run
   assert summary["recipes"]["reference"]["steps_ratio"] == 1.0
   table = (tmp_path / "results.md").read_text()
   assert "| distill | 1 | 4 | 64 |" in table and "`distill`: + distillation" in table
+  assert rows[0]["holdout_images"] == 16 and "The held-out slice has 16 images" in table
   assert (tmp_path / "results.png").stat().st_size > 0
   again = _script("time_to_jackpot.py", *args)  # every run finished: reused, not re-run
   assert again.returncode == 0, again.stderr[-2000:]
