@@ -125,8 +125,8 @@ RECIPES = {
     "small_batch_same_lr": Recipe("a quarter of the batch, the given lr",
                                   _small_batch(scale_lr=False)),
     "bn_reestimated": Recipe("the reference search; each evaluation and the result use BN "
-                             "statistics re-estimated for the mask on 2,048 training images "
-                             "(search.bn_statistics=reestimated)",
+                             "statistics re-estimated for the mask on `eval.recalibration_images` "
+                             "training images (search.bn_statistics=reestimated)",
                              lambda c: {"search.bn_statistics": "reestimated"}),
     "distill_bn_reestimated": Recipe("`distill` with `bn_reestimated`'s statistics",
                                      lambda c: {**_distill(0.5)(c),
