@@ -89,9 +89,9 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("search.sparsity", 0.9, "target sparsity over the weights the plan pools (the "
      "convs by default; every hidden Linear too with hidden_dense=plan)"),
     ("search.pattern", "unstructured",
-     "unstructured | N:M (e.g. 2:4): keep N of every M weights along the reduction "
-     "dimension; N:M implies the plan, so sparsity, sparsity_plan and layer_overrides "
-     "are not given with it"),
+     "unstructured | N:M (e.g. 2:4): keep N of every M consecutive input channels at "
+     "each kernel position (NVIDIA ASP's grouping); N:M implies the plan, so sparsity, "
+     "sparsity_plan and layer_overrides are not given with it"),
     ("search.sparsity_plan", "l1", "l1 | uniform | erk: how sparsity spreads over layers"),
     ("search.classifier", "dense", "dense | plan: whether the classifier is masked"),
     ("search.first_layer", "plan", "plan | dense: whether the first conv is masked"),

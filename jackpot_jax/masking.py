@@ -143,9 +143,13 @@ UNSTRUCTURED = "unstructured"
 
 @dataclasses.dataclass(frozen=True)
 class NMPattern:
-  """Keep the `n` largest of every `m` consecutive weights along a kernel's reduction
-  dimension, in the order PyTorch flattens the weight: `[out, in]` for a linear layer,
-  `[out, in*kh*kw]` for a convolution (the layout 2:4 sparse tensor cores consume)."""
+  """Keep the `n` largest of every `m` consecutive input channels, at every kernel position
+  and output channel: NVIDIA ASP's grouping (`create_mask` permutes a conv weight
+  `[K, C, R, S]` to `[R, S, K, C]` and groups along C), which cuDNN/TensorRT sparse
+  convolutions and `to_sparse_semi_structured` (a linear `[out, in]`, along `in`) consume.
+
+  A Flax kernel keeps its input channels on axis -2 (`(kh, kw, in, out)`, `(k, in, out)`,
+  `(in, out)`), so groups run along that axis whatever the kernel's rank."""
 
   n: int
   m: int
@@ -158,8 +162,9 @@ class NMPattern:
     return self.n / self.m
 
   def fits(self, shape: tuple[int, ...]) -> bool:
-    """Whether a Flax kernel of `shape` splits into whole groups along its reduction."""
-    return math.prod(shape[:-1]) % self.m == 0
+    """Whether a Flax kernel of `shape` splits into whole groups along its input channels
+    (a conv over 1 or 3 input channels does not fit 2:4, whatever its window)."""
+    return len(shape) >= 2 and shape[-2] % self.m == 0
 
 
 def parse_pattern(text: str) -> NMPattern | None:
@@ -175,38 +180,32 @@ def parse_pattern(text: str) -> NMPattern | None:
                    f"(e.g. 2:4), got {text!r}")
 
 
-def _torch_order(kernel: jax.Array) -> jax.Array:
-  """A Flax kernel ((kh, kw,) in, out) as PyTorch's (out, in(, kh, kw)) weight."""
-  ndim = kernel.ndim
-  return jnp.transpose(kernel, (ndim - 1, ndim - 2, *range(ndim - 2)))
+def channel_groups(kernel: jax.Array, m: int) -> jax.Array:
+  """(*window, out, in // m, m): the runs of `m` consecutive input channels of a Flax
+  kernel at every kernel position and output channel (`NMPattern`'s groups)."""
+  moved = jnp.swapaxes(kernel, -1, -2)  # (*window, out, in)
+  return moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
 
 
-def _flax_order(weight: jax.Array) -> jax.Array:
-  """The inverse of `_torch_order`."""
-  ndim = weight.ndim
-  return jnp.transpose(weight, (*range(2, ndim), 1, 0))
-
-
-def torch_groups(kernel: jax.Array, m: int) -> jax.Array:
-  """(out, in*kh*kw // m, m): each row's consecutive groups of `m`, as PyTorch flattens."""
-  weight = _torch_order(kernel)
-  return weight.reshape(weight.shape[0], -1, m)
+def _ungroup(groups: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+  """The inverse of `channel_groups`."""
+  moved_shape = kernel_shape[:-2] + (kernel_shape[-1], kernel_shape[-2])
+  return jnp.swapaxes(groups.reshape(moved_shape), -1, -2)
 
 
 def nm_mask(scores: jax.Array, pattern: NMPattern) -> jax.Array:
   """Boolean mask keeping exactly the `pattern.n` largest scores of every group.
 
-  `lax.top_k` breaks ties towards the lower index inside a group, so every group keeps
-  exactly n even when all its scores tie (the first step of magnitude initialisation).
+  `lax.top_k` breaks ties towards the lower input channel inside a group, so every group
+  keeps exactly n even when all its scores tie (the first step of magnitude initialisation).
   """
   if not pattern.fits(scores.shape):
     raise ValueError(f"a kernel of shape {scores.shape} has no whole groups of {pattern.m} "
-                     "along its reduction dimension")
-  groups = torch_groups(scores, pattern.m)
+                     "along its input channels")
+  groups = channel_groups(scores, pattern.m)
   _, kept = lax.top_k(groups, pattern.n)
   grouped = jnp.any(kept[..., None] == jnp.arange(pattern.m), axis=-2)
-  torch_shape = _torch_order(scores).shape
-  return _flax_order(grouped.reshape(torch_shape))
+  return _ungroup(grouped, scores.shape)
 
 
 def select_mask(ranking: jax.Array, rule: int | NMPattern) -> jax.Array:
@@ -217,8 +216,8 @@ def select_mask(ranking: jax.Array, rule: int | NMPattern) -> jax.Array:
 
 
 def nm_group_counts(mask: jax.Array, m: int) -> jax.Array:
-  """Kept entries of every group of `m` (PyTorch order), for checking a pattern."""
-  return jnp.sum(torch_groups(jnp.asarray(mask), m), axis=-1)
+  """Kept entries of every group of `m` input channels, for checking a pattern."""
+  return jnp.sum(channel_groups(jnp.asarray(mask), m), axis=-1)
 
 
 def ranking_values(scores: PyTree, by_magnitude: bool) -> PyTree:

@@ -108,7 +108,7 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"N:M pattern {sparsity['pattern']}: "
               f"{'every' if sparsity['nm_valid'] else 'NOT every'} one of "
               f"{sparsity['groups']} groups keeps at most N (counted from the masks); "
-              f"left dense, reduction size no multiple of M: {unfit}."]
+              f"left dense, input channels no multiple of M: {unfit}."]
   lines += ["", "| sparsity convention | counted from the masks |", "|---|---|"]
   for key in ("conv", "linear", "prunable", "all_weights"):
     if key not in sparsity:  # reports written before the linear count existed

@@ -64,7 +64,7 @@ class SparsityPlan:
   method: str
   target: float
   # With an N:M pattern: the pattern every masked layer keeps, and the layers the plan's
-  # policies include whose reduction size is no multiple of M (they stay dense).
+  # policies include whose input-channel count is no multiple of M (they stay dense).
   pattern: NMPattern | None = None
   unfit_layers: tuple[str, ...] = ()
 
@@ -180,16 +180,17 @@ def build_pattern_plan(params: Mapping[str, Any], pattern: NMPattern, *,
                        spec: ModelSpec | None = None, classifier: str = "dense",
                        first_layer: str = "plan", hidden_dense: str = "dense") -> SparsityPlan:
   """The plan an N:M pattern implies: every layer the policies include keeps n of every m
-  weights along its reduction dimension; one whose reduction size is no multiple of m (a
-  3x3 conv over one input channel) stays dense and is listed in `unfit_layers`.
+  consecutive input channels at each kernel position and output (`masking.NMPattern`); one
+  whose input-channel count is no multiple of m (a conv over an RGB or grey image) stays
+  dense and is listed in `unfit_layers`.
 
   Raises ValueError with one line when no included layer fits the pattern.
   """
   params, layers, included = _pooled(params, spec, classifier, first_layer, hidden_dense)
   fit = [l for l in included if l.kind != "other" and pattern.fits(l.shape)]
   if not fit:
-    raise ValueError(f"search.pattern={pattern} fits no layer the plan masks: no reduction "
-                     f"size (in * kh * kw) is a multiple of {pattern.m}; choose a smaller M")
+    raise ValueError(f"search.pattern={pattern} fits no layer the plan masks: no layer's "
+                     f"input-channel count is a multiple of {pattern.m}; choose a smaller M")
   counts = {l.name: 0 for l in layers}
   counts.update({l.name: l.size - l.size // pattern.m * pattern.n for l in fit})
   return SparsityPlan(layers=tuple(layers), prune_counts=counts, method=f"pattern {pattern}",
@@ -306,11 +307,12 @@ def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -
 
 
 def check_pattern(plan: SparsityPlan, masks: Mapping[str, Any]) -> dict:
-  """The N:M pattern counted from the actual masks, group by group, in PyTorch's order.
+  """The N:M pattern counted from the actual masks, group by group (`masking.NMPattern`'s
+  groups: consecutive input channels at every kernel position and output channel).
 
   Returns {"pattern": "unstructured" or "N:M", "nm_valid": None (unstructured) or whether
   every group of every masked layer keeps at most n, "groups": groups checked,
-  "unfit_layers": layers left dense because their reduction size is no multiple of m}.
+  "unfit_layers": layers left dense because their input-channel count is no multiple of m}.
   """
   if plan.pattern is None:
     return {"pattern": "unstructured", "nm_valid": None, "groups": 0, "unfit_layers": []}

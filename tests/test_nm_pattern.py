@@ -1,5 +1,6 @@
-"""N:M masks: exactly N of every M weights along PyTorch's reduction dimension, searched
-through the same straight-through step, reported and exported in the hardware's layout."""
+"""N:M masks: exactly N of every M consecutive input channels at every kernel position (NVIDIA
+ASP's grouping), searched through the same straight-through step, reported and exported in
+the layout sparse kernels read."""
 
 from __future__ import annotations
 
@@ -16,35 +17,77 @@ from jackpot_jax.run_setup import magnitude_masks
 from conftest import setup_of, tiny_config
 
 
-def _torch_groups(flax_kernel: np.ndarray, m: int) -> np.ndarray:
-  """The reference grouping, written with numpy: PyTorch's (out, in, kh, kw) weight
-  flattened to [out, in*kh*kw], split into consecutive groups of m."""
+def _torch_weight(flax_kernel: np.ndarray) -> np.ndarray:
+  """A Flax kernel ((kh, kw,) in, out) as PyTorch stores the weight: (out, in(, kh, kw))."""
   kernel = np.asarray(flax_kernel)
-  if kernel.ndim == 4:
-    weight = kernel.transpose(3, 2, 0, 1)
-  else:
-    weight = kernel.T
-  return weight.reshape(weight.shape[0], -1, m)
+  return kernel.transpose(kernel.ndim - 1, kernel.ndim - 2, *range(kernel.ndim - 2))
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 8, 5), (16, 6), (1, 1, 16, 4)])
-@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
-def test_nm_mask_keeps_the_n_largest_of_every_group_in_torch_order(shape, n, m):
-  scores = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
-  mask = np.asarray(masking.nm_mask(scores, masking.NMPattern(n, m)))
-  groups = _torch_groups(np.asarray(scores), m)
+def _asp_groups(flax_kernel: np.ndarray, m: int) -> np.ndarray:
+  """The reference grouping, written with numpy from NVIDIA ASP's rule on PyTorch's layout:
+  a conv weight [K, C, R, S] (1-D: [K, C, R]) permuted channels-last to [R, S, K, C], a
+  linear [out, in] as it is, then cut into runs of m along the last (input-channel) axis."""
+  weight = _torch_weight(flax_kernel)
+  channels_last = weight.transpose(*range(2, weight.ndim), 0, 1)
+  return channels_last.reshape(-1, m)
+
+
+def _flattened_row_groups(torch_weight: np.ndarray, m: int) -> np.ndarray:
+  """Groups of m along PyTorch's flattened [out, in*kh*kw] rows: what the masks used before
+  they followed ASP, which cross kernel positions and are not what sparse kernels read."""
+  return torch_weight.reshape(torch_weight.shape[0], -1, m)
+
+
+def _top_n_of_groups(groups: np.ndarray, n: int) -> np.ndarray:
   largest = np.argsort(-groups, axis=-1, kind="stable")[..., :n]
   expected = np.zeros(groups.shape, bool)
   np.put_along_axis(expected, largest, True, axis=-1)
+  return expected
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 8, 5), (16, 6), (1, 1, 16, 4), (3, 8, 5)])
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
+def test_nm_mask_keeps_the_n_largest_of_every_asp_channel_group(shape, n, m):
+  scores = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
+  mask = np.asarray(masking.nm_mask(scores, masking.NMPattern(n, m)))
+  expected = _top_n_of_groups(_asp_groups(np.asarray(scores), m), n)
   assert mask.shape == shape and mask.dtype == bool
-  np.testing.assert_array_equal(_torch_groups(mask, m), expected)
+  np.testing.assert_array_equal(_asp_groups(mask, m), expected)
+
+
+def test_a_conv_mask_valid_along_flattened_rows_but_not_along_channels_is_caught():
+  """Every input channel kept at one kernel position, nothing elsewhere: each run of four
+  in the flattened [out, in*3*3] row holds one weight, each channel group holds four."""
+  torch_mask = np.zeros((2, 4, 3, 3), bool)  # [K, C, R, S]
+  torch_mask[:, :, 0, 0] = True
+  assert _flattened_row_groups(torch_mask, 4).sum(-1).max() == 1
+  flax_mask = torch_mask.transpose(2, 3, 1, 0)
+  counts = np.asarray(masking.nm_group_counts(flax_mask, 4))
+  assert counts.max() == 4 and counts.sum() == 8
+  layer = sparsity.PrunableLayer(name="conv", path=("conv",), shape=flax_mask.shape, kind="conv")
+  plan = sparsity.SparsityPlan(layers=(layer,), prune_counts={"conv": 36}, method="pattern 2:4",
+                               target=0.5, pattern=masking.NMPattern(2, 4))
+  checked = sparsity.check_pattern(plan, {"conv": {"kernel": flax_mask}})
+  assert checked["nm_valid"] is False and checked["groups"] == 3 * 3 * 2
+  fixed = np.asarray(masking.nm_mask(jnp.asarray(flax_mask, jnp.float32), masking.NMPattern(2, 4)))
+  assert sparsity.check_pattern(plan, {"conv": {"kernel": fixed}})["nm_valid"] is True
+  assert _asp_groups(fixed, 4).sum(-1).max() == 2
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 3, 8), (3, 3, 1, 8), (3, 3, 6, 8), (6, 8)])
+def test_a_kernel_fits_a_pattern_when_its_input_channels_split_into_whole_groups(shape):
+  pattern = masking.NMPattern(2, 4)
+  assert pattern.fits(shape) == (shape[-2] % 4 == 0)
+  if not pattern.fits(shape):
+    with pytest.raises(ValueError, match="no whole groups of 4 along its input channels"):
+      masking.nm_mask(jnp.ones(shape), pattern)
 
 
 def test_nm_mask_keeps_exactly_n_when_every_score_ties():
   mask = np.asarray(masking.nm_mask(jnp.ones((3, 3, 4, 6)), masking.NMPattern(2, 4)))
-  groups = _torch_groups(mask, 4)
+  groups = _asp_groups(mask, 4)
   assert np.all(groups.sum(-1) == 2)
-  assert np.all(groups[..., :2]) and not np.any(groups[..., 2:])  # lower index first
+  assert np.all(groups[..., :2]) and not np.any(groups[..., 2:])  # lower channel first
 
 
 def test_parse_pattern_accepts_n_below_m_only():
@@ -82,11 +125,8 @@ def test_magnitude_init_starts_at_the_nm_magnitude_mask(tiny_job):
   masks = traverse_util.flatten_dict(jax.device_get(magnitude_masks(setup)))
   params = traverse_util.flatten_dict(jax.device_get(setup.params))
   for path, mask in masks.items():
-    groups = _torch_groups(np.abs(params[path]), 4)
-    largest = np.argsort(-groups, axis=-1, kind="stable")[..., :2]
-    expected = np.zeros(groups.shape, bool)
-    np.put_along_axis(expected, largest, True, axis=-1)
-    np.testing.assert_array_equal(_torch_groups(mask, 4), expected)
+    expected = _top_n_of_groups(_asp_groups(np.abs(params[path]), 4), 2)
+    np.testing.assert_array_equal(_asp_groups(mask, 4), expected)
 
 
 def test_a_plan_or_layer_override_beside_a_pattern_is_refused(tiny_job):
@@ -109,7 +149,7 @@ def test_check_pattern_finds_a_group_that_keeps_too_many(tiny_job):
   assert checked["nm_valid"] is False and checked["pattern"] == "2:4"
 
 
-def test_a_2_4_search_keeps_the_pattern_and_exports_it_in_torch_layout(tiny_job, tmp_path):
+def test_a_2_4_search_keeps_the_pattern_and_exports_it_in_asp_layout(tiny_job, tmp_path):
   config = _pattern_config(tiny_job, classifier="plan", score_init="kaiming")
   workdir = tmp_path / "run"
   report = train.search_and_evaluate(config, workdir)
@@ -129,9 +169,9 @@ def test_a_2_4_search_keeps_the_pattern_and_exports_it_in_torch_layout(tiny_job,
   for name in report["sparsity"]["per_layer"]:
     if name == "conv1":
       continue
-    weight = exported[f"{name}.weight"]
-    rows = weight.reshape(weight.shape[0], -1)  # what a 2:4 kernel consumes, [out, in*kh*kw]
-    nonzero = (rows.reshape(rows.shape[0], -1, 4) != 0).sum(-1)
+    weight = exported[f"{name}.weight"]  # [K, C, R, S]
+    channels_last = weight.permute(*range(2, weight.ndim), 0, 1)  # ASP's [R, S, K, C]
+    nonzero = (channels_last.reshape(-1, 4) != 0).sum(-1)
     assert int(nonzero.max()) <= 2, name
     checked += 1
   assert checked == len(report["sparsity"]["per_layer"]) - 1
@@ -186,9 +226,6 @@ def test_wanda_nm_keeps_the_largest_weight_times_column_norm(tiny_search):
       "wanda", model=search.model, params=search.params, batch_stats=search.batch_stats,
       plan=plan, batches=[search.batch]))
   for key, mask in masks.items():
-    groups = _torch_groups(np.asarray(saliency[key]), 4)
-    largest = np.argsort(-groups, axis=-1, kind="stable")[..., :2]
-    expected = np.zeros(groups.shape, bool)
-    np.put_along_axis(expected, largest, True, axis=-1)
-    np.testing.assert_array_equal(_torch_groups(np.asarray(mask), 4), expected)
+    expected = _top_n_of_groups(_asp_groups(np.asarray(saliency[key]), 4), 2)
+    np.testing.assert_array_equal(_asp_groups(np.asarray(mask), 4), expected)
   assert masks
