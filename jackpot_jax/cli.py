@@ -1,4 +1,5 @@
 """Command line: `python -m jackpot_jax {search,evaluate,export,apply-masks}` and `jackpot`.
+`jackpot --help` and `jackpot COMMAND --help` print what each takes (`cli_help`).
 
   search    --config=configs/<name>.py --workdir=DIR [--config.a.b=value ...] [--force]
   evaluate  --workdir=DIR [--config.eval.batch_size=N --config.data.data_dir=DIR ...]
@@ -82,9 +83,19 @@ def _print_summary(report: dict) -> None:
                     "wall_seconds": report["search"]["wall_seconds"]}))
 
 
+def _check_command(argv: list[str]) -> None:
+  """One command, known: else one line (with the closest command) and exit status 2."""
+  words = [a for a in argv[1:] if not a.startswith("-")]
+  if len(words) == 1 and words[0] not in COMMANDS:
+    errors.fail("jackpot", f"unknown command {words[0]!r}{errors.did_you_mean(words[0], COMMANDS)}; "
+                f"commands: {', '.join(COMMANDS)} (jackpot --help)")
+  if len(words) != 1:
+    errors.fail("jackpot", f"usage: jackpot {{{','.join(COMMANDS)}}} --workdir=DIR [flags] "
+                "(jackpot --help)")
+
+
 def main(argv: list[str]) -> None:
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    errors.fail("jackpot", f"usage: jackpot {{{','.join(COMMANDS)}}} --workdir=DIR [flags]")
+  _check_command(argv)
   with errors.exit_on_user_error("jackpot"):
     from jackpot_jax import parallel  # pylint: disable=import-outside-toplevel
     if FLAGS.distributed or FLAGS.coordinator_address:
@@ -93,7 +104,30 @@ def main(argv: list[str]) -> None:
     _run_command(argv[1])
 
 
+_HELP = ("--help", "-h", "--helpshort", "-?")
+
+
+def _print_help(argv: list[str]) -> None:
+  """`jackpot [COMMAND] --help` (or `jackpot help [COMMAND]`) on stdout, exit status 0."""
+  from jackpot_jax import cli_help, config_files  # pylint: disable=import-outside-toplevel
+  words = [a for a in argv[1:] if not a.startswith("-") and a != "help"]
+  files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  with errors.exit_on_user_error("jackpot"):
+    if words and words[0] not in COMMANDS:
+      _check_command([argv[0], words[0]])
+    config = config_files.load_config(files[-1] if files else entrypoint.DEFAULT_CONFIG)
+    if words:
+      name = files[-1] if files else "the built-in default config"
+      print(cli_help.command_help(words[0], config, every_field=bool(files), config_name=name))
+    else:
+      print(cli_help.overview(config))
+  sys.exit(0)
+
+
 def _flags_parser(argv: list[str]) -> list[str]:
+  if any(a in _HELP for a in argv[1:]) or argv[1:2] == ["help"]:
+    _print_help(argv)
+  _check_command([a for a in argv if not a.startswith("--config.")])
   workdir_command = len(argv) > 1 and argv[1] in _WORKDIR_COMMANDS
   return entrypoint.parse_flags(argv, workdir_overrides=workdir_command)
 

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from jackpot_jax import errors
+
 
 def load_config(path: str | os.PathLike,
                 overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
@@ -42,11 +44,22 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     for parent in parents:
       section = section.get(parent) if isinstance(section, ml_collections.ConfigDict) else None
     if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
-      raise ValueError(f"unknown config field {key!r} in {where}")
+      raise ValueError(f"unknown config field {key!r} in {where}"
+                       f"{errors.did_you_mean(key, dotted_keys(config))}")
     if allowed is not None and not within(key, allowed):
       raise ValueError(f"{key} cannot be changed in {where}; these can: {', '.join(allowed)}")
     section[leaf] = value
   return config
+
+
+def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every field of `config` (and of its sections) as a dotted key."""
+  keys = []
+  for name, value in config.items():
+    keys.append(prefix + name)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(dotted_keys(value, f"{prefix}{name}."))
+  return keys
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -9,10 +9,11 @@ status 2; the command line, the experiments and the benchmarks all go through it
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import os
 import sys
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 class NonFiniteError(ValueError):
@@ -55,6 +56,12 @@ def one_line(error: BaseException, limit: int | None = None) -> str:
   lines = str(error).strip().splitlines()
   text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
   return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+  """" (did you mean 'x'?)" naming the closest of `choices` to a misspelt `word`, or ""."""
+  close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+  return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def fail(program: str, message: str) -> None:

@@ -8,6 +8,7 @@ from typing import Callable, Mapping
 
 import flax.linen as nn
 
+from jackpot_jax import errors
 from jackpot_jax.masked_model import Maskable, is_maskable, masked
 
 
@@ -57,7 +58,8 @@ def register(spec: ModelSpec) -> ModelSpec:
 def get_model_spec(name: str) -> ModelSpec:
   """Looks a model up by name, with a one-line error listing the known names."""
   if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    raise ValueError(f"unknown model {name!r}{errors.did_you_mean(name, _REGISTRY)}; choose one "
+                     f"of: {', '.join(sorted(_REGISTRY))}")
   return _REGISTRY[name]
 
 
