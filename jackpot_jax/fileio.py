@@ -208,6 +208,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
   os.close(fd)
   try:
     yield Path(tmp)
+    # Again: a writer may replace the file rather than fill it (safetensors writes 0600).
+    os.chmod(tmp, _NEW_FILE_MODE)
     with open(tmp, "rb") as f:
       os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +101,19 @@ def test_clean_keys_writes_a_bare_unprefixed_state_dict(jackpot, tmp_path):
   state = torch.load(output, weights_only=True)
   assert set(state) == set(jackpot["state"])
   torchvision_resnet(18, NUM_CLASSES).load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize("name", ["jackpot.pth", "jackpot.safetensors"])
+def test_exported_files_get_the_permissions_of_any_file_the_user_writes(jackpot, tmp_path, name):
+  """The mode open() gives under the umask (0644 under 022), not mkstemp's or safetensors'
+  0600, whichever format."""
+  old_umask = os.umask(0o022)
+  try:
+    output = export_torch(jackpot["imported"], jackpot["imported"].variables, jackpot["masks"],
+                          tmp_path / name, clean_keys=True)
+  finally:
+    os.umask(old_umask)
+  assert stat.S_IMODE(os.stat(output).st_mode) == 0o644
 
 
 def test_export_takes_bn_statistics_from_variables(jackpot, tmp_path):
