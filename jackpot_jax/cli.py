@@ -14,7 +14,6 @@ with one line on stderr naming the problem, and exit status 2.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from absl import flags
@@ -59,9 +58,10 @@ def _run_command(command: str) -> None:
     if FLAGS.config is None:
       raise ValueError("--config is required for search, e.g. --config=configs/default.py")
     report = train.search_and_evaluate(FLAGS.config, _require("workdir"), force=FLAGS.force)
-    _print_summary(report)
+    print(summary_line(report, FLAGS.workdir))
   elif command == "evaluate":
-    _print_summary(train.evaluate_workdir(_require("workdir"), _workdir_overrides()))
+    report = train.evaluate_workdir(_require("workdir"), _workdir_overrides())
+    print(summary_line(report, FLAGS.workdir))
   elif command == "export":
     path = workdir_export.export_workdir(_require("workdir"), _require("output"), FLAGS.format,
                                          clean_keys=FLAGS.clean_keys,
@@ -74,13 +74,24 @@ def _run_command(command: str) -> None:
     print(f"wrote {path}")
 
 
-def _print_summary(report: dict) -> None:
-  accuracy = report["accuracy"]
-  print(json.dumps({"dense": accuracy["dense"], "magnitude": accuracy["magnitude"],
-                    "magnitude_recalibrated": accuracy.get("magnitude_recalibrated"),
-                    "jackpot": accuracy["jackpot"], "tuned": accuracy.get("tuned"),
-                    "conv_sparsity": report["sparsity"]["conv"],
-                    "wall_seconds": report["search"]["wall_seconds"]}))
+def _pct(fraction: float | None) -> str:
+  return "-" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def summary_line(report: dict, workdir: str) -> str:
+  """The last line a search or evaluate prints: the figures a person reads first (the
+  jackpot against dense and the magnitude baselines, at the sparsity counted from the
+  masks); report.json beside it is the machine-readable whole."""
+  accuracy, counted = report["accuracy"], report["sparsity"]
+  which = "linear" if counted.get("conv", 0) == 0 and counted.get("linear") else "conv"
+  parts = [f"jackpot {_pct(accuracy['jackpot'])} top-1 at {100 * counted[which]:.1f}% "
+           f"{which} sparsity", f"dense {_pct(accuracy['dense'])}",
+           f"magnitude {_pct(accuracy['magnitude'])}"]
+  if accuracy.get("magnitude_recalibrated") is not None:
+    parts.append(f"magnitude with BN re-estimated {_pct(accuracy['magnitude_recalibrated'])}")
+  if accuracy.get("tuned") is not None:
+    parts.append(f"tuned {_pct(accuracy['tuned'])}")
+  return f"{parts[0]} ({', '.join(parts[1:])}); report: {workdir}/report.json"
 
 
 def _check_command(argv: list[str]) -> None:

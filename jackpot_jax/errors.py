@@ -58,10 +58,17 @@ def one_line(error: BaseException, limit: int | None = None) -> str:
   return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-  """" (did you mean 'x'?)" naming the closest of `choices` to a misspelt `word`, or ""."""
-  close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-  return f" (did you mean {close[0]!r}?)" if close else ""
+def did_you_mean(word: str, choices: Iterable[str], most: int = 3) -> str:
+  """" (did you mean 'x' or 'y'?)": the choices closest to a misspelt `word` (difflib's
+  ratio at least 0.6, and within 0.05 of the best, at most `most`), or "" when none is."""
+  def ratio(choice: str) -> float:
+    return difflib.SequenceMatcher(None, str(word), choice).ratio()
+
+  ranked = sorted(((ratio(c), c) for c in set(choices)), key=lambda rc: (-rc[0], rc[1]))
+  if not ranked or ranked[0][0] < 0.6:
+    return ""
+  close = [repr(c) for r, c in ranked[:most] if r >= max(0.6, ranked[0][0] - 0.05)]
+  return f" (did you mean {', '.join(close[:-1]) + ' or ' if close[:-1] else ''}{close[-1]}?)"
 
 
 def fail(program: str, message: str) -> None:

@@ -182,7 +182,7 @@ IN_PROCESS = [
     Case("pattern_fitting_no_layer", _pattern_search("1:7"), "fits no layer the plan masks"),
     Case("unknown_model", _search("--config.model.name=resnet99"), "unknown model 'resnet99'"),
     Case("unknown_dataset", _search("--config.data.name=cifar11"),
-         "unknown dataset name 'cifar11'"),
+         "unknown dataset name 'cifar11' (did you mean 'cifar10_1' or 'cifar10'?)"),
     Case("wrong_num_classes", _search("--config.model.num_classes=100"),
          "model.num_classes=100 but dataset"),
     Case("missing_checkpoint", _search_with(lambda i, w: [

@@ -646,7 +646,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
   labels = np.zeros(4, np.int64)
   cases = [
       ("unknown dataset name 'MNIST v9'", info_of("MNIST v9")),
-      ("unknown dataset name 'mnist_v9': TFDS has no such.*jackpot_jax.data.prepare",
+      (r"unknown dataset name 'mnist_v9' \(did you mean 'mnist'\?\): TFDS has no such.*"
+       "jackpot_jax.data.prepare",
        info_of("mnist_v9")),
       ("npz file .* does not exist", info_of(f"npz:{tmp_path / 'absent.npz'}")),
       ("lacks y_train, x_test, y_test",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from jackpot_jax import train, workdir_export
+from jackpot_jax import cli, train, workdir_export
 from jackpot_jax.torch_reference.torch_models import CifarResNet
 
 from conftest import final_search_state, tiny_config
@@ -149,7 +149,11 @@ def test_evaluate_and_export_take_overrides_of_how_they_run_only(tiny_job, tmp_p
   result = _cli("evaluate", f"--workdir={workdir}", "--config.eval.batch_size=3",
                 "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert json.loads(result.stdout.splitlines()[-1])["jackpot"] == report["accuracy"]["jackpot"]
+  reevaluated = json.loads((workdir / "report.json").read_text())
+  assert reevaluated["accuracy"]["jackpot"] == report["accuracy"]["jackpot"]
+  assert result.stdout.splitlines()[-1] == cli.summary_line(reevaluated, str(workdir))
+  assert result.stdout.splitlines()[-1].startswith(
+      f"jackpot {100 * report['accuracy']['jackpot']:.2f}% top-1 at ")
   refused = _cli("export", f"--workdir={workdir}", f"--output={tmp_path / 'x.pth'}",
                  "--config.search.sparsity=0.5")
   assert refused.returncode == 2

@@ -14,6 +14,7 @@ touch the network by accident.
 from __future__ import annotations
 
 from concurrent import futures
+import logging
 import os
 import threading
 from typing import Any
@@ -21,8 +22,21 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jackpot_jax import errors
 from jackpot_jax.data.config import DataSpec
 from jackpot_jax.data.records import ArraySplit, SourceDataset
+
+
+
+class _WithoutOpenCVNotice(logging.Filter):
+  """Drops TFDS's "OpenCV is not installed" notice, logged on the first decoded image of
+  every run: PIL decodes the same pixels, and the notice reads like a fault."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "OpenCV is not installed" not in str(record.msg)
+
+
+logging.getLogger("absl").addFilter(_WithoutOpenCVNotice())
 
 # The file format the TensorFlow-free reader needs.
 FILE_FORMAT = "array_record"
@@ -49,9 +63,12 @@ def prepared_builder(spec: DataSpec) -> tfds.core.DatasetBuilder:
   try:
     builder = tfds.builder(spec.source, data_dir=spec.data_dir)
   except tfds.core.registered.DatasetNotFoundError as error:
-    raise ValueError(f"unknown dataset name {spec.source!r}: TFDS has no such dataset; give "
-                     "a TFDS name (prepared once with `python -m jackpot_jax.data.prepare "
-                     "--dataset=<name>`), 'image_folder:<root>' or 'npz:<file>'") from error
+    closest = errors.did_you_mean(spec.source.split(":")[0],
+                                  tfds.list_builders(with_community_datasets=False))
+    raise ValueError(f"unknown dataset name {spec.source!r}{closest}: TFDS has no such "
+                     "dataset; give a TFDS name (prepared once with `python -m "
+                     "jackpot_jax.data.prepare --dataset=<name>`), 'image_folder:<root>' or "
+                     "'npz:<file>'") from error
   data_dir = os.fspath(builder.data_dir_root)
   if not builder.is_prepared():
     how = ("offline, from Debian's dataset-fashion-mnist files" if spec.source == "fashion_mnist"
