@@ -21,7 +21,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO
-from jackpot_jax import run_spec
+from jackpot_jax import progress, run_spec
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
 from jackpot_jax.config_files import load_config
 from jackpot_jax.data import (default_data_config, fashion_mnist, load_dataset_info,
@@ -611,6 +611,11 @@ def test_the_default_config_on_an_rgb_folder_takes_channels_statistics_and_augme
   np.testing.assert_allclose(used.std, pixels.std(axis=(0, 1, 2)), atol=1e-9)
   assert (used.augment, used.augment_from, used.image_size) == (
       "cifar", "image size 40 px <= 64", None)
+  header = progress.data_header(info)
+  assert header.startswith(f"data image_folder:{small}: 40x40x3 images; channels 3 (image "
+                           "modes); mean (")
+  assert header.endswith("(estimated from 6 training images); augment cifar (image size "
+                         "40 px <= 64)")
   assert next(make_train_iterator(_default_config_on(f"image_folder:{small}"), batch_size=2,
                                   seed=0))["image"].shape == (2, 40, 40, 3)
 
