@@ -10,7 +10,7 @@ has no re-estimated variant.
 
 import os
 
-from jackpot_jax.config_defaults import FASHION_MNIST_MEAN, FASHION_MNIST_STD, base_config
+from jackpot_jax.config_defaults import base_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,8 +21,6 @@ def get_config():
   config.model.checkpoint = os.path.join(_REPO, "pretrained", "vit_tiny_fashion_mnist.pth")
   config.model.num_classes = 10
   config.data.name = "fashion_mnist"
-  config.data.mean, config.data.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
-  config.data.augment = "cifar"
   config.data.crop_padding = 2
   config.search.sparsity = 0.7
   config.search.first_layer = "dense"

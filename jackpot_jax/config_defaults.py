@@ -64,12 +64,17 @@ FIELDS: list[tuple[str, Any, str]] = [
      "BN statistics stay float32)"),
 
     ("data.name", "cifar10", "TFDS name (or tfds:<name>), image_folder:<root> or npz:<file>"),
-    ("data.mean", CIFAR_MEAN, "per-channel mean on the [0, 1] scale; None: the dataset's"),
-    ("data.std", CIFAR_STD, "per-channel std on the [0, 1] scale; None: the dataset's"),
-    ("data.image_size", _Unset(int), "square side the model sees; None: native"),
-    ("data.augment", "cifar", "cifar (pad and crop, flip) | imagenet | none"),
+    ("data.mean", _Unset(tuple), "per-channel mean on the [0, 1] scale; None: a known "
+     "dataset's standard one (fashion_mnist, cifar10, cifar100, imagenet2012), else "
+     "estimated from up to 5,000 training images"),
+    ("data.std", _Unset(tuple), "per-channel std on the [0, 1] scale; None: as data.mean"),
+    ("data.image_size", _Unset(int), "square side the model sees; None: native (224 with "
+     "imagenet augmentation)"),
+    ("data.augment", _Unset(str), "cifar (pad and crop, flip) | imagenet | none; None: a "
+     "known dataset's standard one, else by image size (cifar up to 64 px, imagenet above)"),
     ("data.crop_padding", 4, "zero pixels around the 'cifar' random crop"),
-    ("data.channels", _Unset(int), "image folders: 1 or 3; None: len(mean)"),
+    ("data.channels", _Unset(int), "1 or 3, converting images that have the other; None: "
+     "the data's own (image folders: 3 if a sampled image has colour)"),
     ("data.prefetch", 2, "batches the input pipeline keeps ready (per worker); 0: none"),
     ("data.workers", 0, "Grain worker processes decoding and augmenting; 0: threads of "
      "the search process"),
@@ -147,7 +152,8 @@ DOCS = {key: doc for key, _, doc in FIELDS}
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field the library reads, set to the reference (CIFAR) defaults."""
+  """Every field the library reads, set to the reference (CIFAR) defaults; data
+  preprocessing left None follows the dataset."""
   config = ml_collections.ConfigDict()
   for key, default, _ in FIELDS:
     *parents, leaf = key.split(".")
@@ -180,10 +186,9 @@ def imagenet_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.model.name = "resnet50"
   config.model.num_classes = 1000
+  # Statistics, augmentation and the 224 crop are imagenet2012's standard ones (data.*
+  # left None), so that another data.name brings its own.
   config.data.name = "imagenet2012"
-  config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
-  config.data.augment = "imagenet"
-  config.data.image_size = 224
   config.data.eval_split = "validation"
   # Decoding and cropping full-size JPEGs takes several cores per accelerator.
   config.data.workers = 8

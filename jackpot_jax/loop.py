@@ -108,7 +108,8 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
         process_index=jax.process_index(), process_count=jax.process_count())))
     logger = opened.enter_context(progress.ProgressLogger(
         workdir, stage.total_steps, start, config.progress_bar, phase=stage.name,
-        batch_size=section.batch_size, learning_rate=lambda s: stage.learning_rate(s - 1)))
+        batch_size=section.batch_size, learning_rate=lambda s: stage.learning_rate(s - 1),
+        header=progress.data_header(data_lib.load_dataset_info(spec.data))))
     profiler = opened.enter_context(profiling.StepProfiler(workdir / "profile",
                                                            stage.profile_steps))
     evaluation = stage.evaluation

@@ -1,8 +1,10 @@
 """Progress bar and TensorBoard scalars of a training loop, written by process 0 only.
 
-Every step's metrics are summed on the device (no host sync); at each log step the
-window's means are written with the loop's speed (steps/s, images/s), its learning rate
-and the fraction of wall time the host spent waiting for input.
+The bar starts under a header line saying what the images go through (channels,
+statistics, augmentation) and where each came from. Every step's metrics are summed on
+the device (no host sync); at each log step the window's means are written with the
+loop's speed (steps/s, images/s), its learning rate and the fraction of wall time the
+host spent waiting for input.
 
 Events go through tensorboardX's `RecordWriter` (TFRecord framing of `Event` protos) from
 the calling thread. Its `SummaryWriter` writes from a background thread, where a full
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jackpot_jax import fileio
+from jackpot_jax.data import DatasetInfo, preprocessing
 
 # The file-version record TensorBoard expects first in every event file.
 _FILE_VERSION = "brain.Event:2"
@@ -34,17 +38,27 @@ _SHOWN = (("loss", "loss", "{:.3f}"), ("acc", "accuracy", "{:.3f}"),
 _add = jax.jit(lambda total, metrics: jax.tree.map(jnp.add, total, metrics))
 
 
+def data_header(info: DatasetInfo) -> str:
+  """The header line: the dataset, its batches' image shape and their preprocessing."""
+  height, width, channels = info.image_shape
+  line = f"data {info.name}: {height}x{width}x{channels} images"
+  if info.preprocessing is None:
+    return line
+  return f"{line}; {preprocessing.summary(info.preprocessing.as_dict())}"
+
+
 class ProgressLogger:
   """Progress bar and TensorBoard scalars of one loop ("search" or "tune")."""
 
   def __init__(self, workdir: Path, total: int, start: int, enabled: bool, *,
                phase: str = "search", batch_size: int = 0,
-               learning_rate: Callable[[int], Any] | None = None):
+               learning_rate: Callable[[int], Any] | None = None, header: str = ""):
     """
     Args:
       phase: tag prefix and progress-bar label.
       batch_size: global batch, for images/s.
       learning_rate: the optimizer's schedule, step -> rate.
+      header: a line written above the progress bar (`data_header`).
     """
     self.is_writer = jax.process_index() == 0
     self.directory = workdir / "tensorboard"
@@ -65,6 +79,8 @@ class ProgressLogger:
       self._write([{"file_version": _FILE_VERSION}])
       if enabled:
         import tqdm
+        if header:
+          print(header, file=sys.stderr, flush=True)
         self.bar = tqdm.tqdm(total=total, initial=start, desc=phase, unit="step",
                              dynamic_ncols=True)
 

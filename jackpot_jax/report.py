@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from jackpot_jax import fileio, sparsity
+from jackpot_jax.data import preprocessing
 from jackpot_jax.run_setup import SearchSetup
 
 
@@ -23,6 +24,8 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
   return {
       "model": config.model.name,
       "dataset": config.data.name,
+      "data": {"image_shape": list(setup.data_info.image_shape),
+               "preprocessing": setup.data_info.preprocessing.as_dict()},
       "checkpoint": str(config.model.checkpoint),
       "target_sparsity": float(setup.plan.target),
       "sparsity": counted,
@@ -67,6 +70,15 @@ def _plan_label(search: dict) -> str:
   return search["sparsity_plan"] if pattern == "unstructured" else f"N:M {pattern}"
 
 
+def _data_lines(report: dict) -> list[str]:
+  """The data bullet: image shape and preprocessing (none in reports from before them)."""
+  data = report.get("data")
+  if data is None:
+    return []
+  shape = "x".join(map(str, data["image_shape"]))
+  return [f"- data: {shape} images; {preprocessing.summary(data['preprocessing'])}"]
+
+
 def render_markdown(report: dict) -> str:
   """A readable summary: accuracies, sparsity under each convention, per-layer table."""
   accuracy, sparsity, search = report["accuracy"], report["sparsity"], report["search"]
@@ -74,6 +86,7 @@ def render_markdown(report: dict) -> str:
       f"# Lottery jackpot: {report['model']} on {report['dataset']}",
       "",
       f"- checkpoint: `{report['checkpoint']}`",
+      *_data_lines(report),
       f"- target sparsity: {_pct(report['target_sparsity'])} of the weights the plan pools "
       f"(plan `{_plan_label(search)}`, scores `{search['score_init']}`)",
       f"- search: {search['steps']} steps, {search['epochs']:.3g} epochs, "

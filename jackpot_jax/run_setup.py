@@ -15,7 +15,7 @@ import optax
 from jackpot_jax import (data as data_lib, masking, optim, parallel,
                          scores as scores_lib, sparsity, steps)
 from jackpot_jax.pytorch import ImportedModel, import_torch
-from jackpot_jax.run_spec import RunSpec, check_fit
+from jackpot_jax.run_spec import RunSpec, check_checkpoint_fit, check_fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +68,15 @@ class SearchSetup:
 
 def setup_search(spec: RunSpec) -> SearchSetup:
   """Reads the data's shape, checks the spec against it and the devices, then imports the
-  checkpoint and builds the plan: bad input fails before the checkpoint is loaded."""
+  checkpoint, checks it takes the data, and builds the plan: bad input fails before the
+  checkpoint is loaded, or (a checkpoint that does not take the data) before it runs."""
   config = spec.config
   data_info = data_lib.load_dataset_info(spec.data)
   mesh = parallel.make_mesh(config.mesh.model, config.mesh.num_devices)
   check_fit(spec, data_info, mesh.devices.size)
   imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
                           strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
+  check_checkpoint_fit(spec, data_info, imported.input_shape)
   params = imported.variables["params"]
   plan = sparsity.plan_for(params, config.search, spec.model)
   setup = SearchSetup(

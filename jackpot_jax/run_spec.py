@@ -2,7 +2,8 @@
 
 `resolve(config)` is the one place a config is checked, before anything heavy loads;
 every check fails with one line naming the field and what to do. `check_fit` adds the
-checks that need the dataset's shape and the device count, before the checkpoint loads.
+checks that need the dataset's shape and the device count, before the checkpoint loads,
+and `check_checkpoint_fit` those that need the checkpoint, before its first forward pass.
 """
 
 from __future__ import annotations
@@ -141,3 +142,25 @@ def check_fit(spec: RunSpec, data_info: DatasetInfo, device_count: int) -> None:
     if size % device_count:
       raise ValueError(f"{field}={size} is not divisible by the {device_count} devices; "
                        f"choose a multiple of {device_count} or set mesh.num_devices")
+
+
+def check_checkpoint_fit(spec: RunSpec, data_info: DatasetInfo,
+                         checkpoint_input: tuple[int, ...]) -> None:
+  """Checks the imported checkpoint against the data: a first layer made for another
+  channel count would otherwise fail at the first forward pass, as a Flax shape error.
+
+  Args:
+    checkpoint_input: the (H, W, C) input the checkpoint was made for
+      (`ImportedModel.input_shape`).
+  """
+  wanted, channels = checkpoint_input[-1], data_info.image_shape[-1]
+  if wanted == channels:
+    return
+  origin = "" if data_info.preprocessing is None else (
+      f" (from the {data_info.preprocessing.channels_from})")
+  convert = (f"set --config.data.channels={wanted} to convert the images, or "
+             if wanted in (1, 3) else "")
+  raise ValueError(f"the checkpoint's first layer {spec.model.first_layer} takes {wanted} "
+                   f"input channel{'s' if wanted != 1 else ''} but the data "
+                   f"{spec.config.data.name!r} has {channels}{origin}; {convert}use a "
+                   f"checkpoint made for {channels}-channel images")

@@ -107,6 +107,12 @@ def inputs(tiny_job, tmp_path_factory) -> Path:
   for split, classes in (("train", ("cat", "dog")), ("test", ("cat", "cow"))):
     for index, name in enumerate(classes):
       _png(root / "other_classes" / split / name / "0.png", 40 * index)
+  for split, count in (("train", 2), ("test", 1)):  # Fashion-MNIST's 10 classes, in colour
+    for label in range(10):
+      for index in range(count):
+        (root / "rgb" / split / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (20 * label, 100, 200)).save(
+            root / "rgb" / split / str(label) / f"{index}.png")
   np.savez(root / "no_labels.npz", x_train=np.zeros((4, 8, 8, 1), np.uint8))
   (root / "a_file").write_text("a regular file, not a directory\n")
   return root
@@ -202,6 +208,12 @@ IN_PROCESS = [
     Case("image_folder_with_other_test_classes", _search_with(lambda i, w: [
         f"--config.data.name=image_folder:{i / 'other_classes'}"]),
          "train and test classes differ"),
+    # configs/default.py as shipped (its 1-channel checkpoint) on RGB images.
+    Case("checkpoint_for_other_channels", lambda job, inputs, workdir: [
+        "search", CONFIG, f"--workdir={workdir}", f"--config.data.name=image_folder:"
+        f"{inputs / 'rgb'}", "--config.search.batch_size=8", "--config.progress_bar=False"],
+         "the checkpoint's first layer conv1 takes 1 input channel but the data "
+         "'image_folder:"),
     Case("npz_without_labels", _search_with(lambda i, w: [
         f"--config.data.name=npz:{i / 'no_labels.npz'}"]), "lacks"),
     Case("mean_for_other_channels", _search("--config.data.mean=(0.5, 0.5, 0.5)",

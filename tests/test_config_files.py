@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jackpot_jax import config_files
+from jackpot_jax.data import preprocessing, resolve_spec
+from jackpot_jax.data.records import ArraySplit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "configs" / "default.py"
@@ -40,3 +43,17 @@ def test_the_default_config_finds_its_shipped_checkpoint_from_any_directory(tmp_
   config = config_files.load_config(REPO / "configs" / "default.py")
   assert Path(config.model.checkpoint).is_absolute()
   assert Path(config.model.checkpoint).is_file()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.py")),
+                         ids=lambda path: path.stem)
+def test_shipped_configs_leave_the_preprocessing_to_their_dataset(path):
+  """No config sets its dataset's standard statistics or augmentation: another data.name
+  on the command line then brings its own. The ViT keeps its narrower crop padding."""
+  spec = resolve_spec(config_files.load_config(path).data)
+  assert (spec.mean, spec.std, spec.augment, spec.channels) == (None, None, None, None)
+  channels = 1 if spec.source == "fashion_mnist" else 3
+  never_read = ArraySplit(np.zeros((0, 32, 32, channels), np.uint8), np.zeros(0, np.int32))
+  used = preprocessing.resolve(spec, (32, 32, channels), never_read)
+  assert used.statistics == used.augment_from == f"standard:{spec.source}"
+  assert used.crop_padding == (2 if path.stem == "vit_fashion_mnist" else 4)

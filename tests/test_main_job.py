@@ -96,11 +96,17 @@ def test_report_has_the_contract_keys(tiny_job, tmp_path):
   assert on_disk["search"]["steps"] == 6 and on_disk["search"]["epochs"] == 1.5
   assert abs(on_disk["sparsity"]["conv"] - 0.9) < 0.01
   assert on_disk["sparsity"]["per_layer"]["linear"] == 0.0
+  assert on_disk["data"]["image_shape"] == [8, 8, 1]
+  used = on_disk["data"]["preprocessing"]
+  assert (used["mean"], used["std"], used["statistics"]) == ([0.5], [0.25], "config")
+  assert (used["augment"], used["augment_from"]) == ("cifar", "image size 8 px <= 64")
+  assert (used["channels"], used["channels_from"]) == (1, "npz arrays")
   for value in on_disk["accuracy"].values():
     assert value is None or 0.0 <= value <= 1.0
   assert report["accuracy"] == on_disk["accuracy"]
   table = (tmp_path / "report.md").read_text()
   assert "| layer1.0.conv1 |" in table and "jackpot" in table
+  assert "- data: 8x8x1 images; channels 1 (npz arrays); mean (0.5000)" in table
 
 
 def test_workdir_with_other_config_is_refused_unless_forced(tiny_job, tmp_path):

@@ -3,9 +3,9 @@
 The fields and their defaults are declared in `config_defaults` (data.*). Names: any
 TFDS dataset with an image and a label feature ('tfds:<name>' or the bare name, e.g.
 'fashion_mnist', 'cifar10', 'imagenet2012'), 'image_folder:<root>' (root/train/<class>/...
-plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train, x_test, y_test). A
-mean/std of None means the standard statistics of a known TFDS name, or statistics
-estimated from the training images.
+plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train, x_test, y_test).
+Preprocessing fields left None (mean/std, augment, channels, image_size) follow the data;
+`preprocessing` resolves them once the dataset is open.
 """
 
 from __future__ import annotations
@@ -13,16 +13,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import ml_collections
 
 from jackpot_jax import config_defaults, fileio
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
 
+if TYPE_CHECKING:
+  from jackpot_jax.data.preprocessing import Preprocessing
+
 AUGMENTATIONS = ("cifar", "imagenet", "none")
 
-_STANDARD_AUGMENTATION = {
+# The augmentation the usual recipes of the datasets of STANDARD_STATISTICS train with.
+STANDARD_AUGMENTATION = {
     "fashion_mnist": "cifar", "cifar10": "cifar", "cifar100": "cifar",
     "imagenet2012": "imagenet",
 }
@@ -38,7 +42,8 @@ class DatasetInfo:
   `image_shape` is (H, W, C) of the batches the iterators yield; `num_train` counts the
   training images the search sees, `num_holdout` those held out of it for its
   evaluations (see `holdout`), `num_test` the evaluation split (`data.eval_split`;
-  'validation' where a dataset has no 'test').
+  'validation' where a dataset has no 'test'). `preprocessing` is what the images go
+  through, with where each choice came from.
   """
   name: str
   num_classes: int
@@ -47,20 +52,22 @@ class DatasetInfo:
   num_test: int
   class_names: tuple[str, ...]
   num_holdout: int = 0
+  preprocessing: Preprocessing | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
   """A validated data config: `kind` is 'tfds', 'npz' or 'image_folder'; `source` is the
   TFDS name, npz file or folder root; `workers` is the number of Grain worker processes
-  (0: threads of the calling process)."""
+  (0: threads of the calling process). mean/std, augment, image_size and channels are
+  what the config set; None follows the data (see `preprocessing`)."""
   name: str
   kind: str
   source: str
   mean: tuple[float, ...] | None
   std: tuple[float, ...] | None
   image_size: int | None
-  augment: str
+  augment: str | None
   crop_padding: int
   channels: int | None
   data_dir: str | None
@@ -74,16 +81,20 @@ class DataSpec:
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
-  """A data config for `name`: the declared defaults of `config_defaults`, with the
-  standard statistics and augmentation of TFDS names ('none' augmentation and statistics
-  computed from the images for folders and npz files)."""
-  values = dict(config_defaults.base_config().data)
-  bare = name.removeprefix(_TFDS_PREFIX)
-  mean, std = STANDARD_STATISTICS.get(bare, (None, None))
-  augment = _STANDARD_AUGMENTATION.get(bare, "none")
-  values.update(name=name, mean=mean, std=std, augment=augment,
-                image_size=IMAGENET_DEFAULT_SIZE if augment == "imagenet" else None)
-  return ml_collections.ConfigDict(values)
+  """A data config for `name` with the declared defaults of `config_defaults`: its
+  statistics, augmentation, size and channels follow the data."""
+  config = config_defaults.base_config().data
+  config.name = name
+  return config
+
+
+def standard_dataset(spec: DataSpec) -> str | None:
+  """The dataset of STANDARD_STATISTICS a TFDS spec reads (any version or builder config
+  of it), else None: folders and npz files have no standard preprocessing."""
+  if spec.kind != "tfds":
+    return None
+  name = re.split(r"[/:]", spec.source)[0]
+  return name if name in STANDARD_STATISTICS else None
 
 
 def _parse_name(name: str) -> tuple[str, str]:
@@ -127,10 +138,12 @@ def _split_name(value: Any, key: str) -> str:
 
 
 def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> DataSpec:
-  """Validates a data config and fills unset fields with their defaults.
+  """Validates a data config. Unset fields get their declared defaults, except the
+  preprocessing ones (mean/std, augment, image_size, channels): None follows the data.
 
   Raises:
-    ValueError: unknown name or augmentation, or mean/std of different lengths.
+    ValueError: unknown name or augmentation, mean/std of different lengths, or a
+      channel count other than 1 or 3.
   """
   name = data_config.get("name")
   if not isinstance(name, str):
@@ -142,23 +155,22 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     value = data_config.get(key)
     return defaults[key] if value is None else value
 
-  augment = field("augment")
-  if augment not in AUGMENTATIONS:
+  augment = data_config.get("augment")
+  if augment is not None and augment not in AUGMENTATIONS:
     raise ValueError(f"unknown data.augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
-  mean, std = _optional_floats(field("mean")), _optional_floats(field("std"))
+  mean = _optional_floats(data_config.get("mean"))
+  std = _optional_floats(data_config.get("std"))
   if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
     raise ValueError(f"data.mean {mean} and data.std {std} must both be set, with one value "
                      "per channel, or both be None")
   if std is not None and min(std) <= 0:
     raise ValueError(f"data.std {std} must be positive")
-  image_size = data_config.get("image_size")
-  if augment == "imagenet" and image_size is None:
-    image_size = IMAGENET_DEFAULT_SIZE
+  image_size = _optional_int(data_config.get("image_size"), "data.image_size")
+  if image_size is not None and image_size < 1:
+    raise ValueError(f"data.image_size must be positive or None (native), got {image_size}")
   channels = data_config.get("channels")
-  if kind == "image_folder" and channels is None:
-    channels = len(mean) if mean is not None else 3
   if channels is not None and channels not in (1, 3):
-    raise ValueError(f"data.channels must be 1 or 3, got {channels}")
+    raise ValueError(f"data.channels must be 1 or 3 (None: the data's own), got {channels}")
   data_dir = data_config.get("data_dir")
   manual_dir = data_config.get("manual_dir")
   for what, path in (("data.data_dir", data_dir), ("data.manual_dir", manual_dir)):
@@ -174,7 +186,7 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
       source=source,
       mean=mean,
       std=std,
-      image_size=None if image_size is None else int(image_size),
+      image_size=image_size,
       augment=augment,
       crop_padding=int(field("crop_padding")),
       channels=channels,

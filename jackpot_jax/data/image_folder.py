@@ -4,8 +4,9 @@ torchvision's ImageFolder layout (ImageNet's is train/ + val/). Class names are 
 subdirectory names of train/, sorted; a class's images are every .jpg, .jpeg, .png, .webp
 or .bmp file (any case) under its directory, nested folders included, in torchvision's
 order. Only the file names are held in memory: each image is decoded with PIL when the
-input pipeline reads it, in Grain's worker processes where data.workers > 0. The root may
-be a local folder or a gs:// one (listed and read through etils.epath).
+input pipeline reads it, in Grain's worker processes where data.workers > 0, to one
+channel (grayscale) or three (RGB). The root may be a local folder or a gs:// one (listed
+and read through etils.epath).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import contextlib
 import dataclasses
 import io
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from etils import epath
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageMode
 
 from jackpot_jax import fileio
 from jackpot_jax.data.records import SourceDataset
@@ -28,6 +29,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # The evaluation splits' directories; 'test' (data.eval_split's default) reads val/ where
 # a folder has no test/.
 EVAL_DIRECTORIES = ("test", "val")
+# Training images whose modes set a folder's channel count when data.channels is unset:
+# evenly spaced over the class-sorted files, so a small folder's every class is looked
+# at; only their headers are read.
+CHANNEL_SAMPLE = 32
 _LAYOUT = ("lay it out as <root>/train/<class>/<image> plus <root>/val/<class>/<image> or "
            "<root>/test/<class>/<image>, images ending in " + "/".join(IMAGE_EXTENSIONS))
 
@@ -153,12 +158,35 @@ class FolderSplit:
     return first, (first_w, first_h)
 
 
-def open_image_folder(root: str, channels: int = 3) -> SourceDataset:
+def image_channels(paths: Sequence[str]) -> int:
+  """3 if any of (a sample of) the images at `paths` has colour, else 1.
+
+  A grayscale folder decodes to one channel, a colour one (a few grayscale images
+  among colour ones, as in ImageNet, included) to three. Images that cannot be opened are
+  passed over here: reading them fails later, naming them.
+  """
+  picks = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), CHANNEL_SAMPLE)).astype(int))
+
+  def mode(path: str) -> str | None:
+    try:
+      with _opened(path) as image:
+        return image.mode
+    except ValueError:
+      return None
+
+  with futures.ThreadPoolExecutor(max_workers=8) as pool:
+    modes = [m for m in pool.map(mode, [paths[i] for i in picks]) if m is not None]
+  grayscale = modes and all(ImageMode.getmode(m).basemode == "L" for m in modes)
+  return 1 if grayscale else 3
+
+
+def open_image_folder(root: str, channels: int | None = None) -> SourceDataset:
   """The folder's splits ('train', and 'val' and/or 'test'), decoded on access.
 
   Args:
     root: folder holding train/ and val/ or test/ (see `scan_image_folder`).
-    channels: 1 decodes to grayscale, 3 to RGB.
+    channels: 1 decodes to grayscale, 3 to RGB; None: as `image_channels` finds in the
+      training images.
 
   Raises:
     ValueError (one line): see `scan_image_folder`, or a gs:// root cannot be reached.
@@ -166,6 +194,8 @@ def open_image_folder(root: str, channels: int = 3) -> SourceDataset:
   fileio.check_reachable(fileio.as_path(root, "data.name"), "image folder")
   files = scan_image_folder(root)
   class_names = tuple(sorted(files["train"]))
+  if channels is None:
+    channels = image_channels([path for name in class_names for path in files["train"][name]])
   mode = "L" if channels == 1 else "RGB"
   splits = {}
   for split, by_class in files.items():

@@ -67,11 +67,10 @@ def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
 class _TrainBatch:
   """Step -> this host's rows of the step's global batch, augmented and normalised."""
 
-  def __init__(self, opened: OpenedData, spec: DataSpec, *, batch_size: int, seed: int,
-               rows: slice):
+  def __init__(self, opened: OpenedData, *, batch_size: int, seed: int, rows: slice):
     self.records, self.searched = opened.rows("search")
-    self.shape, (self.mean, self.std) = opened.shape, opened.statistics
-    self.spec, self.batch_size, self.seed, self.rows = spec, batch_size, seed, rows
+    self.shape, self.preprocessing = opened.shape, opened.preprocessing
+    self.batch_size, self.seed, self.rows = batch_size, seed, rows
     self.steps_per_epoch = len(self.searched) // batch_size
     self._order = (-1, None)
 
@@ -86,10 +85,11 @@ class _TrainBatch:
     epoch, index = divmod(int(step), self.steps_per_epoch)
     keys = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
     images, labels = zip(*self.records.read(keys[self.rows]))
-    pixels = transforms.train_images(list(images), self.spec, self.shape,
+    pixels = transforms.train_images(list(images), self.preprocessing, self.shape,
                                      (self.seed, _AUGMENTATION_STREAM, int(step)),
                                      self.batch_size, self.rows)
-    return {"image": transforms.normalise(pixels, self.mean, self.std),
+    return {"image": transforms.normalise(pixels, self.preprocessing.mean,
+                                          self.preprocessing.std),
             "label": np.asarray(labels, np.int32)}
 
 
@@ -97,12 +97,11 @@ class _EvalBatch:
   """Batch number -> this host's rows of that global eval batch; rows past the end of
   the split are zero images with 'mask' False."""
 
-  def __init__(self, opened: OpenedData, spec: DataSpec, split: str, *, batch_size: int,
-               rows: slice):
+  def __init__(self, opened: OpenedData, split: str, *, batch_size: int, rows: slice):
     self.records, self.split_rows = opened.rows(split)
-    self.shape, (self.mean, self.std) = opened.shape, opened.statistics
+    self.shape, self.preprocessing = opened.shape, opened.preprocessing
     self.image_shape = opened.image_shape
-    self.spec, self.batch_size, self.rows = spec, batch_size, rows
+    self.batch_size, self.rows = batch_size, rows
 
   def __call__(self, number: int) -> Batch:
     positions = int(number) * self.batch_size + np.arange(self.rows.start, self.rows.stop)
@@ -111,9 +110,10 @@ class _EvalBatch:
     label = np.zeros(len(positions), np.int32)
     if mask.any():
       examples = self.records.read(self.split_rows[positions[mask]])
-      pixels = np.stack([transforms.eval_image(pixels, self.spec, self.shape)
+      pixels = np.stack([transforms.eval_image(pixels, self.preprocessing, self.shape)
                          for pixels, _ in examples]).astype(np.float32)
-      image[mask] = transforms.normalise(pixels, self.mean, self.std)
+      image[mask] = transforms.normalise(pixels, self.preprocessing.mean,
+                                         self.preprocessing.std)
       label[mask] = [example_label for _, example_label in examples]
     return {"image": image, "label": label, "mask": mask}
 
@@ -162,8 +162,8 @@ def _read(batches: grain.MapDataset, spec: DataSpec, workers: int) -> _Batches:
 
 
 def load_dataset_info(data_config: DataConfig) -> DatasetInfo:
-  """Classes, image shape and split sizes of the configured dataset (opens it, reading
-  one training image, and a sample of them where the statistics are unset)."""
+  """Classes, image shape, split sizes and preprocessing of the configured dataset (opens
+  it, reading one training image, and a sample of them where the statistics are unset)."""
   return dataset_info(as_spec(data_config))
 
 
@@ -192,7 +192,7 @@ def make_train_iterator(data_config: DataConfig, *, batch_size: int, seed: int,
     raise ValueError(f"batch_size {batch_size} exceeds the {len(opened.searched)} searched "
                      f"training examples of {spec.name}")
   rows = slice(process_index * host_size, (process_index + 1) * host_size)
-  batch = _TrainBatch(opened, spec, batch_size=batch_size, seed=seed, rows=rows)
+  batch = _TrainBatch(opened, batch_size=batch_size, seed=seed, rows=rows)
   return _read(grain.MapDataset.range(start_step, _ENDLESS).map(batch), spec, spec.workers)
 
 
@@ -211,6 +211,6 @@ def make_eval_batches(data_config: DataConfig, split: str = "test", *, batch_siz
   host_size = host_batch_size(batch_size, process_index, process_count)
   opened = open_data(spec)
   rows = slice(process_index * host_size, (process_index + 1) * host_size)
-  batch = _EvalBatch(opened, spec, split, batch_size=batch_size, rows=rows)
+  batch = _EvalBatch(opened, split, batch_size=batch_size, rows=rows)
   num_batches = -(-len(batch.split_rows) // batch_size)
   return _read(grain.MapDataset.range(num_batches).map(batch), spec, workers=0)

@@ -1,6 +1,6 @@
 """Opens the dataset of a `DataSpec` once per process and derives what every pipeline
 needs of it: the searched and held-out rows, the batches' image shape, the
-normalisation, and the `DatasetInfo`."""
+preprocessing (channels, normalisation, augmentation), and the `DatasetInfo`."""
 
 from __future__ import annotations
 
@@ -9,29 +9,19 @@ import functools
 
 import numpy as np
 
-from jackpot_jax.data import holdout
+from jackpot_jax.data import holdout, preprocessing as preprocessing_lib, transforms
 from jackpot_jax.data.config import DatasetInfo, DataSpec
 from jackpot_jax.data.image_folder import open_image_folder
 from jackpot_jax.data.npz import load_npz
+from jackpot_jax.data.preprocessing import Preprocessing
 from jackpot_jax.data.records import SourceDataset, Split
-
-# Training images the statistics of a dataset without data.mean / data.std are estimated
-# from: every one of a smaller split, else this many evenly spaced ones (exact enough for
-# a normalisation, and a bounded start-up cost on ImageNet-size folders).
-STATISTICS_IMAGES = 5000
-
-# Records read at once while estimating them: an uncached TFDS split reads a batch of
-# keys in one call, much faster per record than one key at a time.
-_STATISTICS_READ = 256
-
-Statistics = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
 class OpenedData:
   """A dataset ready for the pipelines.
 
-  `shape` is the (H, W, C) of the records when data.image_size is unset (all must share
+  `shape` is the (H, W, C) of the records when the image size is unset (all must share
   it) and `image_shape` that of the batches; `searched` and `held_out` index the
   training split.
   """
@@ -41,7 +31,7 @@ class OpenedData:
   held_out: np.ndarray
   shape: tuple[int, int, int]
   image_shape: tuple[int, int, int]
-  statistics: Statistics
+  preprocessing: Preprocessing
 
   def rows(self, split: str) -> tuple[Split, np.ndarray]:
     """(records, rows) of 'search', 'holdout' (the two partition the training split),
@@ -56,30 +46,37 @@ class OpenedData:
     return records, np.arange(len(records))
 
 
+@dataclasses.dataclass(frozen=True)
+class ChannelSplit:
+  """A split whose images are converted to `channels` on read (data.channels set on a
+  source stored with the other count); picklable like the split it wraps."""
+  split: Split
+  channels: int
+
+  def __len__(self) -> int:
+    return len(self.split)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    return self.read(np.asarray([index]))[0]
+
+  def read(self, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    return [(transforms.to_channels(image, self.channels), label)
+            for image, label in self.split.read(indices)]
+
+
 def _open(spec: DataSpec) -> SourceDataset:
-  if spec.kind == "npz":
-    return load_npz(spec.source)
-  if spec.kind == "image_folder":
+  if spec.kind == "image_folder":  # decoded to the channels asked for, or found
     return open_image_folder(spec.source, spec.channels)
-  # Imported on use: only TFDS names need tensorflow_datasets.
-  from jackpot_jax.data.tfds_source import open_tfds  # pylint: disable=import-outside-toplevel
-  return open_tfds(spec)
-
-
-def _estimated_statistics(records: Split) -> Statistics:
-  """Per-channel mean and std on the [0, 1] scale of (a sample of) the training images."""
-  count = len(records)
-  sample = np.unique(np.linspace(0, count - 1, min(count, STATISTICS_IMAGES)).astype(int))
-  pixels, total, total_square = 0, 0.0, 0.0
-  for start in range(0, len(sample), _STATISTICS_READ):
-    for image, _ in records.read(sample[start:start + _STATISTICS_READ]):
-      flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
-      pixels += len(flat)
-      total = total + flat.sum(axis=0)
-      total_square = total_square + np.einsum("nc,nc->c", flat, flat)
-  mean = total / pixels / 255.0
-  std = np.sqrt(np.maximum(total_square / pixels / 255.0**2 - mean**2, 1e-12))
-  return tuple(mean.tolist()), tuple(std.tolist())
+  if spec.kind == "npz":
+    dataset = load_npz(spec.source)
+  else:
+    # Imported on use: only TFDS names need tensorflow_datasets.
+    from jackpot_jax.data.tfds_source import open_tfds  # pylint: disable=import-outside-toplevel
+    dataset = open_tfds(spec)
+  if spec.channels is None:
+    return dataset
+  return dataclasses.replace(dataset, splits={
+      name: ChannelSplit(split, spec.channels) for name, split in dataset.splits.items()})
 
 
 @functools.lru_cache(maxsize=4)
@@ -90,20 +87,17 @@ def _open_cached(spec: DataSpec) -> OpenedData:
   searched, held_out = holdout.partition(
       len(records), holdout.holdout_count(spec.holdout_images, len(records)))
   shape = tuple(records[0][0].shape)
-  size = spec.image_size
+  augmentation = preprocessing_lib.choose_augmentation(spec, shape)
+  size = augmentation.image_size
+  # Before the statistics are estimated: a folder that needs data.image_size fails fast.
   if size is None and spec.kind == "image_folder":
     reference = None
     for split in dataset.splits.values():
       reference = split.check_one_size(dataset.description, reference)
   image_shape = shape if size is None else (size, size, shape[-1])
-  if spec.mean is None:
-    statistics = _estimated_statistics(records)
-  elif len(spec.mean) != shape[-1]:
-    raise ValueError(f"data.mean has {len(spec.mean)} values but {spec.name} images have "
-                     f"{shape[-1]} channels; give one mean and std per channel")
-  else:
-    statistics = (spec.mean, spec.std)
-  return OpenedData(dataset, train_split, searched, held_out, shape, image_shape, statistics)
+  preprocessing = preprocessing_lib.resolve(spec, shape, records, augmentation)
+  return OpenedData(dataset, train_split, searched, held_out, shape, image_shape,
+                    preprocessing)
 
 
 def open_data(spec: DataSpec) -> OpenedData:
@@ -127,4 +121,5 @@ def dataset_info(spec: DataSpec) -> DatasetInfo:
       num_test=len(opened.rows(spec.eval_split)[1]),
       class_names=opened.dataset.class_names,
       num_holdout=len(opened.held_out),
+      preprocessing=opened.preprocessing,
   )

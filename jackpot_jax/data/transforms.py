@@ -1,7 +1,7 @@
 """Per-example image transforms, one implementation for every source: the CIFAR recipe
 (zero-pad and random crop, flip), the ImageNet recipe (random-resized crop and flip for
-training; resize and centre crop for evaluation, with torchvision's arithmetic), and the
-normalisation every batch gets.
+training; resize and centre crop for evaluation, with torchvision's arithmetic), the
+normalisation every batch gets, and the grayscale/RGB conversion data.channels asks for.
 
 Each function takes uint8 (H, W, C) images; random transforms take their parameters, or
 a generator seeded by the example's place in the global batch, so an example's
@@ -17,7 +17,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from jackpot_jax.data.config import DataSpec
+from jackpot_jax.data.preprocessing import Preprocessing
 
 # Random-resized-crop ranges of the standard ImageNet recipe (Szegedy et al. 2015).
 RESIZED_CROP_SCALE = (0.08, 1.0)
@@ -40,6 +40,16 @@ def _to_pil(image: np.ndarray) -> Image.Image:
 
 def _from_pil(image: Image.Image, channels: int) -> np.ndarray:
   return np.asarray(image, np.uint8).reshape(image.height, image.width, channels)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """`image` with 1 or 3 channels: grayscale repeated to RGB, RGB to PIL's luma (the
+  conversion image folders decode with)."""
+  if image.shape[-1] == channels:
+    return image
+  if channels == 3:
+    return np.repeat(image, 3, axis=-1)
+  return _from_pil(_to_pil(image).convert("L"), 1)
 
 
 def resize(image: np.ndarray, height: int, width: int,
@@ -128,10 +138,11 @@ def resize_centre_crop(image: np.ndarray, size: int) -> np.ndarray:
   return resized[top:top + size, left:left + size]
 
 
-def train_images(images: list[np.ndarray], spec: DataSpec, shape: tuple[int, int, int],
-                 seed: tuple[int, ...], global_size: int, rows: slice) -> np.ndarray:
-  """One host's rows of a global training batch under `spec.augment`, as float32 on the
-  [0, 255] scale.
+def train_images(images: list[np.ndarray], preprocessing: Preprocessing,
+                 shape: tuple[int, int, int], seed: tuple[int, ...], global_size: int,
+                 rows: slice) -> np.ndarray:
+  """One host's rows of a global training batch under `preprocessing.augment`, as float32
+  on the [0, 255] scale.
 
   Every random draw depends on `seed` and the row's place in the global batch, never on
   which host transforms it: CIFAR parameters are drawn for all `global_size` rows and
@@ -139,27 +150,30 @@ def train_images(images: list[np.ndarray], spec: DataSpec, shape: tuple[int, int
 
   Args:
     images: the uint8 images of rows[0], rows[0] + 1, ... of the global batch.
-    shape: the dataset's (H, W, C) when `spec.image_size` is None (checked, not resized to).
+    shape: the dataset's (H, W, C) when `preprocessing.image_size` is None (checked, not
+      resized to).
     seed: integers naming the global batch (run seed, step).
   """
-  if spec.augment == "imagenet":
-    out = [resized_crop_flip(image, np.random.default_rng([*seed, row]), spec.image_size)
+  if preprocessing.augment == "imagenet":
+    out = [resized_crop_flip(image, np.random.default_rng([*seed, row]),
+                             preprocessing.image_size)
            for row, image in zip(range(rows.start, rows.stop), images)]
-  elif spec.augment == "cifar":
+  elif preprocessing.augment == "cifar":
     rng = np.random.default_rng(seed)
-    offsets = rng.integers(0, 2 * spec.crop_padding + 1, size=(global_size, 2))[rows]
+    offsets = rng.integers(0, 2 * preprocessing.crop_padding + 1, size=(global_size, 2))[rows]
     flips = (rng.random(global_size) < 0.5)[rows]
-    out = [pad_crop_flip(fit(image, spec.image_size, shape), top, left, flip,
-                         spec.crop_padding)
+    out = [pad_crop_flip(fit(image, preprocessing.image_size, shape), top, left, flip,
+                         preprocessing.crop_padding)
            for image, (top, left), flip in zip(images, offsets, flips)]
   else:
-    out = [fit(image, spec.image_size, shape) for image in images]
+    out = [fit(image, preprocessing.image_size, shape) for image in images]
   return np.stack(out).astype(np.float32)
 
 
-def eval_image(image: np.ndarray, spec: DataSpec, shape: tuple[int, int, int]) -> np.ndarray:
+def eval_image(image: np.ndarray, preprocessing: Preprocessing,
+               shape: tuple[int, int, int]) -> np.ndarray:
   """One evaluation example: the ImageNet recipe's resize and centre crop, else the image
   at the model's size."""
-  if spec.augment == "imagenet":
-    return resize_centre_crop(image, spec.image_size)
-  return fit(image, spec.image_size, shape)
+  if preprocessing.augment == "imagenet":
+    return resize_centre_crop(image, preprocessing.image_size)
+  return fit(image, preprocessing.image_size, shape)

@@ -62,6 +62,8 @@ class ImportedModel:
     scores: the authors' `.mask` scores as a tree mirroring params (kernels only), or None.
     masks: the authors' `.b_mask` binary masks, bool, same tree shape, or None.
     source_sha256: hash of the imported weights (`weights_sha256`).
+    input_shape: the (H, W, C) input the checkpoint's parameters were made for; C is the
+      channel count its first layer takes.
   """
 
   model: nn.Module
@@ -70,6 +72,7 @@ class ImportedModel:
   scores: PyTree | None
   masks: PyTree | None
   source_sha256: str
+  input_shape: tuple[int, ...] = ()
 
 
 def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
@@ -130,7 +133,8 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
       layout=layout,
       scores=_jackpot_tree(renamed.tensors, sources, "scores"),
       masks=_jackpot_tree(renamed.tensors, sources, "mask"),
-      source_sha256=sha256)
+      source_sha256=sha256,
+      input_shape=tuple(input_shape))
 
 
 def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
