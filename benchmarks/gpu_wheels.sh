@@ -30,4 +30,4 @@ if (( bytes > MAX_BYTES )); then
   echo "gpu_wheels: $dest holds $bytes bytes, over the $MAX_BYTES the GPU machine takes" >&2
   exit 1
 fi
-echo "gpu_wheels: $(ls "$dest" | wc -l) wheel(s), $bytes bytes in $dest"
+echo "gpu_wheels: $(find "$dest" -maxdepth 1 -name '*.whl' | wc -l) wheel(s), $bytes bytes in $dest"

@@ -91,7 +91,7 @@ def _flag_lines(names: tuple[str, ...]) -> list[str]:
   for name in names:
     flag = flags.FLAGS[name]
     default = "" if flag.default in (None, False) or name == "config" else f" (default {flag.default})"
-    shown = "--config=FILE" if name == "config" else f"--{name}"
+    shown = "--config=FILE|NAME" if name == "config" else f"--{name}"
     lines.append(f"  {shown}{default}")
     lines += textwrap.wrap(flag.help, _WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6)
   return lines

@@ -1,6 +1,10 @@
 """Config files outside the command line: `get_config()` of a configs/*.py file plus
 dotted-key overrides, as `--config=FILE --config.a.b=value` would build it.
 
+A config is a file or a shipped config's name: `default`, `vit_fashion_mnist`,
+`paper/resnet50_imagenet_s90_e30` (the repository's configs/, which an installed package
+carries as jackpot_jax/configs), so `--config=default` works from any directory.
+
 Tests and notebooks load configs through this, so they see exactly what
 `python -m jackpot_jax search --config=FILE` sees; `evaluate` and `export` apply their
 `--config.a.b=value` overrides to a workdir's saved config with `apply_overrides`.
@@ -9,8 +13,10 @@ Tests and notebooks load configs through this, so they see exactly what
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import ml_collections
@@ -18,9 +24,41 @@ import ml_collections
 from jackpot_jax import errors
 
 
+def shipped_configs_dir() -> Path:
+  """The shipped configs: jackpot_jax/configs in an installed wheel, the repository's
+  configs/ in a checkout (an editable install included)."""
+  package = Path(__file__).resolve().parent
+  installed = package / "configs"
+  return installed if installed.is_dir() else package.parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+  """["default", "paper/resnet50_imagenet_s90_e30", ...]: what `--config=NAME` accepts."""
+  root = shipped_configs_dir()
+  return sorted(path.relative_to(root).with_suffix("").as_posix()
+                for path in root.rglob("*.py") if path.name != "__init__.py")
+
+
+def config_path(config: str | os.PathLike) -> str:
+  """The file `--config=config` means: a shipped config's file for a NAME (no .py, no
+  such file), else `config` as given."""
+  config = os.fspath(config)
+  if ".py" in config or os.path.isfile(config):  # ".py": also `file.py:argument`
+    return config
+  names = shipped_config_names()
+  if config in names:
+    return str(shipped_configs_dir() / f"{config}.py")
+  close = difflib.get_close_matches(config, names, n=1)
+  hint = f"did you mean {close[0]!r}? " if close else ""
+  raise ValueError(f"config {config!r} is neither a file nor a shipped config; {hint}"
+                   f"pass a .py file or one of: {', '.join(names)}")
+
+
 def load_config(path: str | os.PathLike,
                 overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
-  """`get_config()` of the file at `path`, with {"search.sparsity": 0.95, ...} applied."""
+  """`get_config()` of the file at `path` (or of the shipped config it names), with
+  {"search.sparsity": 0.95, ...} applied."""
+  path = config_path(path)
   if not os.path.isfile(path):
     raise ValueError(f"config file {path} does not exist; pass a configs/<name>.py file")
   spec = importlib.util.spec_from_file_location("jackpot_config_file", path)

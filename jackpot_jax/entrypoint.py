@@ -20,15 +20,18 @@ from typing import Callable
 from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
-from jackpot_jax import errors
+from jackpot_jax import config_files, errors
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "default.py")
+DEFAULT_CONFIG = config_files.config_path("default")
 _CONFIG = "--config"
 
 
 def define_config_flag() -> flags.FlagHolder:
-  """`--config=configs/<name>.py` with `--config.a.b=value` overrides of any field."""
-  return config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
+  """`--config=configs/<name>.py` (or a shipped config's name, `parse_flags` resolves it)
+  with `--config.a.b=value` overrides of any field."""
+  return config_flags.DEFINE_config_file(
+      "config", None, "configs/<name>.py, or a shipped config's name (default, "
+      "vit_fashion_mnist, paper/resnet50_imagenet_s90_e30, ...)", lock_config=True)
 
 
 def program_name() -> str:
@@ -45,7 +48,6 @@ def program_name() -> str:
 def split_overrides(argv: list[str]) -> tuple[list[str], dict]:
   """(argv without its --config.a.b=value flags, {a.b: value}) for the commands that
   apply overrides to a saved config instead of a config file."""
-  from jackpot_jax import config_files  # pylint: disable=import-outside-toplevel
   pairs = [a[len(_CONFIG) + 1:] for a in argv if a.startswith(_CONFIG + ".")]
   return ([a for a in argv if not a.startswith(_CONFIG + ".")],
           config_files.parse_overrides(pairs))
@@ -53,7 +55,6 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict]:
 
 def _unknown_override(argv: list[str]) -> str | None:
   """Which --config.a.b flag names no field of the config file, said in one line."""
-  from jackpot_jax import config_files  # pylint: disable=import-outside-toplevel
   files = [a.split("=", 1)[1] for a in argv if a.startswith(_CONFIG + "=")]
   _, overrides = split_overrides(argv)
   try:
@@ -73,6 +74,8 @@ def parse_flags(argv: list[str], default_config: str | None = None,
       argv = split_overrides(argv)[0]
   if default_config and not any(a == _CONFIG or a.startswith(_CONFIG + "=") for a in argv):
     argv = [argv[0], f"{_CONFIG}={default_config}", *argv[1:]]
+  with errors.exit_on_user_error(program_name()):
+    argv = _config_names_resolved(argv)
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as error:
@@ -81,6 +84,20 @@ def parse_flags(argv: list[str], default_config: str | None = None,
     errors.fail(program_name(), _unknown_override(argv) or errors.one_line(error))
   _check_implied_by_pattern(argv)
   return remaining
+
+
+def _config_names_resolved(argv: list[str]) -> list[str]:
+  """argv with `--config=NAME` (or `--config NAME`) of a shipped config made
+  `--config=FILE`, the one form the checks here read."""
+  resolved, rest = [], iter(argv)
+  for arg in rest:
+    if arg == _CONFIG:
+      value = next(rest, None)
+      arg = _CONFIG if value is None else f"{_CONFIG}={value}"
+    if arg.startswith(_CONFIG + "="):
+      arg = f"{_CONFIG}={config_files.config_path(arg[len(_CONFIG) + 1:])}"
+    resolved.append(arg)
+  return resolved
 
 
 # What an N:M search.pattern implies, so the command line may not also give it.

@@ -8,7 +8,7 @@
 # run that did not pass is kept under $STRESS_LOGS (default: a new temporary folder) with
 # glibc's heap-check messages and Python's all-thread traceback in it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 runs=${1:-20}
 shift || true

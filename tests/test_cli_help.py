@@ -34,7 +34,7 @@ def test_top_level_help_lists_the_commands_the_common_fields_and_an_example(caps
 def test_search_help_shows_its_flags_and_the_most_used_fields(capsys, args):
   text = _help(capsys, *args)
   assert text.startswith("usage: jackpot search")
-  for flag in ("--workdir", "--config=FILE", "--force", "--distributed"):
+  for flag in ("--workdir", "--config=FILE|NAME", "--force", "--distributed"):
     assert f"  {flag}" in text
   assert "--config.search.num_epochs=2.0" in text and "--config.mesh.fsdp_min_size" not in text
 

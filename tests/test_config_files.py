@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,56 @@ def test_shipped_configs_leave_the_preprocessing_to_their_dataset(path):
   used = preprocessing.resolve(spec, (32, 32, channels), never_read)
   assert used.statistics == used.augment_from == f"standard:{spec.source}"
   assert used.crop_padding == (2 if path.stem == "vit_fashion_mnist" else 4)
+
+
+def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert {"default", "vit_fashion_mnist", "paper/resnet50_imagenet_s90_e30"} <= set(
+      config_files.shipped_config_names())
+  assert config_files.config_path("paper/resnet50_imagenet_s90_e30") == str(
+      REPO / "configs" / "paper" / "resnet50_imagenet_s90_e30.py")
+  assert (config_files.load_config("default", {"search.sparsity": 0.95}).to_dict()
+          == config_files.load_config(DEFAULT, {"search.sparsity": 0.95}).to_dict())
+
+
+def test_a_path_is_taken_as_given_even_where_it_looks_like_a_name(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "default").write_text("")
+  assert config_files.config_path("default") == "default"
+  assert config_files.config_path("mine.py") == "mine.py"
+
+
+def test_an_unknown_config_name_is_refused_with_the_closest_name_and_the_shipped_ones():
+  with pytest.raises(ValueError) as error:
+    config_files.config_path("vit_fashon_mnist")
+  message = str(error.value)
+  assert "did you mean 'vit_fashion_mnist'?" in message and "\n" not in message
+  assert "default, paper/mobilenet_v1_imagenet_s90_e30," in message
+  with pytest.raises(ValueError, match="neither a file nor a shipped config; pass a .py"):
+    config_files.config_path("zzz")
+
+
+def _jackpot(*args: str, cwd) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "jackpot_jax", *args], cwd=cwd,
+                        env={"PYTHONPATH": str(REPO), "PATH": ""},
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_takes_a_config_name_in_either_flag_form(tmp_path):
+  """A bad override of the named config fails while that config's file is loaded: the
+  error names the file the name resolved to."""
+  paper = REPO / "configs" / "paper" / "resnet50_imagenet_s90_e30.py"
+  for config in (["--config=paper/resnet50_imagenet_s90_e30"],
+                 ["--config", "paper/resnet50_imagenet_s90_e30"]):
+    done = _jackpot("search", *config, "--config.no_such_field=1", "--workdir=w", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"jackpot: error: unknown config field 'no_such_field' in the overrides of {paper}"]
+
+
+def test_the_command_line_refuses_an_unknown_config_name_in_one_line(tmp_path):
+  done = _jackpot("search", "--config=defualt", "--workdir=w", cwd=tmp_path)
+  assert done.returncode == 2
+  (line,) = done.stderr.strip().splitlines()
+  assert line.startswith("jackpot: error: config 'defualt' is neither a file nor a shipped "
+                         "config; did you mean 'default'?")
