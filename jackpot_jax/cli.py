@@ -94,19 +94,23 @@ def summary_line(report: dict, workdir: str) -> str:
   return f"{parts[0]} ({', '.join(parts[1:])}); report: {workdir}/report.json"
 
 
-def _check_command(argv: list[str]) -> None:
-  """One command, known: else one line (with the closest command) and exit status 2."""
-  words = [a for a in argv[1:] if not a.startswith("-")]
-  if len(words) == 1 and words[0] not in COMMANDS:
-    errors.fail("jackpot", f"unknown command {words[0]!r}{errors.did_you_mean(words[0], COMMANDS)}; "
-                f"commands: {', '.join(COMMANDS)} (jackpot --help)")
-  if len(words) != 1:
-    errors.fail("jackpot", f"usage: jackpot {{{','.join(COMMANDS)}}} --workdir=DIR [flags] "
-                "(jackpot --help)")
+def _usage_error() -> None:
+  errors.fail("jackpot", f"usage: jackpot {{{','.join(COMMANDS)}}} --workdir=DIR [flags] "
+              "(jackpot --help)")
+
+
+def _check_command(command: str | None) -> None:
+  """A known command: else one line (with the closest command) and exit status 2."""
+  if command is None or command.startswith("-"):
+    _usage_error()
+  if command not in COMMANDS:
+    errors.fail("jackpot", f"unknown command {command!r}{errors.did_you_mean(command, COMMANDS)}"
+                f"; commands: {', '.join(COMMANDS)} (jackpot --help)")
 
 
 def main(argv: list[str]) -> None:
-  _check_command(argv)
+  if len(argv) != 2 or argv[1] not in COMMANDS:  # what absl leaves: the command alone
+    _usage_error()
   with errors.exit_on_user_error("jackpot"):
     from jackpot_jax import parallel  # pylint: disable=import-outside-toplevel
     if FLAGS.distributed or FLAGS.coordinator_address:
@@ -121,25 +125,26 @@ _HELP = ("--help", "-h", "--helpshort", "-?")
 def _print_help(argv: list[str]) -> None:
   """`jackpot [COMMAND] --help` (or `jackpot help [COMMAND]`) on stdout, exit status 0."""
   from jackpot_jax import cli_help, config_files  # pylint: disable=import-outside-toplevel
-  words = [a for a in argv[1:] if not a.startswith("-") and a != "help"]
+  words = argv[2:3] if argv[1:2] == ["help"] else argv[1:2]
+  command = words[0] if words and not words[0].startswith("-") else None
   files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
   with errors.exit_on_user_error("jackpot"):
-    if words and words[0] not in COMMANDS:
-      _check_command([argv[0], words[0]])
+    if command is not None:
+      _check_command(command)
     config = config_files.load_config(files[-1] if files else entrypoint.DEFAULT_CONFIG)
-    if words:
-      name = files[-1] if files else "the built-in default config"
-      print(cli_help.command_help(words[0], config, every_field=bool(files), config_name=name))
-    else:
+    if command is None:
       print(cli_help.overview(config))
+    else:
+      name = files[-1] if files else "the built-in default config"
+      print(cli_help.command_help(command, config, every_field=bool(files), config_name=name))
   sys.exit(0)
 
 
 def _flags_parser(argv: list[str]) -> list[str]:
   if any(a in _HELP for a in argv[1:]) or argv[1:2] == ["help"]:
     _print_help(argv)
-  _check_command([a for a in argv if not a.startswith("--config.")])
-  workdir_command = len(argv) > 1 and argv[1] in _WORKDIR_COMMANDS
+  _check_command(argv[1] if len(argv) > 1 else None)
+  workdir_command = argv[1] in _WORKDIR_COMMANDS
   return entrypoint.parse_flags(argv, workdir_overrides=workdir_command)
 
 
