@@ -182,7 +182,7 @@ def describe() -> str:
 
 
 def imagenet_config() -> ml_collections.ConfigDict:
-  """The reference ImageNet settings (ResNet-50 rows of ALGORITHM.md)."""
+  """The reference ImageNet settings (the ResNet-50 rows of docs/algorithm.md)."""
   config = base_config()
   config.model.name = "resnet50"
   config.model.num_classes = 1000

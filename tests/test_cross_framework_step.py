@@ -1,4 +1,4 @@
-"""One search step written in PyTorch from ALGORITHM.md gives the JAX step's scores."""
+"""One search step written in PyTorch from docs/algorithm.md gives the JAX step's scores."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Search-recipe levers (issue 20): distillation from the dense network, BN momentum, and
+"""Search-recipe levers: distillation from the dense network, BN momentum, and
 why the magnitude init's scale and gap need no field of their own."""
 
 from __future__ import annotations
