@@ -147,6 +147,33 @@ def test_command_line_search_applies_overrides_and_exports(tiny_job, tmp_path):
   conv_zeros = sum(int((m.weight == 0).sum()) for m in net.modules() if isinstance(m, torch.nn.Conv2d))
   conv_total = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
   assert abs(conv_zeros / conv_total - report["sparsity"]["conv"]) < 1e-3
+  result = _cli("export", f"--workdir={workdir}", f"--output={tmp_path / 'jackpot.safetensors'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  for name in ("jackpot.pth", "jackpot.safetensors"):
+    loaded = _run_readme_loading_code(tmp_path, name,
+                                      lambda: CifarResNet(20, num_classes=10, in_channels=1))
+    assert loaded["zeros"] == conv_zeros, name
+
+
+def _run_readme_loading_code(folder, file_name: str, make_model) -> dict:
+  """Runs the README's "loading the result back into PyTorch" code as it is printed there,
+  in `folder`, on `file_name`: what a user copies must work."""
+  readme = (REPO / "README.md").read_text()
+  section = readme[readme.index("## Export, and loading the result back into PyTorch"):]
+  code = section[section.index("```python\n") + len("```python\n"):]
+  code = code[:code.index("```")]
+  if file_name.endswith(".safetensors"):
+    code = code.replace('state = torch.load("jackpot.pth", weights_only=True)',
+                        'state = load_file("jackpot.safetensors")')
+  assert file_name in code
+  namespace = {"make_model": make_model}
+  cwd = os.getcwd()
+  os.chdir(folder)
+  try:
+    exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  finally:
+    os.chdir(cwd)
+  return namespace
 
 
 def test_evaluate_and_export_take_overrides_of_how_they_run_only(tiny_job, tmp_path):
