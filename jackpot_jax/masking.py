@@ -103,8 +103,12 @@ def topk_masks(rankings: list, keep_counts: list, method: str | None = None) -> 
   """Boolean masks with exactly `keep_counts[i]` True entries at the largest values of
   `rankings[i]`, ties broken towards the lower flat index (as `lax.top_k` orders them).
 
-  The count is exact and deterministic even when every score ties, which happens at the
-  first step of the reference `magnitude` initialisation.
+  The count is exact and deterministic however many scores tie. Where the k-th and
+  (k+1)-th largest tie, the authors' PyTorch re-selection (a sort, then swaps only when as
+  many pruned scores lie above the (k+1)-th largest as kept ones at or below it) leaves
+  the layer's mask unchanged instead; at the `magnitude` init's first step every kept
+  score ties at 1.0, but the pruned ones sit at 0.99, so no tie crosses the boundary and
+  both keep the magnitude mask.
 
   Args:
     rankings: float arrays of any shapes.

@@ -17,7 +17,7 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
                  jackpot: float, tuned: float | None) -> dict:
   """report.json's content; the keys named in the main-job issue are a contract."""
   config = setup.config
-  counted = sparsity.count_sparsity(setup.params, state.masks)
+  counted = sparsity.count_sparsity(setup.params, state.masks, setup.spec.model.maskable)
   counted.update(sparsity.check_pattern(setup.plan, state.masks))
   step = int(state.step)
   history = meta.get("history", [])

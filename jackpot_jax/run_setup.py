@@ -92,8 +92,14 @@ def setup_search(spec: RunSpec) -> SearchSetup:
 def initial_search_state(setup: SearchSetup) -> steps.SearchState:
   """Scores from `search.score_init`, their masks, and a fresh optimizer state."""
   config = setup.config
-  scores = scores_lib.init_scores(setup.params, setup.plan, config.search.score_init,
-                                  jax.random.PRNGKey(config.search.seed))
+  method = config.search.score_init
+  fan_ins = None
+  if method in scores_lib.FAN_IN_INITS:
+    # Only a call shows a DenseGeneral kernel's input axes, which its fan-in needs.
+    images = jax.ShapeDtypeStruct((1, *setup.data_info.image_shape), jnp.float32)
+    fan_ins = scores_lib.kernel_fan_ins(setup.model, images, train=False)
+  scores = scores_lib.init_scores(setup.params, setup.plan, method,
+                                  jax.random.PRNGKey(config.search.seed), fan_ins)
   state = steps.init_search_state(scores, setup.keep_counts, setup.batch_stats,
                                   setup.optimizer("search"),
                                   scores_lib.ranks_by_magnitude(config.search.score_init))

@@ -266,8 +266,15 @@ def plan_for(params: Mapping[str, Any], search: Any, spec: ModelSpec | None) -> 
                              overrides=dict(search.layer_overrides), **policies)
 
 
-def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -> dict:
+def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None,
+                   maskable: Maskable = is_maskable) -> dict:
   """Sparsity counted from the actual masks, under each convention, labelled.
+
+  Args:
+    params: the frozen parameter tree.
+    masks: a tree mirroring params' masked kernels, or None for the dense network.
+    maskable: the model's predicate (`ModelSpec.maskable`): the kernels it selects are the
+      layers counted, so a model that masks fewer or other kernels is counted as it is.
 
   Returns:
     {"conv": fraction of conv-kernel weights masked out (the reference's "sparsity"),
@@ -281,7 +288,7 @@ def count_sparsity(params: Mapping[str, Any], masks: Mapping[str, Any] | None) -
   params = jax.device_get(params)
   flat_masks = traverse_util.flatten_dict(jax.device_get(masks or {}))
   per_layer, totals = {}, {"conv": [0, 0], "linear": [0, 0], "prunable": [0, 0]}
-  for layer in prunable_layers(params):
+  for layer in prunable_layers(params, maskable):
     mask = flat_masks.get(layer.path + ("kernel",))
     pruned = 0 if mask is None else int(layer.size - np.count_nonzero(mask))
     per_layer[layer.name] = pruned / layer.size

@@ -35,7 +35,7 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
   def measure(state) -> tuple[float, dict]:
     jackpot = holdout.accuracy(setup.params, evaluation.jackpot_batch_stats(setup, state),
                                state.masks)
-    counted = sparsity.count_sparsity(setup.params, state.masks)
+    counted = sparsity.count_sparsity(setup.params, state.masks, setup.spec.model.maskable)
     scalars = {"holdout/jackpot_accuracy": jackpot, "sparsity/conv": counted["conv"]}
     scalars.update({f"sparsity_per_layer/{layer_names.get(p, p)}": v
                     for p, v in counted["per_layer"].items() if p in layer_names.values()})

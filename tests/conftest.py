@@ -6,6 +6,7 @@ import atexit
 import functools
 import gc
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import time
 
 # Tests run on the CPU with 8 simulated devices available for the multi-device cases;
 # single-device tests use only the first.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+EIGHT_CPU_DEVICES = "--xla_force_host_platform_device_count=8"
+os.environ.setdefault("XLA_FLAGS", EIGHT_CPU_DEVICES)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -153,6 +155,40 @@ def without_shared_compilation_cache(env: dict) -> dict:
   reader racing a writer, would leave or see a truncated entry, which the next reader
   reports as a warning on stderr. Such children compile for themselves."""
   return {name: value for name, value in env.items() if name != "JAX_COMPILATION_CACHE_DIR"}
+
+
+# Set in the child pytest an `eight_devices` test runs in, so a child that still lacks the
+# devices fails instead of starting another.
+_EIGHT_DEVICE_CHILD = "JACKPOT_TEST_EIGHT_DEVICE_CHILD"
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "eight_devices: needs 8 devices; where this process has fewer, the test runs "
+      "in a child pytest on 8 simulated CPU devices")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+  """Runs an `eight_devices` test in this process where JAX has 8 devices, else in a child
+  pytest on 8 simulated CPU devices: JAX fixes its device count when it starts, so a
+  session whose XLA_FLAGS were set otherwise beforehand, or one on a single GPU, still runs
+  the test rather than skipping it. The test passes when the child reports it passed."""
+  if pyfuncitem.get_closest_marker("eight_devices") is None or jax.device_count() >= 8:
+    return None
+  if os.environ.get(_EIGHT_DEVICE_CHILD):
+    raise AssertionError(f"{EIGHT_CPU_DEVICES} gave {jax.device_count()} device(s), not 8")
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
+                 os.environ.get("XLA_FLAGS", ""))
+  env = dict(os.environ, XLA_FLAGS=f"{flags} {EIGHT_CPU_DEVICES}".strip(), JAX_PLATFORMS="cpu",
+             **{_EIGHT_DEVICE_CHILD: "1"})
+  child = subprocess.run(
+      [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+      cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=1800)
+  if child.returncode != 0 or not re.search(r"\b1 passed\b", child.stdout):
+    pytest.fail(f"on 8 simulated CPU devices:\n{child.stdout[-6000:]}{child.stderr[-3000:]}",
+                pytrace=False)
+  return True
 
 
 def _memory_mappings() -> int | None:

@@ -1,6 +1,7 @@
 """Masking is a wrapper: a Flax model the library has never seen is masked and searched."""
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -134,3 +135,30 @@ def test_an_unseen_flax_model_is_searched_with_exact_counts_and_frozen_weights()
   np.testing.assert_array_equal(
       traverse_util.flatten_dict(masking.compute_masks(state.scores, keep_counts))[
           ("Dense_0", "kernel")], traverse_util.flatten_dict(state.masks)[("Dense_0", "kernel")])
+
+
+def test_kaiming_scores_are_bounded_by_each_kernels_fan_in_dense_general_included():
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the fan-in Flax initialises the kernel with:
+  a query/key/value kernel (in, heads, head_dim) sums over `in`, an output projection
+  (heads, head_dim, out) over heads * head_dim, a conv over kh * kw * in."""
+  model, variables, batch = _setup()
+  params = variables["params"]
+  plan = sparsity.build_sparsity_plan(params, sparsity=0.5, method="uniform")
+  fan_ins = scores_lib.kernel_fan_ins(model, batch["image"], train=False)
+  scores = traverse_util.flatten_dict(
+      scores_lib.init_scores(params, plan, "kaiming", jax.random.PRNGKey(0), fan_ins))
+  width, heads = ExampleNet.width, 2
+  expected = {"query": width, "key": width, "value": width, "out": heads * (width // heads)}
+  assert {path[-1]: fan_in for path, fan_in in fan_ins.items()} == expected
+  checked = set()
+  for layer in plan.masked_layers:
+    name = layer.path[-1]
+    if name in expected:
+      fan_in = expected[name]
+      checked.add(name)
+    else:  # Conv (kh, kw, in, out), Dense and Einsum (in, out)
+      fan_in = math.prod(layer.shape[:-1])
+    bound = 1 / math.sqrt(fan_in)
+    largest = float(np.abs(np.asarray(scores[layer.path + ("kernel",)])).max())
+    assert 0.8 * bound < largest <= bound, (layer.name, layer.shape, largest, bound)
+  assert checked == set(expected)

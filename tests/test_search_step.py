@@ -131,16 +131,34 @@ def test_plain_sgd_step_moves_scores_by_minus_lr_times_gradient():
 
 def test_eval_step_counts_only_unpadded_examples(tiny_search):
   search = tiny_search
-  batch = dict(search.batch, mask=jnp.array([1.0, 1.0, 0.0, 0.0]))
+  # The masked network's predictions, from kernels multiplied by their masks by hand: as
+  # labels, every example is right, so counting the two padded ones would give 4, not 2.
+  flat_masks = traverse_util.flatten_dict(search.state.masks)
+  masked_params = traverse_util.unflatten_dict(
+      {path: leaf * flat_masks[path] if path in flat_masks else leaf
+       for path, leaf in traverse_util.flatten_dict(search.params).items()})
+  masked_logits = search.model.apply({"params": masked_params,
+                                      "batch_stats": search.batch_stats}, search.batch["image"])
+  batch = dict(search.batch, label=jnp.argmax(masked_logits, -1),
+               mask=jnp.array([1.0, 1.0, 0.0, 0.0]))
   dense = steps.eval_step(search.params, {"batch_stats": search.batch_stats, "masks": None},
                           batch, model=search.model)
   masked = steps.eval_step(search.params, {"batch_stats": search.batch_stats,
                                            "masks": search.state.masks}, batch, model=search.model)
-  assert float(dense["count"]) == 2.0
-  assert 0.0 <= float(masked["correct"]) <= 2.0
+  assert float(dense["count"]) == float(masked["count"]) == 2.0
+  assert float(masked["correct"]) == 2.0
   logits = search.model.apply({"params": search.params, "batch_stats": search.batch_stats},
                               search.batch["image"])
   assert float(dense["correct"]) == float(np.sum(np.argmax(logits[:2], -1) == batch["label"][:2]))
+  # The predictions of this random network may agree with or without masks; its losses
+  # do not, so they show each count came from its own network.
+  for result, network_logits in ((dense, logits), (masked, masked_logits)):
+    real = np.asarray(network_logits[:2], np.float64)
+    peak = real.max(-1)
+    log_sum_exp = np.log(np.exp(real - peak[:, None]).sum(-1)) + peak
+    expected = log_sum_exp - real[[0, 1], batch["label"][:2]]
+    np.testing.assert_allclose(float(result["loss"]), expected.sum(), rtol=1e-5)
+  assert abs(float(masked["loss"]) - float(dense["loss"])) > 1e-3
 
 
 def test_batch_statistics_are_the_batch_mean_and_variance_of_the_masked_network(tiny_search):

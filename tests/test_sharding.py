@@ -10,7 +10,7 @@ from jackpot_jax import parallel, run_setup, train
 
 from conftest import final_search_state, setup_of, tiny_config
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+pytestmark = pytest.mark.eight_devices
 
 
 def _on(config, num_devices: int):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,6 +114,23 @@ def test_count_sparsity_labels_each_convention(resnet20):
   assert counted["linear"] == 0.0  # the classifier is ResNet-20's only Dense, kept dense
   dense = sparsity.count_sparsity(params, None)
   assert dense["conv"] == dense["prunable"] == dense["all_weights"] == 0.0
+
+
+def test_count_sparsity_counts_the_layers_the_models_own_predicate_masks(resnet20):
+  """A spec that masks only convolutions: its classifier is no layer of the count, so the
+  prunable fraction is the conv fraction, not one diluted by the dense classifier."""
+  spec, params = resnet20
+  conv_only = dataclasses.replace(spec, maskable=lambda path, shape: len(shape) == 4
+                                  and path[-1] == "kernel")
+  plan = sparsity.build_sparsity_plan(params, sparsity=0.9, method="uniform", spec=conv_only)
+  masks = masking.compute_masks(
+      scores_lib.init_scores(params, plan, "random", jax.random.PRNGKey(0)), plan.keep_counts())
+  counted = sparsity.count_sparsity(params, masks, conv_only.maskable)
+  assert set(counted["per_layer"]) == {l.name for l in plan.layers} and "linear" not in (
+      counted["per_layer"])
+  conv_size = sum(l.size for l in plan.layers)
+  pruned = sum(plan.prune_counts[l.name] for l in plan.layers)
+  assert counted["prunable"] == counted["conv"] == pruned / conv_size
 
 
 def _filled(params, value):
