@@ -110,6 +110,11 @@ FIELDS: list[tuple[str, Any, str]] = [
      "|| masked student); 0: no distillation, no teacher pass (the reference)"),
     ("search.distill_temperature", 4.0, "T of that distillation (Hinton et al. 2015); 4 is "
      "the usual CIFAR choice (steps.distillation_loss)"),
+    ("search.selected_on", _Unset(str), "holdout: the jackpot is the evaluated state with "
+     "the best held-out accuracy, the start (step 0) included, ties to the later | "
+     "last_step: the state at the last step (the reference); None: holdout when the search "
+     "evaluates on held-out images (data.holdout_images and eval.every_epochs > 0), else "
+     "last_step"),
     ("search.num_epochs", 30.0, "search length in epochs; fractions allowed"),
     ("search.batch_size", 256, "global search batch size"),
     ("search.seed", 0, "seed of the scores' init and the batch order"),
@@ -122,7 +127,8 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("eval.batch_size", 500, "evaluation batch size (rounded up to the device count)"),
     ("eval.every_epochs", 1.0, "evaluate the jackpot this often during the search; 0: never"),
     ("eval.stop_within_dense", 0.0,
-     "> 0: end at the first held-out evaluation within this of dense (0.01 = one point)"),
+     "> 0: end at the first held-out evaluation after the start within this of dense "
+     "(0.01 = one point)"),
     ("eval.recalibration_images", 2048,
      "training images the magnitude baseline's BN statistics are re-estimated on "
      "(whole search batches); 0: skip"),
