@@ -145,7 +145,8 @@ class SearchCheckpoints:
 
     `selected` is restored onto `abstract_selected` when that is given and the checkpoint
     holds the item (checkpoints of runs that select nothing, or written before selection
-    existed, do not); otherwise it is None.
+    existed, do not); otherwise it is None. A checkpoint whose meta names a selection
+    (meta["selected"]) without the item is damaged like an unreadable one.
 
     Raises:
       ValueError: checkpoints exist but none restores; starting afresh would hide that.
@@ -164,6 +165,9 @@ class SearchCheckpoints:
         continue
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if (abstract_selected is not None and SELECTED not in items
+            and restored[META].get("selected") is not None):
+          raise ValueError(f"its metadata names a selected step but its {SELECTED}/ is missing")
       except Exception as error:  # a damaged checkpoint must not stop the resume
         damage = errors.one_line(error, 200)
         logging.warning("skipping unreadable checkpoint at step %d (%s); trying the previous "

@@ -9,6 +9,8 @@ and test-split evaluations stay real.
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -161,3 +163,15 @@ def test_a_resumed_search_ends_with_the_same_selection(scripted_runs):
   _, b, _ = train.load_workdir(root / "resumed")
   _assert_trees_equal((a.masks, a.batch_stats), (b.masks, b.batch_stats))
   assert scripted_runs["resumed"]["accuracy"] == scripted_runs["straight"]["accuracy"]
+
+
+def test_a_checkpoint_that_lost_its_selected_jackpot_is_skipped_not_read_as_the_last_state(
+    scripted_runs, tmp_path, caplog):
+  workdir = tmp_path / "run"
+  shutil.copytree(scripted_runs["root"] / "straight", workdir)
+  shutil.rmtree(workdir / train.SEARCH_CHECKPOINTS / "6" / checkpointing.SELECTED)
+  with caplog.at_level(logging.WARNING):
+    _, loaded, meta = train.load_workdir(workdir)
+  assert "skipping unreadable checkpoint at step 6" in caplog.text
+  assert "selected/ is missing" in caplog.text
+  assert int(loaded.step) == 4 and meta["selected"]["step"] == 4
