@@ -68,6 +68,12 @@ def finished_report(config: ml_collections.ConfigDict, workdir: Path) -> dict | 
   return json.loads(report.read_text())
 
 
+def selected_cell(step: int) -> str:
+  """A table cell for the search step the jackpot was selected at (search.selected_on):
+  "0 (start)" where the search did not beat the state it started from."""
+  return "0 (start)" if step == 0 else str(step)
+
+
 def pct(fraction: float | None) -> str:
   """A fraction as a percentage with two decimals, "-" for a missing value."""
   return "-" if fraction is None else f"{100 * fraction:.2f}"

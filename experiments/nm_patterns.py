@@ -8,7 +8,9 @@ sub-workdir of --output (a rerun resumes or reuses it). The baselines are the sa
 over the same frozen weights, reported with the dense network's BN statistics and with
 them re-estimated, as the jackpot's are during the search. `gap_recovered` is
 (jackpot - magnitude) / (dense - magnitude) against the re-estimated magnitude N:M mask:
-MaskLLM's goal is 0.8 after one epoch. Writes nm.json and nm.md.
+MaskLLM's goal is 0.8 after one epoch. "jackpot's step" is the search step the jackpot was
+selected at (search.selected_on); "0 (start)": the search did not beat the mask it started
+from. Writes nm.json and nm.md.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def main(argv):
              "unfit_layers": report["sparsity"]["unfit_layers"],
              "prunable_sparsity": report["sparsity"]["prunable"],
              "steps": report["search"]["steps"],
+             "selected_step": report["search"]["selected_step"],
              "wall_seconds": report["search"]["wall_seconds"]}
       rows.append(row)
       bn = "_recalibrated" if row["magnitude_recalibrated"] is not None else ""
@@ -65,12 +68,13 @@ def main(argv):
   fileio.write_json(output / "nm.json", result)
   lines = ["| pattern | search epochs | dense | magnitude, stale BN | magnitude, BN re-estimated "
            "| Wanda, stale BN | Wanda, BN re-estimated | jackpot | gap recovered | "
-           "pattern valid | steps | wall s |", "|---" * 12 + "|"]
+           "pattern valid | steps | jackpot's step | wall s |", "|---" * 13 + "|"]
   for r in rows:
     recovered = "-" if r["gap_recovered"] is None else f"{r['gap_recovered']:.2f}"
     lines.append(f"| {r['pattern']} | {r['epochs']:g} | "
                  + " | ".join(common.pct(r[k]) for k in _COLUMNS)
-                 + f" | {recovered} | {r['nm_valid']} | {r['steps']} | {r['wall_seconds']:.0f} |")
+                 + f" | {recovered} | {r['nm_valid']} | {r['steps']} | "
+                 f"{common.selected_cell(r['selected_step'])} | {r['wall_seconds']:.0f} |")
   fileio.write_text(output / "nm.md", "\n".join(lines) + "\n")
   print(f"wrote {output}/nm.{{json,md}}")
 

@@ -8,7 +8,9 @@ Each run is a whole search with its own cosine schedule over its budget (epochs)
 ends at the first evaluation reaching the goal (eval.stop_within_dense), so the steps it
 ran are the steps the goal cost. Goals are measured on the training images held out of
 the search (data.holdout_images), never on the test split; the test accuracy of each
-run's final mask is reported beside them. Per sparsity:
+run's jackpot is reported beside them. A run's held-out accuracy is its jackpot's: the best
+of its evaluations, its start included (search.selected_on); the start never ends a run,
+so "steps to goal" counts search steps. Per sparsity:
 1. magnitude init runs on the --budgets ladder, shortest first, until one reaches the goal
    "within --tolerance of dense". If none does, the goal becomes "the held-out accuracy
    magnitude init reached with the largest budget" (the paper's "at equal accuracy");
@@ -108,7 +110,8 @@ def table(rows: list[dict]) -> str:
                     f"{run['ratio']:.2f} | " for run in r["random_inits"].values())
     lines.append(f"| {r['target']:.2f} | {100 * r['goal']:.2f} ({r['goal_kind']}) | "
                  f"{magnitude_cell} | {cells}")
-  lines += ["", "Every run (held-out accuracy chose the stop; test accuracy of the final mask):",
+  lines += ["", "Every run (held-out accuracy chose the stop and the jackpot; test accuracy of "
+            "the jackpot):",
             "", "| sparsity | init | budget | steps | reached | held-out top-1 | test top-1 |",
             "|---|---|---|---|---|---|---|"]
   for r in rows:

@@ -10,7 +10,9 @@ the masked linear layers rather than the convolutions.
       [--epochs=1] [--config.data.name=image_folder:/data/flowers ...]
 
 Each sparsity runs in its own sub-workdir of --output (a rerun resumes or reuses it) and
-the script writes sweep.json, sweep.md and sweep.png.
+the script writes sweep.json, sweep.md and sweep.png. "jackpot's step" is the search step
+the jackpot was selected at (search.selected_on); "0 (start)": the search did not beat
+its starting mask.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main(argv):
                  "dense": accuracy["dense"], "magnitude": accuracy["magnitude"],
                  "magnitude_recalibrated": accuracy["magnitude_recalibrated"],
                  "jackpot": accuracy["jackpot"], "steps": report["search"]["steps"],
+                 "selected_step": report["search"]["selected_step"],
                  "wall_seconds": report["search"]["wall_seconds"]})
     print(f"sparsity {target:.2f}, accuracy (%): magnitude {common.pct(accuracy['magnitude'])} "
           f"(stale BN), {common.pct(accuracy['magnitude_recalibrated'])} (recalibrated)  "
@@ -53,10 +56,12 @@ def main(argv):
   fileio.write_json(output / "sweep.json", result)
   counted = "conv" if any(r["conv_sparsity"] for r in rows) else "linear"
   lines = [f"| {counted} sparsity (counted) | dense | magnitude, stale BN | magnitude, BN "
-           "recalibrated | jackpot | search steps | wall s |", "|---|---|---|---|---|---|---|"]
+           "recalibrated | jackpot | search steps | jackpot's step | wall s |",
+           "|---|---|---|---|---|---|---|---|"]
   lines += [f"| {r[counted + '_sparsity']:.4f} | {100 * r['dense']:.2f} | "
             f"{100 * r['magnitude']:.2f} | {common.pct(r['magnitude_recalibrated'])} | "
-            f"{100 * r['jackpot']:.2f} | {r['steps']} | {r['wall_seconds']:.0f} |" for r in rows]
+            f"{100 * r['jackpot']:.2f} | {r['steps']} | {common.selected_cell(r['selected_step'])} "
+            f"| {r['wall_seconds']:.0f} |" for r in rows]
   fileio.write_text(output / "sweep.md", "\n".join(lines) + "\n")
   plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4.5))

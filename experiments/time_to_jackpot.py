@@ -8,14 +8,15 @@ A recipe is a named set of config overrides applied to the given config (RECIPES
 `reference` is the config as given). For every recipe and every budget (search epochs)
 one whole search runs, with its own schedule over that budget, in its own sub-workdir of
 --output; a rerun reuses every run whose report.json exists (and refuses a sub-workdir
-that holds another config's run). Each search is evaluated once, at its last step, on
-the training images held out of it (data.holdout_images): the held-out accuracy is what
-every comparison here selects on. The test accuracy (data.eval_split, measured once at
-the end of each run) and the dense network's are listed beside it, never compared.
+that holds another config's run). Each search is evaluated at its start and at its last
+step on the training images held out of it (data.holdout_images); its jackpot is the
+better of the two (search.selected_on), and that held-out accuracy is what every
+comparison here selects on. The test accuracy (data.eval_split, measured once at the end
+of each run) and the dense network's are listed beside it, never compared.
 
 Recorded per run: steps, images seen (steps x batch), the search's wall-clock seconds as
-report.json measures them (the step's compilation, the steps and the one held-out
-evaluation; not the baselines or the test evaluation), held-out, test and dense accuracy.
+report.json measures them (the step's compilation, the steps and the two held-out
+evaluations; not the baselines or the test evaluation), held-out, test and dense accuracy.
 The summary gives, per recipe, the fewest steps (smallest budget) at which it reaches the
 reference's 1-epoch held-out accuracy, and at which it gets within --tolerance of dense.
 Writes results.json, results.md and results.png (held-out accuracy against images seen
@@ -162,7 +163,7 @@ def run_one(name: str, epochs: float, context: Context, output: Path) -> dict:
   overrides = RECIPES[name].overrides(dataclasses.replace(context, epochs=epochs))
   config = common.config_with({
       **overrides, "search.num_epochs": epochs,
-      # One evaluation, at the last step, on the held-out images; no early end.
+      # Evaluations at the start and the last step only, on the held-out images; no early end.
       "eval.every_epochs": epochs, "eval.stop_within_dense": 0.0, "progress_bar": False})
   workdir = output / f"{name}_{epochs:g}ep"
   report = common.finished_report(config, workdir) or common.run(config, workdir)

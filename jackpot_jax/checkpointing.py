@@ -1,5 +1,9 @@
 """Orbax checkpoints of the search state, with the metadata a resume needs.
 
+A checkpoint may also hold the `selected` item: what a stage keeps of its best-evaluated
+state (the jackpot held-out selection picks). It is written in the same checkpoint as the
+state and the metadata naming its step, so the three always agree after a resume.
+
 Orbax writes each step into a temporary directory and renames it when complete, so a
 checkpoint interrupted mid-save is never listed; the process that saves next removes
 such leftovers with a warning. A listed checkpoint that still fails to restore is
@@ -26,7 +30,7 @@ from jax.experimental import multihost_utils
 
 from jackpot_jax import errors, fileio
 
-STATE, META = "state", "meta"
+STATE, META, SELECTED = "state", "meta", "selected"
 # Orbax's marker in the name of a step directory whose save has not finished.
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
@@ -90,21 +94,24 @@ class SearchCheckpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=writer,
                                            cleanup_tmp_directories=writer)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=(STATE, META))
+                                         item_names=(STATE, META, SELECTED))
     self._checkpoint_bytes = None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict) -> None:
-    """Starts an asynchronous save of `step`, once the previous one has finished."""
+  def save(self, step: int, state: Any, meta: dict, selected: Any = None) -> None:
+    """Starts an asynchronous save of `step`, once the previous one has finished;
+    `selected` (None: none) is saved beside the state."""
+    items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+    if selected is not None:
+      items[SELECTED] = ocp.args.StandardSave(selected)
     with _disk_full_as_oserror(self.directory):
       # Orbax waits for the previous save at the start of save() anyway; waiting first
       # lets the free space be measured after it.
       self.manager.wait_until_finished()
-      self._check_space(state)
-      self.manager.save(step, args=ocp.args.Composite(
-          **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}), force=True)
+      self._check_space((state, selected))
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def _check_space(self, state: Any) -> None:
     """Raises OSError(ENOSPC) when the disk cannot hold one more checkpoint; a bucket has
@@ -132,23 +139,35 @@ class SearchCheckpoints:
       raise OSError(errno.ENOSPC, f"a checkpoint needs {needed} bytes, {free} are free",
                     str(self.directory))
 
-  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-    """Newest checkpoint that restores, as (state, meta); None when there is none.
+  def restore_latest(self, abstract_state: Any,
+                     abstract_selected: Any = None) -> tuple[Any, dict, Any] | None:
+    """Newest checkpoint that restores, as (state, meta, selected); None when there is none.
+
+    `selected` is restored onto `abstract_selected` when that is given and the checkpoint
+    holds the item (checkpoints of runs that select nothing, or written before selection
+    existed, do not); otherwise it is None. A checkpoint whose meta names a selection
+    (meta["selected"]) without the item is damaged like an unreadable one.
 
     Raises:
       ValueError: checkpoints exist but none restores; starting afresh would hide that.
     """
     skipped = []
     for step in sorted(self.manager.all_steps(), reverse=True):
-      damage = _unreadable_arrays(self.directory / str(step) / STATE)
+      items = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
+      if abstract_selected is not None and (self.directory / str(step) / SELECTED).exists():
+        items[SELECTED] = ocp.args.StandardRestore(abstract_selected)
+      damage = next(filter(None, (_unreadable_arrays(self.directory / str(step) / item)
+                                  for item in (STATE, SELECTED) if item in items)), None)
       if damage is not None:
         logging.warning("skipping unreadable checkpoint at step %d (%s); trying the previous "
                         "one", step, damage)
         skipped.append((step, damage))
         continue
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if (abstract_selected is not None and SELECTED not in items
+            and restored[META].get("selected") is not None):
+          raise ValueError(f"its metadata names a selected step but its {SELECTED}/ is missing")
       except Exception as error:  # a damaged checkpoint must not stop the resume
         damage = errors.one_line(error, 200)
         logging.warning("skipping unreadable checkpoint at step %d (%s); trying the previous "
@@ -156,7 +175,7 @@ class SearchCheckpoints:
         skipped.append((step, damage))
         continue
       self._set_aside([s for s, _ in skipped])
-      return restored[STATE], restored[META]
+      return restored[STATE], restored[META], restored[SELECTED] if SELECTED in items else None
     if skipped:
       step, damage = skipped[0]
       raise ValueError(f"no checkpoint in {self.directory} can be read (step {step}: "

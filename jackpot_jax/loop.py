@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 
 from jackpot_jax import checkpointing, data as data_lib, dispatch, nonfinite, parallel
 from jackpot_jax import profiling, progress
@@ -24,15 +25,19 @@ from jackpot_jax.run_spec import RunSpec
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-  """Evaluations during a stage: every `every_steps` steps and at the last planned one.
+  """Evaluations during a stage: of its first state (step 0, on a fresh start), every
+  `every_steps` steps and at the last planned one.
 
-  `measure(state)` returns (accuracy, scalars for TensorBoard); reaching `goal` ends
-  the stage early, and a rerun does not go on.
+  `measure(state)` returns (accuracy, scalars for TensorBoard); reaching `goal` at a step
+  after the first ends the stage early, and a rerun does not go on. With `keep`, the
+  stage selects: `keep(state)` of the best-measured state (ties go to the later one, the
+  first state included) is checkpointed and returned beside the last state.
   """
 
   every_steps: int
   measure: Callable[[Any], tuple[float, dict]]
   goal: float | None = None
+  keep: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +84,18 @@ def _next_timed(batches: Iterator[dict]) -> tuple[dict, float]:
 
 
 def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
-              stop_after: int | None = None) -> tuple[Any, dict]:
-  """Runs (or resumes) `stage` to its last step and returns (state, meta).
+              stop_after: int | None = None) -> tuple[Any, dict, Any]:
+  """Runs (or resumes) `stage` to its last step and returns (state, meta, selected).
 
   Args:
     stop_after: stop after this global step (tests use it to simulate a crash); the
       checkpoint written there lets the same call resume.
   Returns:
-    meta: wall_seconds, history (one record per evaluation) and, when the goal was
-      reached, goal_reached_at.
+    meta: wall_seconds, history (one record per evaluation, step 0 the first state),
+      when the goal was reached goal_reached_at, and when the stage selects, selected
+      ({step, accuracy} of the best evaluation so far).
+    selected: `Evaluation.keep` of the state meta's selected names; None when the stage
+      does not select (or has not evaluated yet).
   """
   config = spec.config
   section = config[stage.name]
@@ -95,8 +103,13 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
     ckpts = opened.enter_context(checkpointing.SearchCheckpoints(
         stage.checkpoint_dir, config.checkpoint.keep, writer=True))
     shardings = parallel.config_shardings(stage.fresh_state, mesh, config.mesh)
-    restored = ckpts.restore_latest(parallel.abstract_arrays(stage.fresh_state, shardings))
-    state, meta = (stage.fresh_state, {}) if restored is None else restored
+    evaluation = stage.evaluation
+    keep = None if evaluation is None else evaluation.keep
+    restored = ckpts.restore_latest(
+        parallel.abstract_arrays(stage.fresh_state, shardings),
+        None if keep is None else parallel.abstract_arrays(keep(stage.fresh_state),
+                                                           keep(shardings)))
+    state, meta, selected = (stage.fresh_state, {}, None) if restored is None else restored
     meta = {"wall_seconds": 0.0, "history": [], **meta}  # older checkpoints lack some keys
     start = int(state.step)
     if restored is not None:
@@ -112,12 +125,28 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
         header=progress.data_header(data_lib.load_dataset_info(spec.data))))
     profiler = opened.enter_context(profiling.StepProfiler(workdir / "profile",
                                                            stage.profile_steps))
-    evaluation = stage.evaluation
     last_saved, logged_at = ckpts.latest_step(), start
     end = stage.total_steps if stop_after is None else min(stop_after, stage.total_steps)
     if meta.get("goal_reached_at") is not None:
       end = start
     began = time.perf_counter() - meta["wall_seconds"]
+
+    def evaluate(step: int) -> float:
+      """Measures `state` as step `step`'s, records it, and keeps it if it is the best."""
+      nonlocal selected
+      accuracy, scalars = evaluation.measure(state)
+      logger.scalars(step, scalars)
+      meta["history"].append({"step": step, "epoch": step / stage.steps_per_epoch,
+                              "jackpot_accuracy": accuracy})
+      best = meta.get("selected")
+      if keep is not None and (best is None or accuracy >= best["accuracy"]):
+        meta["selected"] = {"step": step, "accuracy": accuracy}
+        # A copy: the next step donates `state`, and with it these buffers.
+        selected = jax.tree.map(jnp.copy, keep(state))
+      return accuracy
+
+    if evaluation is not None and restored is None:
+      evaluate(0)  # the start, so that the search is measured against where it began
     window = dispatch.DispatchWindow()
     for step in range(start + 1, end + 1):
       batch, waited = _next_timed(batches)
@@ -137,10 +166,7 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
         logger.step(step, step - logged_at)
         logged_at = step
       if eval_now:
-        accuracy, scalars = evaluation.measure(state)
-        logger.scalars(step, scalars)
-        meta["history"].append({"step": step, "epoch": step / stage.steps_per_epoch,
-                                "jackpot_accuracy": accuracy})
+        accuracy = evaluate(step)
         if evaluation.goal is not None and accuracy >= evaluation.goal:
           logging.info("accuracy %.4f reached the goal %.4f at step %d; the %s ends",
                        accuracy, evaluation.goal, step, stage.name)
@@ -148,11 +174,11 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
           save_now = True
       if save_now:
         meta["wall_seconds"] = time.perf_counter() - began
-        ckpts.save(step, state, dict(meta))
+        ckpts.save(step, state, dict(meta), selected)
         last_saved = step
       if meta.get("goal_reached_at") == step:
         break
     if start == end and restored is None:
-      ckpts.save(0, state, dict(meta))
+      ckpts.save(0, state, dict(meta), selected)
     ckpts.wait()
-  return state, meta
+  return state, meta, selected

@@ -21,6 +21,7 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
   counted.update(sparsity.check_pattern(setup.plan, state.masks))
   step = int(state.step)
   history = meta.get("history", [])
+  selection, holdout_jackpot = _selection(setup.spec.selected_on, step, meta)
   return {
       "model": config.model.name,
       "dataset": config.data.name,
@@ -39,7 +40,7 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
       "wanda_images": baseline.get("wanda_images", 0),
       "holdout": {"images": setup.data_info.num_holdout,
                   "dense": baseline.get("holdout", {}).get("dense"),
-                  "jackpot": history[-1]["jackpot_accuracy"] if history else None},
+                  "jackpot": holdout_jackpot},
       "search": {"steps": step, "epochs": step / setup.steps_per_epoch,
                  "wall_seconds": float(meta.get("wall_seconds", 0.0)),
                  "score_init": config.search.score_init,
@@ -50,8 +51,7 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
                  "dtype": config.model.dtype,
                  "planned_steps": setup.total_steps,
                  "goal_reached_at": meta.get("goal_reached_at"),
-                 "selected_on": "holdout" if config.eval.stop_within_dense > 0 else "last_step",
-                 "history": history},
+                 **selection, "history": history},
       "layers": {l.name: {"shape": list(l.shape), "kind": l.kind,
                           "kept": setup.plan.keep_count(l), "size": l.size}
                  for l in setup.plan.layers},
@@ -59,6 +59,41 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
       "devices": {"count": jax.device_count(), "platform": jax.default_backend(),
                   "processes": jax.process_count()},
   }
+
+
+def _selection(selected_on: str, last_step: int, meta: dict) -> tuple[dict, float | None]:
+  """Which search state the jackpot is and how it compares with the start, held out; and
+  the jackpot's held-out accuracy (None without held-out evaluations).
+
+  A run saved before selection existed recorded no selection and no start: its jackpot
+  is its last state, reported as last_step.
+  """
+  history = meta.get("history", [])
+  start = next((h["jackpot_accuracy"] for h in history if h["step"] == 0), None)
+  if selected_on == "holdout" and meta.get("selected") is not None:
+    step, accuracy = meta["selected"]["step"], meta["selected"]["accuracy"]
+  else:
+    selected_on, step = "last_step", last_step
+    accuracy = history[-1]["jackpot_accuracy"] if history else None
+  fields = {"selected_on": selected_on, "selected_step": step, "start_holdout_accuracy": start,
+            "beat_start": None if start is None or accuracy is None else accuracy > start}
+  return fields, accuracy
+
+
+def _selection_line(report: dict) -> list[str]:
+  """One line saying which search state the jackpot is, and whether the search beat its
+  start on the held-out images; none for reports written before selection existed."""
+  search = report["search"]
+  if "selected_step" not in search:
+    return []
+  step = search["selected_step"]
+  line = (f"- jackpot: {'the start (step 0)' if step == 0 else f'step {step}'}, chosen by "
+          f"`search.selected_on={search['selected_on']}`")
+  if search["beat_start"] is not None:
+    line += (f"; held out {_pct(report['holdout']['jackpot'])} against the start's "
+             f"{_pct(search['start_holdout_accuracy'])}: the search "
+             f"{'beat' if search['beat_start'] else 'did not beat'} its start")
+  return [line]
 
 
 def _pct(value: float | None) -> str:
@@ -94,6 +129,7 @@ def render_markdown(report: dict) -> str:
       + ("" if search.get("goal_reached_at") is None else
          f" (ended early: within eval.stop_within_dense of dense; "
          f"{search['planned_steps']} planned)"),
+      *_selection_line(report),
       "",
       f"| accuracy on the {report.get('accuracy_split', 'test')} split, measured once at the "
       "end | top-1 |",
@@ -112,9 +148,9 @@ def render_markdown(report: dict) -> str:
       lines.append(f"| {label} | {_pct(accuracy[key])} |")
   holdout = report.get("holdout", {})
   if holdout.get("images"):
-    lines += ["", f"Evaluations during the search, and the choice of when to stop "
-              f"(`{search.get('selected_on')}`), used {holdout['images']} training images "
-              f"held out of the search: dense {_pct(holdout.get('dense'))}, jackpot "
+    lines += ["", f"Evaluations during the search, the choice of when to stop and of the "
+              f"jackpot (`{search.get('selected_on')}`) used {holdout['images']} training "
+              f"images held out of the search: dense {_pct(holdout.get('dense'))}, jackpot "
               f"{_pct(holdout.get('jackpot'))}."]
   if sparsity.get("nm_valid") is not None:
     unfit = ", ".join(sparsity.get("unfit_layers", [])) or "none"

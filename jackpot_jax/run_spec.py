@@ -16,15 +16,20 @@ from jackpot_jax import (fileio, masking, models, optim, parallel, profiling, sc
                          steps)
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 
+# search.selected_on: which search state is the jackpot.
+SELECTIONS = ("holdout", "last_step")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """What a run computes: the frozen config with its data and model resolved."""
+  """What a run computes: the frozen config with its data, model and jackpot selection
+  (search.selected_on, "holdout" or "last_step") resolved."""
 
   config: ml_collections.FrozenConfigDict
   data: DataSpec
   model: models.ModelSpec
   profile_steps: tuple[int, int] | None
+  selected_on: str
 
 
 def _choice(value, allowed, field: str) -> None:
@@ -96,6 +101,13 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if config.eval.stop_within_dense > 0 and config.eval.every_epochs <= 0:
     raise ValueError("eval.stop_within_dense needs evaluations during the search; set "
                      "eval.every_epochs > 0")
+  if search.selected_on is not None:
+    _choice(search.selected_on, SELECTIONS, "search.selected_on")
+  if search.selected_on == "holdout" and not _evaluates_on_holdout(config):
+    raise ValueError("search.selected_on=holdout picks the jackpot by held-out evaluations, "
+                     f"but data.holdout_images={config.data.holdout_images} and "
+                     f"eval.every_epochs={config.eval.every_epochs} make none; set both > 0, "
+                     "or search.selected_on=last_step")
   for field in ("recalibration_images", "wanda_images"):
     if config.eval[field] < 0:
       raise ValueError(f"eval.{field} must be >= 0 (0 skips), got {config.eval[field]}")
@@ -105,13 +117,24 @@ def _check(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"log_every_steps must be positive, got {config.log_every_steps}")
 
 
+def _evaluates_on_holdout(config: ml_collections.ConfigDict) -> bool:
+  """Whether the search evaluates itself on held-out training images (data.holdout_images
+  None holds out its default share)."""
+  holdout = config.data.holdout_images
+  return (holdout is None or holdout > 0) and config.eval.every_epochs > 0
+
+
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   """Validates `config` once and freezes it with its resolved data and model specs."""
   model = models.get_model_spec(config.model.name)
   _check(config)
+  selected_on = config.search.selected_on
+  if selected_on is None:
+    selected_on = "holdout" if _evaluates_on_holdout(config) else "last_step"
   return RunSpec(config=ml_collections.FrozenConfigDict(config),
                  data=resolve_spec(config.data), model=model,
-                 profile_steps=profiling.parse_profile_steps(config.profile_steps))
+                 profile_steps=profiling.parse_profile_steps(config.profile_steps),
+                 selected_on=selected_on)
 
 
 def check_fit(spec: RunSpec, data_info: DatasetInfo, device_count: int) -> None:

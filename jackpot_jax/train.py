@@ -24,10 +24,27 @@ from jackpot_jax.run_setup import (SearchSetup, initial_search_state, initial_tu
 SEARCH_CHECKPOINTS, TUNE_CHECKPOINTS = "checkpoints", "tune_checkpoints"
 
 
+def _jackpot_of(state: steps.SearchState) -> dict:
+  """What the checkpoints keep of a search state the held-out selection picks: its masks
+  and the BN statistics `evaluation.jackpot_batch_stats` evaluates them with."""
+  return {"masks": state.masks, "batch_stats": state.batch_stats}
+
+
+def with_selected_jackpot(setup: SearchSetup, state: steps.SearchState, meta: dict,
+                          selected: Any) -> steps.SearchState:
+  """`state` (the last one) carrying the jackpot search.selected_on chose: with
+  holdout, the masks and BN statistics of the best evaluation (`selected`); with
+  last_step, or for a run saved before selection existed, the last state's own."""
+  if setup.spec.selected_on != "holdout" or selected is None or "selected" not in meta:
+    return state
+  return state.replace(masks=selected["masks"], batch_stats=selected["batch_stats"])
+
+
 def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluator | None,
                  goal_accuracy: float | None = None) -> loop.Stage:
   """The mask search: scores trained over the frozen pre-trained weights, evaluated (and
-  stopped at `goal_accuracy`) on the held-out training images only."""
+  stopped at `goal_accuracy`) on the held-out training images only; with
+  search.selected_on=holdout its best evaluation is kept as the jackpot."""
   config = setup.config
   rank_by_magnitude = scores_lib.ranks_by_magnitude(config.search.score_init)
   layer_names = {l.path: l.name for l in setup.plan.masked_layers}
@@ -61,7 +78,8 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
       learning_rate=optim.learning_rate_of(config.search, max(setup.total_steps, 1)),
       evaluation=None if holdout is None else loop.Evaluation(
           every_steps=max(int(round(every * setup.steps_per_epoch)), 1), measure=measure,
-          goal=goal_accuracy),
+          goal=goal_accuracy,
+          keep=_jackpot_of if setup.spec.selected_on == "holdout" else None),
       profile_steps=setup.spec.profile_steps)
 
 
@@ -87,7 +105,7 @@ def _tune_and_report(setup: SearchSetup, workdir: Path, evaluator: evaluation.Ev
   tuned = None
   if setup.stage_steps("tune") > 0:
     parallel.check_batch_size(setup.config.tune.batch_size, setup.mesh)
-    tuned_state, _ = loop.run_stage(tune_stage(setup, workdir, state.masks, state.batch_stats),
+    tuned_state, _, _ = loop.run_stage(tune_stage(setup, workdir, state.masks, state.batch_stats),
                                     setup.spec, setup.mesh, workdir)
     tuned = evaluator.accuracy(tuned_state.params, tuned_state.batch_stats, state.masks)
   report = report_lib.build_report(setup, state, meta, baseline, jackpot, tuned)
@@ -119,26 +137,33 @@ def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pat
   baseline = evaluation.baseline(setup, evaluator, workdir, holdout)
   tolerance = spec.config.eval.stop_within_dense
   goal = baseline["holdout"]["dense"] - tolerance if tolerance > 0 else None
-  state, meta = loop.run_stage(search_stage(setup, workdir, holdout, goal), spec, setup.mesh,
-                               workdir, stop_after=stop_after)
+  state, meta, selected = loop.run_stage(search_stage(setup, workdir, holdout, goal), spec,
+                                         setup.mesh, workdir, stop_after=stop_after)
   if int(state.step) < setup.total_steps and meta.get("goal_reached_at") is None:
     return {"stopped_at": int(state.step)}
+  state = with_selected_jackpot(setup, state, meta, selected)
   state = state.replace(batch_stats=evaluation.jackpot_batch_stats(setup, state))
   return _tune_and_report(setup, workdir, evaluator, state, meta, baseline)
 
 
-def _restore(setup: SearchSetup, directory: Path, fresh: Any) -> tuple[Any, dict] | None:
+def _restore(setup: SearchSetup, directory: Path, fresh: Any,
+             keep: Any = None) -> tuple[Any, dict, Any] | None:
   shardings = setup.shardings(fresh)
   with checkpointing.SearchCheckpoints(directory, setup.config.checkpoint.keep) as ckpts:
-    return ckpts.restore_latest(parallel.abstract_arrays(fresh, shardings))
+    return ckpts.restore_latest(
+        parallel.abstract_arrays(fresh, shardings),
+        None if keep is None else parallel.abstract_arrays(keep(fresh), keep(shardings)))
 
 
 def restore_search_state(setup: SearchSetup, workdir: Path) -> tuple[steps.SearchState, dict]:
-  """The latest search checkpoint of a workdir, or a one-line error when it has none."""
-  restored = _restore(setup, workdir / SEARCH_CHECKPOINTS, initial_search_state(setup))
+  """The latest search checkpoint of a workdir carrying the selected jackpot
+  (`with_selected_jackpot`), or a one-line error when the workdir has none."""
+  restored = _restore(setup, workdir / SEARCH_CHECKPOINTS, initial_search_state(setup),
+                      _jackpot_of)
   if restored is None:
     raise ValueError(f"{workdir} holds no search checkpoint; run `search` first")
-  return restored
+  state, meta, selected = restored
+  return with_selected_jackpot(setup, state, meta, selected), meta
 
 
 def restore_tuned_state(setup: SearchSetup, workdir: Path,
@@ -153,9 +178,10 @@ def restore_tuned_state(setup: SearchSetup, workdir: Path,
 
 def load_workdir(workdir: str | os.PathLike,
                  overrides: dict | None = None) -> tuple[SearchSetup, steps.SearchState, dict]:
-  """A finished (or stopped) run's set-up and latest search state (with the BN statistics
-  its jackpot is evaluated with: search.bn_statistics), for evaluate, export and the
-  analysis scripts; `overrides` may change how it runs (see workdir.py)."""
+  """A finished (or stopped) run's set-up and latest search state carrying its selected
+  jackpot (search.selected_on) with the BN statistics that jackpot is evaluated with
+  (search.bn_statistics), for evaluate, export and the analysis scripts; `overrides` may
+  change how it runs (see workdir.py)."""
   workdir = fileio.as_path(workdir, "--workdir")
   setup = setup_search(run_spec.resolve(workdir_lib.load_workdir_config(workdir, overrides)))
   state, meta = restore_search_state(setup, workdir)
@@ -164,7 +190,8 @@ def load_workdir(workdir: str | os.PathLike,
 
 
 def evaluate_workdir(workdir: str | os.PathLike, overrides: dict | None = None) -> dict:
-  """The `evaluate` command: re-evaluates the latest checkpoint and rewrites the reports."""
+  """The `evaluate` command: re-evaluates the selected jackpot of the latest checkpoint and
+  rewrites the reports."""
   workdir = fileio.as_path(workdir, "--workdir")
   setup, state, meta = load_workdir(workdir, overrides)
   evaluator = evaluation.Evaluator(setup)

@@ -226,6 +226,14 @@ IN_PROCESS = [
          "eval.stop_within_dense needs evaluations during the search"),
     Case("evaluations_without_a_holdout", _search("--config.data.holdout_images=0"),
          "data.holdout_images=0 holds none out"),
+    Case("holdout_selection_without_a_holdout",
+         _search("--config.search.selected_on=holdout", "--config.data.holdout_images=0",
+                 "--config.eval.every_epochs=0"),
+         "search.selected_on=holdout picks the jackpot by held-out evaluations, but "
+         "data.holdout_images=0 and eval.every_epochs=0.0 make none; set both > 0, or "
+         "search.selected_on=last_step"),
+    Case("unknown_selection", _search("--config.search.selected_on=best"),
+         "unknown search.selected_on 'best'; choose one of holdout, last_step"),
     Case("holdout_of_the_whole_training_split", _search("--config.data.holdout_images=80"),
          "data.holdout_images=80 must be in [0, 80)"),
     Case("negative_recalibration", _search("--config.eval.recalibration_images=-1"),

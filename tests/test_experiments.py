@@ -31,6 +31,12 @@ def test_sweep_then_overlap_write_tables_and_plots(tiny_job, tmp_path):
   rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
   assert [round(r["conv_sparsity"], 2) for r in rows] == [0.5, 0.9]
   assert all(0.0 <= r["magnitude_recalibrated"] <= 1.0 for r in rows)
+  # Half an epoch of 4 steps: the start and step 2 are evaluated; the jackpot is one of them.
+  assert all(r["selected_step"] in (0, 2) and r["steps"] == 2 for r in rows)
+  table = (tmp_path / "sweep" / "sweep.md").read_text()
+  assert "| search steps | jackpot's step |" in table
+  for r in rows:
+    assert f"| {r['steps']} | {'0 (start)' if r['selected_step'] == 0 else '2'} |" in table
   assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
   overlap = _script("mask_overlap.py", f"--workdir={tmp_path / 'sweep' / 'sparsity_0.9'}",
                     f"--output={tmp_path / 'overlap'}", "--batches=1")
@@ -80,7 +86,10 @@ def test_nm_patterns_reports_every_baseline_and_the_gap_recovered(tiny_job, tmp_
   gap = row["dense"] - row["magnitude_recalibrated"]
   if gap > 0:
     assert row["gap_recovered"] == (row["jackpot"] - row["magnitude_recalibrated"]) / gap
-  assert "| 2:4 | 0.5 |" in (tmp_path / "nm.md").read_text()
+  assert row["selected_step"] in (0, 2)
+  table = (tmp_path / "nm.md").read_text()
+  assert "| 2:4 | 0.5 |" in table and "| steps | jackpot's step |" in table
+  assert f"| 2 | {'0 (start)' if row['selected_step'] == 0 else '2'} |" in table
 
 
 def test_dtypes_runs_one_search_per_compute_dtype_and_reports_the_gap(tiny_job, tmp_path):

@@ -44,7 +44,8 @@ def test_search_ends_at_the_first_evaluation_within_tolerance_of_dense(tiny_job,
   assert report["search"]["planned_steps"] == 6
   assert "ended early" in (tmp_path / "early" / "report.md").read_text()
   again = train.search_and_evaluate(config, tmp_path / "early")
-  assert again["search"]["steps"] == 2 and len(again["search"]["history"]) == 1
+  assert again["search"]["steps"] == 2
+  assert [h["step"] for h in again["search"]["history"]] == [0, 2]
   config.eval.stop_within_dense = 0.0
   assert train.search_and_evaluate(config, tmp_path / "full")["search"]["steps"] == 6
   early = final_search_state(config, tmp_path / "early")
@@ -73,14 +74,16 @@ def test_search_evaluates_and_stops_on_the_holdout_and_tests_once_at_the_end(
   report = train.search_and_evaluate(config, tmp_path / "full")
   # Test split: dense, magnitude (stale BN), magnitude recalibrated, and the jackpot once.
   assert passes.count("test") == 4
-  # Holdout: dense, then the jackpot at steps 2, 4 and 6.
-  assert passes.count("holdout") == 4 and len(report["search"]["history"]) == 3
-  assert report["holdout"]["jackpot"] == report["search"]["history"][-1]["jackpot_accuracy"]
+  # Holdout: dense, then the jackpot at the start (step 0) and at steps 2, 4 and 6.
+  history = report["search"]["history"]
+  assert passes.count("holdout") == 5 and [h["step"] for h in history] == [0, 2, 4, 6]
+  selected = next(h for h in history if h["step"] == report["search"]["selected_step"])
+  assert report["holdout"]["jackpot"] == selected["jackpot_accuracy"]
   passes.clear()
   config.eval.stop_within_dense = 1.0  # any accuracy is within 100 points of dense
   early = train.search_and_evaluate(config, tmp_path / "early")
   assert early["search"]["selected_on"] == "holdout" and early["search"]["goal_reached_at"] == 2
-  assert passes.count("test") == 4 and passes.count("holdout") == 2
+  assert passes.count("test") == 4 and passes.count("holdout") == 3
 
 
 def test_report_has_the_contract_keys(tiny_job, tmp_path):
@@ -90,7 +93,8 @@ def test_report_has_the_contract_keys(tiny_job, tmp_path):
   assert on_disk["dataset"].startswith("npz:") and on_disk["target_sparsity"] == 0.9
   assert set(on_disk["sparsity"]) >= {"conv", "prunable", "all_weights", "per_layer"}
   assert set(on_disk["accuracy"]) >= {"dense", "magnitude", "magnitude_recalibrated", "jackpot"}
-  assert on_disk["accuracy_split"] == "test" and on_disk["search"]["selected_on"] == "last_step"
+  assert on_disk["accuracy_split"] == "test" and on_disk["search"]["selected_on"] == "holdout"
+  assert set(on_disk["search"]) >= {"selected_step", "start_holdout_accuracy", "beat_start"}
   assert on_disk["holdout"]["images"] == 16 and on_disk["recalibration_images"] == 64
   assert set(on_disk["search"]) >= {"steps", "epochs", "wall_seconds", "score_init", "sparsity_plan"}
   assert on_disk["search"]["steps"] == 6 and on_disk["search"]["epochs"] == 1.5

@@ -175,7 +175,7 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(damage, finished_ru
   abstract = jax.eval_shape(lambda: run_setup.initial_search_state(setup))
   reader = checkpointing.SearchCheckpoints(checkpoints, 3)
   with caplog.at_level(logging.WARNING):
-    state, _ = reader.restore_latest(abstract)
+    state, _, _ = reader.restore_latest(abstract)
   reader.close()
   assert int(state.step) == 4
   assert "skipping unreadable checkpoint at step 6" in caplog.text

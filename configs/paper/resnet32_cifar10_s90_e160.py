@@ -1,5 +1,9 @@
 """Paper row: ResNet-32 on CIFAR-10, 90% conv sparsity, 160 search epochs (reported top-1 94.39).
 
+Searches on the whole training split and keeps the mask of its last step, as the paper
+does (data.holdout_images=0, search.selected_on=last_step, no evaluations during the
+search).
+
   python -m jackpot_jax search --config=configs/paper/resnet32_cifar10_s90_e160.py --workdir=DIR \\
       --config.model.checkpoint=PATH_TO_PRETRAINED.pth
 """

@@ -1,5 +1,9 @@
 """Paper row: ResNet-32 on CIFAR-10, 90% conv sparsity, 30 search epochs (reported top-1 93.7).
 
+Searches on the whole training split and keeps the mask of its last step, as the paper
+does (data.holdout_images=0, search.selected_on=last_step, no evaluations during the
+search).
+
   python -m jackpot_jax search --config=configs/paper/resnet32_cifar10_s90_e30.py --workdir=DIR \\
       --config.model.checkpoint=PATH_TO_PRETRAINED.pth
 """

@@ -1,5 +1,9 @@
 """Paper row: ResNet-50 on ImageNet, 80% conv sparsity, 30 search epochs (reported top-1 75.19).
 
+Searches on the whole training split and keeps the mask of its last step, as the paper
+does (data.holdout_images=0, search.selected_on=last_step, no evaluations during the
+search).
+
   python -m jackpot_jax search --config=configs/paper/resnet50_imagenet_s80_e30.py --workdir=DIR \\
       --config.model.checkpoint=resnet50.pth --config.data.manual_dir=IMAGENET_TARS
 """

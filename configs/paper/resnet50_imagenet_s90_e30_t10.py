@@ -1,5 +1,9 @@
 """Paper row: ResNet-50 on ImageNet, 90% conv sparsity, 30 search epochs + 10 weight-tuning epochs (reported top-1 74.62).
 
+Searches on the whole training split and keeps the mask of its last step, as the paper
+does (data.holdout_images=0, search.selected_on=last_step, no evaluations during the
+search).
+
   python -m jackpot_jax search --config=configs/paper/resnet50_imagenet_s90_e30_t10.py --workdir=DIR \\
       --config.model.checkpoint=resnet50.pth --config.data.manual_dir=IMAGENET_TARS
 """

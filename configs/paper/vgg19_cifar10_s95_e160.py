@@ -1,5 +1,9 @@
 """Paper row: VGG-19 on CIFAR-10, 95% conv sparsity, 160 search epochs (reported top-1 93.74).
 
+Searches on the whole training split and keeps the mask of its last step, as the paper
+does (data.holdout_images=0, search.selected_on=last_step, no evaluations during the
+search).
+
   python -m jackpot_jax search --config=configs/paper/vgg19_cifar10_s95_e160.py --workdir=DIR \\
       --config.model.checkpoint=PATH_TO_PRETRAINED.pth
 """
