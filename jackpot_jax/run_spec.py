@@ -108,6 +108,10 @@ def _check(config: ml_collections.ConfigDict) -> None:
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   """Validates `config` once and freezes it with its resolved data and model specs."""
   model = models.get_model_spec(config.model.name)
+  if model.inputs != "images":
+    raise ValueError(f"model.name={model.name!r} is a language model; the search runs image "
+                     "classifiers (language models load with "
+                     "jackpot_jax.pytorch.hf_decoders.import_hf_decoder)")
   _check(config)
   return RunSpec(config=ml_collections.FrozenConfigDict(config),
                  data=resolve_spec(config.data), model=model,
