@@ -164,15 +164,18 @@ def local_file(path: AnyPath, what: str) -> Iterator[Path]:
       raise type(error)(str(error).replace(str(local), str(path))) from error
 
 
-def _new_file_mode() -> int:
-  """The mode open() gives a new file under this process's umask (mkstemp gives 0600)."""
+def _umask() -> int:
   umask = os.umask(0o022)
   os.umask(umask)
-  return 0o666 & ~umask
+  return umask
 
 
 # Read once at import: os.umask can only be read by setting it, which is not thread-safe.
-_NEW_FILE_MODE = _new_file_mode()
+_UMASK = _umask()
+# The modes open() and mkdir() give under this process's umask (mkstemp gives 0600,
+# mkdtemp 0700).
+NEW_FILE_MODE = 0o666 & ~_UMASK
+NEW_DIRECTORY_MODE = 0o777 & ~_UMASK
 # Free bytes below which a failed write is taken for a full disk (see _looks_like_disk_full).
 _NEARLY_FULL = 1 << 20
 
@@ -205,12 +208,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  os.fchmod(fd, _NEW_FILE_MODE)
+  os.fchmod(fd, NEW_FILE_MODE)
   os.close(fd)
   try:
     yield Path(tmp)
     # Again: a writer may replace the file rather than fill it (safetensors writes 0600).
-    os.chmod(tmp, _NEW_FILE_MODE)
+    os.chmod(tmp, NEW_FILE_MODE)
     with open(tmp, "rb") as f:
       os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -127,6 +127,10 @@ def _evaluates_on_holdout(config: ml_collections.ConfigDict) -> bool:
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   """Validates `config` once and freezes it with its resolved data and model specs."""
   model = models.get_model_spec(config.model.name)
+  if model.inputs != "images":
+    raise ValueError(f"model.name={model.name!r} is a language model; the search runs image "
+                     "classifiers (language models load with "
+                     "jackpot_jax.pytorch.hf_decoders.import_hf_decoder)")
   _check(config)
   selected_on = config.search.selected_on
   if selected_on is None:

@@ -19,24 +19,28 @@ class ModelSpec:
   Attributes:
     name: registry name, e.g. "resnet20".
     build: `build(num_classes, **kwargs) -> nn.Module`; the module is called as
-      `module(images_nhwc, train=bool)` and returns logits. A model file gives the plain
+      `module(images_nhwc, train=bool)` (a language model: `module(token_ids, train=bool)`,
+      `num_classes` its vocabulary) and returns logits. A model file gives the plain
       module's builder; `register` stores one that wraps it with `masked_model.masked`,
       so every registered model's `apply` takes a `masks` collection.
     classifier: PyTorch-style name of the final classifier layer (kept dense by default).
-    first_layer: PyTorch-style name of the first convolution.
-    input_shape: default (height, width, channels) for this model's usual data.
+    first_layer: PyTorch-style name of the first convolution (or embedding).
+    input_shape: default input without the batch axis: (height, width, channels) for
+      this model's usual images, (tokens,) for a language model.
     torch_aliases: other PyTorch module names a checkpoint may use for one of our layers,
       e.g. {"linear": ("fc",)} for CIFAR-ResNet checkpoints that name the classifier fc.
     maskable: which params may carry a mask (`masked_model.is_maskable`: every kernel).
+    inputs: "images" or "tokens" (a decoder-only language model).
   """
 
   name: str
   build: Callable[..., nn.Module]
   classifier: str
   first_layer: str
-  input_shape: tuple[int, int, int]
+  input_shape: tuple[int, ...]
   torch_aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   maskable: Maskable = is_maskable
+  inputs: str = "images"
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
