@@ -81,8 +81,9 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
   """Builds `model_name` and fills its variables from a PyTorch checkpoint.
 
   Args:
-    source: a .pth/.pt/.th/.tar or .safetensors path, or a state_dict; a bare state_dict
-      or one under "state_dict" / "model"; "module." prefixes are stripped.
+    source: a .pth/.pt/.th/.tar or .safetensors path, a Hugging Face model folder (its
+      weights; `hf_folder` reads its config.json), or a state_dict; a bare state_dict or
+      one under "state_dict" / "model"; "module." prefixes are stripped.
     model_name: a registered model, e.g. "resnet50".
     num_classes: the classifier's width.
     strict: when False, checkpoint tensors the model lacks are ignored and variables the
