@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 
 from jackpot_jax import run_spec, train, workdir_export
-from jackpot_jax.pytorch import CheckpointNotFoundError, export_torch, import_torch
+from jackpot_jax.pytorch import (CheckpointMismatchError, CheckpointNotFoundError, export_torch,
+                                 import_torch)
 from jackpot_jax.pytorch.hf_folder import resolve_model
 
 # transformers would import TensorFlow (installed for TFDS) for its TF models: unused here.
@@ -173,6 +174,27 @@ def test_a_folder_without_weights_or_with_a_missing_shard_says_so(tmp_path):
     path.unlink()
   with pytest.raises(CheckpointNotFoundError, match="holds no weights: none of model.safetensors"):
     import_torch(folder, "vit", NUM_LABELS, model_kwargs=KWARGS)
+
+
+def test_a_pth_with_another_models_keys_names_that_model(tmp_path):
+  checkpoint = tmp_path / "vit.pth"
+  torch.save(_hf_model("vit").state_dict(), checkpoint)
+
+  with pytest.raises(CheckpointMismatchError) as caught:
+    import_torch(checkpoint, "resnet20", NUM_LABELS)
+
+  message = str(caught.value)
+  assert f"checkpoint {checkpoint} does not fit model 'resnet20': its keys are those of " \
+         in message
+  assert " vit, " in message and "(Hugging Face layout) with another number of blocks" \
+      in message
+
+
+def test_a_cifar_resnet_checkpoint_named_as_a_vit_says_it_is_a_resnet(tiny_job):
+  with pytest.raises(CheckpointMismatchError,
+                     match=r"does not fit model 'vit_b16': its keys are those of resnet20 "
+                           r"\(PyTorch layout\); set the model name"):
+    import_torch(tiny_job / "resnet20.pth", "vit_b16", 10)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
