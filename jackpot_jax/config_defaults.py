@@ -55,9 +55,12 @@ def _optimizer_fields(section: str, learning_rate: float, weight_decay: float,
 
 # (dotted key, default, one-line doc).
 FIELDS: list[tuple[str, Any, str]] = [
-    ("model.name", "resnet32", "registry name of the network (jackpot_jax.models)"),
-    ("model.checkpoint", "", "path of the pre-trained PyTorch checkpoint"),
-    ("model.num_classes", 10, "classes of the classifier"),
+    ("model.name", "resnet32", "registry name of the network (jackpot_jax.models); auto: "
+     "the one a Hugging Face checkpoint folder's config.json describes"),
+    ("model.checkpoint", "", "the pre-trained PyTorch checkpoint: a .pth/.safetensors file "
+     "or a Hugging Face model folder (config.json and its weights)"),
+    ("model.num_classes", 10, "classes of the classifier; 0: a Hugging Face checkpoint "
+     "folder's number of labels"),
     ("model.strict", True, "every checkpoint tensor used and every variable filled"),
     ("model.kwargs", {}, "extra builder arguments of the model, e.g. width"),
     ("model.dtype", "float32", "activation dtype: float32 | bfloat16 (weights, scores and "

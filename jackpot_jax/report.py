@@ -24,6 +24,10 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
   selection, holdout_jackpot = _selection(setup.spec.selected_on, step, meta)
   return {
       "model": config.model.name,
+      # Resolved: a checkpoint folder's sizes and labels, not only what the config named.
+      "model_kwargs": dict(config.model.kwargs),
+      "num_classes": config.model.num_classes,
+      "checkpoint_input_shape": list(setup.imported.input_shape),
       "dataset": config.data.name,
       "data": {"image_shape": list(setup.data_info.image_shape),
                "preprocessing": setup.data_info.preprocessing.as_dict()},

@@ -1,13 +1,17 @@
 """The run spec: a config validated once and frozen, built at start and passed down.
 
 `resolve(config)` is the one place a config is checked, before anything heavy loads;
-every check fails with one line naming the field and what to do. `check_fit` adds the
-checks that need the dataset's shape and the device count, before the checkpoint loads,
-and `check_checkpoint_fit` those that need the checkpoint, before its first forward pass.
+every check fails with one line naming the field and what to do. A checkpoint that is a
+Hugging Face model folder sets model.name (from auto), model.kwargs and model.num_classes
+(from 0) from its config.json here, so the frozen config, the saved one and the report
+hold the model that runs. `check_fit` adds the checks that need the dataset's shape and
+the device count, before the checkpoint loads, and `check_checkpoint_fit` those that need
+the checkpoint, before its first forward pass.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import ml_collections
@@ -15,6 +19,7 @@ import ml_collections
 from jackpot_jax import (fileio, masking, models, optim, parallel, profiling, scores, sparsity,
                          steps)
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
+from jackpot_jax.pytorch import hf_folder
 
 # search.selected_on: which search state is the jackpot.
 SELECTIONS = ("holdout", "last_step")
@@ -60,7 +65,8 @@ def _check(config: ml_collections.ConfigDict) -> None:
   fileio.as_path(config.model.checkpoint, "model.checkpoint")
   _choice(config.model.dtype, parallel.IMAGE_DTYPES, "model.dtype")
   if config.model.num_classes < 1:
-    raise ValueError(f"model.num_classes must be positive, got {config.model.num_classes}")
+    raise ValueError(f"model.num_classes must be positive, got {config.model.num_classes} "
+                     "(0 only takes a Hugging Face checkpoint folder's number of labels)")
   search = config.search
   if not 0.0 <= search.sparsity < 1.0:
     raise ValueError(f"search.sparsity must be in [0, 1), got {search.sparsity}")
@@ -124,8 +130,39 @@ def _evaluates_on_holdout(config: ml_collections.ConfigDict) -> bool:
   return (holdout is None or holdout > 0) and config.eval.every_epochs > 0
 
 
+def with_folder_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with the model of a checkpoint folder's config.json (a copy), or as it is.
+
+  model.name=auto and model.num_classes=0 say "the folder's"; given values must agree.
+  """
+  model = config.model
+  if not model.checkpoint:
+    if model.name == hf_folder.AUTO:
+      raise ValueError(f"model.name={hf_folder.AUTO} takes the model from a Hugging Face "
+                       "checkpoint folder, but model.checkpoint is empty; pass "
+                       "--config.model.checkpoint=DIR")
+    return config
+  path = fileio.as_path(model.checkpoint, "model.checkpoint")
+  if not hf_folder.is_model_folder(path):
+    if model.name == hf_folder.AUTO:
+      raise ValueError(f"model.name={hf_folder.AUTO} takes the model from a Hugging Face "
+                       f"checkpoint folder's config.json, but model.checkpoint {path} is not a "
+                       f"folder; set --config.model.name to its model (one of "
+                       f"{', '.join(models.model_names())})")
+    return config
+  resolved = hf_folder.resolve_model(path, model.name, model.num_classes, dict(model.kwargs))
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.name = resolved.name
+    config.model.num_classes = resolved.num_classes
+    config.model.kwargs = ml_collections.ConfigDict(resolved.kwargs)
+  return config
+
+
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
-  """Validates `config` once and freezes it with its resolved data and model specs."""
+  """Validates `config` once and freezes it with its resolved data and model specs (a
+  checkpoint folder's model filled in, see `with_folder_model`)."""
+  config = with_folder_model(config)
   model = models.get_model_spec(config.model.name)
   if model.inputs != "images":
     raise ValueError(f"model.name={model.name!r} is a language model; the search runs image "

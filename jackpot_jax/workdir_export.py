@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import fileio, train
+from jackpot_jax import fileio, run_spec, train
 from jackpot_jax.pytorch import apply_masks_file, export_torch, import_torch
 
 
@@ -39,6 +39,7 @@ def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike
   """
   output = fileio.as_path(output, "--output")
   fileio.check_reachable(output.parent, "--output", writable=True)
+  config = run_spec.with_folder_model(config)
   imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
                           strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
   masks = apply_masks_file(fileio.as_path(masks_path, "--masks"), imported)

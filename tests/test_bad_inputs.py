@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -115,6 +116,11 @@ def inputs(tiny_job, tmp_path_factory) -> Path:
             root / "rgb" / split / str(label) / f"{index}.png")
   np.savez(root / "no_labels.npz", x_train=np.zeros((4, 8, 8, 1), np.uint8))
   (root / "a_file").write_text("a regular file, not a directory\n")
+  (root / "hf_without_config").mkdir()
+  (root / "hf_without_config" / "model.safetensors").write_bytes(b"")
+  for name, model_type in (("hf_bert", "bert"), ("hf_vit", "vit")):
+    (root / name).mkdir()
+    (root / name / "config.json").write_text(json.dumps({"model_type": model_type}))
   return root
 
 
@@ -202,6 +208,17 @@ IN_PROCESS = [
          "is not a PyTorch (.pth/.pt/.tar) or safetensors checkpoint"),
     Case("checkpoint_of_another_architecture", _search_with(lambda i, w: [
         f"--config.model.checkpoint={i / 'resnet32.pth'}"]), "does not fit model 'resnet20'"),
+    Case("checkpoint_folder_without_config", _search_with(lambda i, w: [
+        f"--config.model.checkpoint={i / 'hf_without_config'}"]),
+         "hf_without_config has no config.json"),
+    Case("checkpoint_folder_of_an_unsupported_type", _search_with(lambda i, w: [
+        f"--config.model.checkpoint={i / 'hf_bert'}"]),
+         "config.json's model_type 'bert' is not supported; supported: deit, vit"),
+    Case("checkpoint_folder_of_another_model", _search_with(lambda i, w: [
+        f"--config.model.checkpoint={i / 'hf_vit'}"]),
+         "model.name='resnet20' but checkpoint folder"),
+    Case("model_from_a_file_checkpoint", _search("--config.model.name=auto"),
+         "is not a folder; set --config.model.name to its model"),
     Case("image_folder_without_images", _search_with(lambda i, w: [
         f"--config.data.name=image_folder:{i / 'no_images'}"]),
          "has no images in class subdirectories"),

@@ -110,6 +110,7 @@ register(ModelSpec(
     classifier="classifier.1",
     first_layer="features.0.0",
     input_shape=(224, 224, 3),
+    layout_name="torchvision",
 ))
 
 register(ModelSpec(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 
@@ -31,6 +31,7 @@ class ModelSpec:
       e.g. {"linear": ("fc",)} for CIFAR-ResNet checkpoints that name the classifier fc.
     maskable: which params may carry a mask (`masked_model.is_maskable`: every kernel).
     inputs: "images" or "tokens" (a decoder-only language model).
+    layout_name: what the key layout its own names spell is called in messages.
   """
 
   name: str
@@ -41,9 +42,26 @@ class ModelSpec:
   torch_aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   maskable: Maskable = is_maskable
   inputs: str = "images"
+  layout_name: str = "PyTorch"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderModel:
+  """The registered model a Hugging Face config.json describes.
+
+  Attributes:
+    names: the registered names that build it, the one to resolve to first: a preset
+      whose sizes are the config's, then the family's size-agnostic name.
+    kwargs: every builder argument the config sets (sizes, epsilon, activation).
+  """
+
+  names: tuple[str, ...]
+  kwargs: dict[str, Any]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Hugging Face `model_type` -> reader of its config.json.
+_FOLDER_READERS: dict[str, Callable[[Mapping[str, Any]], FolderModel]] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -65,6 +83,30 @@ def get_model_spec(name: str) -> ModelSpec:
     raise ValueError(f"unknown model {name!r}{errors.did_you_mean(name, _REGISTRY)}; choose one "
                      f"of: {', '.join(sorted(_REGISTRY))}")
   return _REGISTRY[name]
+
+
+def register_folder_reader(model_type: str,
+                           reader: Callable[[Mapping[str, Any]], FolderModel]) -> None:
+  """Lets Hugging Face folders whose config.json has this `model_type` import."""
+  if model_type in _FOLDER_READERS:
+    raise ValueError(f"Hugging Face model_type {model_type!r} registered twice")
+  _FOLDER_READERS[model_type] = reader
+
+
+def folder_model_types() -> list[str]:
+  return sorted(_FOLDER_READERS)
+
+
+def folder_model(model_type: str, config: Mapping[str, Any]) -> FolderModel:
+  """The registered model a Hugging Face config.json of `model_type` describes.
+
+  Raises:
+    ValueError: no model family reads this model_type, or the config is not one it builds.
+  """
+  if model_type not in _FOLDER_READERS:
+    raise ValueError(f"model_type {model_type!r} is not supported; supported: "
+                     f"{', '.join(folder_model_types())}")
+  return _FOLDER_READERS[model_type](config)
 
 
 def model_names() -> list[str]:

@@ -83,4 +83,5 @@ for _name, _layout in (("vgg11_bn", VGG11_LAYOUT), ("vgg16_bn", VGG16_LAYOUT),
       classifier="classifier.6",
       first_layer="features.0",
       input_shape=(224, 224, 3),
+      layout_name="torchvision",
   ))

@@ -6,6 +6,10 @@ vit.encoder.layer.{i}.{layernorm_before, attention.attention.{query,key,value},
 attention.output.dense, layernorm_after, intermediate.dense, output.dense}, vit.layernorm,
 classifier. timm's VisionTransformer checkpoints import too (`checkpoint_layouts`): their
 names map onto these, and the fused `attn.qkv` splits into query, key and value by rows.
+So do Hugging Face's DeiTForImageClassification ones (deit.* for vit.*): a DeiT has a
+distillation token after the class token (`distillation_token`), and its head reads the
+class token as a ViT's does. A Hugging Face folder's config.json picks the sizes
+(`from_hf_config`).
 
 Blocks are pre-norm with exact (or tanh) GELU and no dropout: the weights are frozen, so
 `train` changes nothing. The "cls" head reads token 0 after the final norm; "mean"
@@ -22,16 +26,17 @@ kept. jax.image.resize is no substitute: its cubic kernel has a=-0.5, PyTorch's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jackpot_jax.models.registry import ModelSpec, register
+from jackpot_jax.models.registry import FolderModel, ModelSpec, register, register_folder_reader
 
 _POOLS = ("cls", "mean")
 _GELUS = ("exact", "tanh")
@@ -121,13 +126,15 @@ def resize_grid(grid: jax.Array, size: tuple[int, int], antialias: bool = False)
   return resized.astype(grid.dtype)
 
 
-def _position_grid(positions: jax.Array, grid: tuple[int, int], antialias: bool) -> jax.Array:
-  """Position embeddings (1, 1 + n, dim) for an input with a patch grid `grid`.
+def _position_grid(positions: jax.Array, grid: tuple[int, int], antialias: bool,
+                   prefix: int = 1) -> jax.Array:
+  """Position embeddings (1, prefix + n, dim) for an input with a patch grid `grid`.
 
-  A stored square grid other than `grid` is resized, the class token's row kept; a
-  non-square stored grid cannot be recovered from its length, so it must fit as it is.
+  A stored square grid other than `grid` is resized, the rows of the `prefix` tokens
+  (class, distillation) kept; a non-square stored grid cannot be recovered from its
+  length, so it must fit as it is.
   """
-  stored = positions.shape[1] - 1
+  stored = positions.shape[1] - prefix
   side = math.isqrt(stored)
   wanted = grid[0] * grid[1]
   if side * side != stored:
@@ -137,9 +144,9 @@ def _position_grid(positions: jax.Array, grid: tuple[int, int], antialias: bool)
     return positions
   if grid == (side, side):
     return positions
-  patches = positions[0, 1:].reshape(side, side, -1)
+  patches = positions[0, prefix:].reshape(side, side, -1)
   resized = resize_grid(patches, grid, antialias).reshape(1, wanted, -1)
-  return jnp.concatenate([positions[:, :1], resized], axis=1)
+  return jnp.concatenate([positions[:, :prefix], resized], axis=1)
 
 
 class PatchEmbeddings(nn.Module):
@@ -156,12 +163,13 @@ class PatchEmbeddings(nn.Module):
 
 
 class Embeddings(nn.Module):
-  """Patch tokens after a class token, plus position embeddings (resized if the input's
-  patch grid is not the stored one)."""
+  """Patch tokens after a class token (and a DeiT's distillation token), plus position
+  embeddings (resized if the input's patch grid is not the stored one)."""
 
   hidden_size: int
   patch_size: int
   pos_antialias: bool = False
+  distillation_token: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -169,15 +177,17 @@ class Embeddings(nn.Module):
                               name="patch_embeddings")(images)
     batch, height, width, dim = patches.shape
     tokens = patches.reshape(batch, height * width, dim)
-    cls_token = self.param("cls_token", _EMBEDDING_INIT, (1, 1, dim))
+    names = ("cls_token", "distillation_token") if self.distillation_token else ("cls_token",)
+    leading = [jnp.broadcast_to(self.param(name, _EMBEDDING_INIT, (1, 1, dim)).astype(
+        tokens.dtype), (batch, 1, dim)) for name in names]
     # The grid is the input's at initialisation; afterwards the stored one, which an
     # input of another size resizes instead of failing Flax's shape check.
     stored = (self.get_variable("params", "position_embeddings").shape[1]
-              if self.has_variable("params", "position_embeddings") else 1 + height * width)
+              if self.has_variable("params", "position_embeddings")
+              else len(names) + height * width)
     positions = self.param("position_embeddings", _EMBEDDING_INIT, (1, stored, dim))
-    positions = _position_grid(positions, (height, width), self.pos_antialias)
-    cls_tokens = jnp.broadcast_to(cls_token.astype(tokens.dtype), (batch, 1, dim))
-    return jnp.concatenate([cls_tokens, tokens], axis=1) + positions.astype(tokens.dtype)
+    positions = _position_grid(positions, (height, width), self.pos_antialias, len(names))
+    return jnp.concatenate([*leading, tokens], axis=1) + positions.astype(tokens.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -279,14 +289,16 @@ class Backbone(nn.Module):
   gelu: str
   qkv_bias: bool
   pos_antialias: bool
+  distillation_token: bool
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     x = Embeddings(self.hidden_size, self.patch_size, self.pos_antialias,
-                   name="embeddings")(images)
+                   self.distillation_token, name="embeddings")(images)
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.layer_norm_eps, self.gelu,
                 self.qkv_bias, name="encoder")(x)
-    pooled = x[:, 0] if self.pool == "cls" else jnp.mean(x[:, 1:], axis=1)
+    prefix = 1 + self.distillation_token
+    pooled = x[:, 0] if self.pool == "cls" else jnp.mean(x[:, prefix:], axis=1)
     return _layer_norm(self.layer_norm_eps, "layernorm", pooled)
 
 
@@ -306,6 +318,7 @@ class ViT(nn.Module):
     qkv_bias: whether query, key and value have biases.
     pos_antialias: resize position embeddings with antialias=True, as timm's
       dynamic_img_size does, instead of as HF's interpolate_pos_encoding does.
+    distillation_token: a DeiT's second token after the class token (HF's DeiT layout).
   """
 
   num_classes: int
@@ -319,6 +332,7 @@ class ViT(nn.Module):
   gelu: str = "exact"
   qkv_bias: bool = True
   pos_antialias: bool = False
+  distillation_token: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -326,7 +340,8 @@ class ViT(nn.Module):
     self._check_fields()
     features = Backbone(self.patch_size, self.hidden_size, self.depth, self.num_heads,
                         self.mlp_dim, self.pool, self.layer_norm_eps, self.gelu,
-                        self.qkv_bias, self.pos_antialias, name="vit")(images)
+                        self.qkv_bias, self.pos_antialias, self.distillation_token,
+                        name="vit")(images)
     return nn.Dense(self.num_classes, dtype=features.dtype, name="classifier")(features)
 
   def _check_fields(self) -> None:
@@ -347,8 +362,9 @@ class ViT(nn.Module):
     positions = shapes.get("vit.embeddings.position_embeddings")
     if projection is None or positions is None or len(projection) != 4 or len(positions) != 3:
       return default
-    side = math.isqrt(positions[1] - 1)
-    if side == 0 or side * side != positions[1] - 1:
+    patches = positions[1] - 1 - self.distillation_token
+    side = math.isqrt(max(patches, 0))
+    if side == 0 or side * side != patches:
       return default
     return (side * self.patch_size, side * self.patch_size, projection[1])
 
@@ -358,10 +374,12 @@ class ViT(nn.Module):
     Module names are templates ({i} is a block index); a tuple means their tensor stacks
     ours along rows, in that order. timm names the final norm `norm` under the class-token
     head and `fc_norm` (after pooling, with `norm` an Identity) under the average head.
+    Hugging Face's DeiT has our names with deit for vit.
     """
     final_norm = "norm" if self.pool == "cls" else "fc_norm"
     layer = "vit.encoder.layer.{i}"
-    return {"timm": {
+    deit = {name.replace("vit.", "deit.", 1): name for name in _HF_MODULES}
+    return {"Hugging Face DeiT": deit, "timm": {
         "cls_token": "vit.embeddings.cls_token",
         "pos_embed": "vit.embeddings.position_embeddings",
         "patch_embed.proj": "vit.embeddings.patch_embeddings.projection",
@@ -377,30 +395,102 @@ class ViT(nn.Module):
     }}
 
 
+# Our module names, HF's ViT layout: its DeiT layout has deit for vit.
+_HF_MODULES = ("vit.embeddings", "vit.embeddings.patch_embeddings.projection",
+               *(f"vit.encoder.layer.{{i}}.{module}" for module in (
+                   "layernorm_before", "attention.attention.query", "attention.attention.key",
+                   "attention.attention.value", "attention.output.dense", "layernorm_after",
+                   "intermediate.dense", "output.dense")),
+               "vit.layernorm", "classifier")
+
 # (hidden_size, depth, num_heads, mlp_dim) of the ImageNet models, patch 16.
 _SIZES = {"ti16": (192, 12, 3, 768), "s16": (384, 12, 6, 1536), "b16": (768, 12, 12, 3072)}
 _FIRST_LAYER = "vit.embeddings.patch_embeddings.projection"
 
-# HF's ViT checkpoints use LayerNorm epsilon 1e-12; DeiT (non-distilled DeiT is ViT) and
-# timm use 1e-6, which `layer_norm_eps` in the model kwargs also sets for timm ViTs.
-for _family, _eps in (("vit", 1e-12), ("deit", 1e-6)):
-  for _size, (_hidden, _depth, _heads, _mlp) in _SIZES.items():
-    register(ModelSpec(
-        name=f"{_family}_{_size}",
-        build=functools.partial(ViT, patch_size=16, hidden_size=_hidden, depth=_depth,
-                                num_heads=_heads, mlp_dim=_mlp, layer_norm_eps=_eps),
-        classifier="classifier",
-        first_layer=_FIRST_LAYER,
-        input_shape=(224, 224, 3),
-    ))
-
+# Registered name -> builder arguments. HF's ViT checkpoints use LayerNorm epsilon 1e-12;
+# DeiT (non-distilled DeiT is ViT) and timm use 1e-6, which `layer_norm_eps` in the model
+# kwargs also sets for timm ViTs.
+_PRESETS = {
+    f"{family}_{size}": {"patch_size": 16, "hidden_size": hidden, "depth": depth,
+                         "num_heads": heads, "mlp_dim": mlp, "layer_norm_eps": eps}
+    for family, eps in (("vit", 1e-12), ("deit", 1e-6))
+    for size, (hidden, depth, heads, mlp) in _SIZES.items()}
 # A small ViT for 28x28 or 32x32 inputs (7x7 or 8x8 patches), cheap enough to train and
 # search on a CPU.
-register(ModelSpec(
-    name="vit_tiny_p4",
-    build=functools.partial(ViT, patch_size=4, hidden_size=64, depth=6, num_heads=4,
-                            mlp_dim=256, layer_norm_eps=1e-6),
-    classifier="classifier",
-    first_layer=_FIRST_LAYER,
-    input_shape=(28, 28, 1),
-))
+_PRESETS["vit_tiny_p4"] = {"patch_size": 4, "hidden_size": 64, "depth": 6, "num_heads": 4,
+                           "mlp_dim": 256, "layer_norm_eps": 1e-6}
+# Sizes from model.kwargs alone (a Hugging Face folder's config.json fills them): "vit"
+# in HF's ViT layout, "hf_deit" in HF's DeiT layout, with its distillation token.
+_PRESETS["vit"] = {}
+_PRESETS["hf_deit"] = {"distillation_token": True}
+
+for _name, _kwargs in _PRESETS.items():
+  register(ModelSpec(
+      name=_name,
+      build=functools.partial(ViT, **_kwargs),
+      classifier="classifier",
+      first_layer=_FIRST_LAYER,
+      input_shape=(28, 28, 1) if _name == "vit_tiny_p4" else (224, 224, 3),
+      layout_name="Hugging Face",
+  ))
+
+# HF's hidden_act -> our gelu; gelu_new and gelu_pytorch_tanh are the tanh approximation.
+_HF_ACTIVATIONS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+# config.json key -> (our builder argument, HF's default when the key is absent).
+_HF_FIELDS = {"patch_size": ("patch_size", 16), "hidden_size": ("hidden_size", 768),
+              "num_hidden_layers": ("depth", 12), "num_attention_heads": ("num_heads", 12),
+              "intermediate_size": ("mlp_dim", 3072), "layer_norm_eps": ("layer_norm_eps", 1e-12),
+              "qkv_bias": ("qkv_bias", True)}
+# The builder arguments that change what a ViT computes (pos_antialias only matters for
+# inputs of another size than the checkpoint's).
+_BUILD_FIELDS = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_dim", "pool",
+                 "layer_norm_eps", "gelu", "qkv_bias", "distillation_token")
+# The classifier heads these folders' weights are for: one Dense on the class token.
+_HF_ARCHITECTURES = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification"}
+
+
+def from_hf_config(model_type: str, config: Mapping[str, Any]) -> FolderModel:
+  """The ViT a Hugging Face ViTConfig / DeiTConfig (config.json) describes.
+
+  Raises:
+    ValueError: a field of the wrong type, an activation other than GELU, or a head other
+      than the single class-token classifier (DeiT's distilled two-head model).
+  """
+  architectures = config.get("architectures") or [_HF_ARCHITECTURES[model_type]]
+  if architectures != [_HF_ARCHITECTURES[model_type]]:
+    raise ValueError(f"architectures {architectures} are not supported for model_type "
+                     f"{model_type!r}: only {_HF_ARCHITECTURES[model_type]} (one classifier on "
+                     "the class token) imports")
+  kwargs = {}
+  for key, (ours, default) in _HF_FIELDS.items():
+    value = config.get(key, default)
+    wanted = type(default)
+    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if not isinstance(value, wanted) or (wanted is int and (isinstance(value, bool)
+                                                            or value < 1)):
+      kind = "a positive int" if wanted is int else f"a {wanted.__name__}"
+      raise ValueError(f"{key}={value!r} is not {kind}")
+    kwargs[ours] = value
+  activation = config.get("hidden_act", "gelu")
+  if activation not in _HF_ACTIVATIONS:
+    raise ValueError(f"hidden_act {activation!r} is not supported; supported: "
+                     f"{', '.join(_HF_ACTIVATIONS)}")
+  kwargs["gelu"] = _HF_ACTIVATIONS[activation]
+  kwargs["distillation_token"] = model_type == "deit"
+  generic = "hf_deit" if model_type == "deit" else "vit"
+  presets = [name for name, preset in _PRESETS.items()
+             if name != generic and _with_defaults(preset) == _with_defaults(kwargs)]
+  return FolderModel(names=(*presets, generic), kwargs=kwargs)
+
+
+def _with_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+  """Builder arguments with ViT's defaults for those not given, so equal models compare
+  equal however they were written."""
+  defaults = {field.name: field.default for field in dataclasses.fields(ViT)
+              if field.name in _BUILD_FIELDS}
+  return {**defaults, **kwargs}
+
+
+for _model_type in _HF_ARCHITECTURES:
+  register_folder_reader(_model_type, functools.partial(from_hf_config, _model_type))

@@ -14,6 +14,9 @@ input a checkpoint was made for when parameter shapes depend on its size (a ViT'
 embeddings follow its patch grid). `checkpoint_layouts()` names other key layouts it
 imports (timm's, with its fused qkv), renamed as `renaming` describes; errors and exports
 keep the checkpoint's names.
+
+A checkpoint that does not fit the named model but has the key names of another
+registered model (block indices aside) says which, so a wrong model name reads as one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 import warnings
 from typing import Any, Mapping
 
@@ -37,7 +41,7 @@ from jackpot_jax.pytorch.layout import (CheckpointLayout, TensorSource, Transfor
                                         torch_shape)
 from jackpot_jax.pytorch.reading import read_checkpoint
 from jackpot_jax.pytorch.renaming import renamed_tensors
-from jackpot_jax.models import ModelSpec, get_model_spec, torch_module_name
+from jackpot_jax.models import ModelSpec, get_model_spec, model_names, torch_module_name
 
 PyTree = Any
 FlaxPath = tuple[str, ...]
@@ -81,8 +85,9 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
   """Builds `model_name` and fills its variables from a PyTorch checkpoint.
 
   Args:
-    source: a .pth/.pt/.th/.tar or .safetensors path, or a state_dict; a bare state_dict
-      or one under "state_dict" / "model"; "module." prefixes are stripped.
+    source: a .pth/.pt/.th/.tar or .safetensors path, a Hugging Face model folder (its
+      weights; `hf_folder` reads its config.json), or a state_dict; a bare state_dict or
+      one under "state_dict" / "model"; "module." prefixes are stripped.
     model_name: a registered model, e.g. "resnet50".
     num_classes: the classifier's width.
     strict: when False, checkpoint tensors the model lacks are ignored and variables the
@@ -113,6 +118,9 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
   mismatched = renamed.problems + [f"{renamed.theirs(name, rows=True)} {detail}"
                                    for name, detail in mismatched]
   if mismatched or (strict and (missing or unexpected)):
+    look_alikes = _look_alikes(raw.tensors, model_name, num_classes)
+    if look_alikes:
+      raise CheckpointMismatchError(f"{where} does not fit model {model_name!r}: {look_alikes}")
     raise CheckpointMismatchError(_mismatch_message(
         where, model_name, num_classes, missing, unexpected, mismatched))
   if missing or unexpected:
@@ -149,6 +157,70 @@ def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     digest.update(f"{key}|{_dtype_name(tensor)}|{tuple(tensor.shape)}|".encode())
     digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
   return digest.hexdigest()
+
+
+_BLOCK_INDEX = re.compile(r"\.\d+(?=\.)")
+_COMPANIONS = (*_JACKPOT_ROLES, _BN_COUNTER)
+
+
+def _key_names(spec: ModelSpec, tensors: Mapping[str, torch.Tensor], num_classes: int
+               ) -> tuple[set[str], set[str], bool, str] | None:
+  """The checkpoint's key names read in `spec`'s layouts, and those of `spec`'s model at
+  its default sizes; None, without tracing the model, when the checkpoint lacks the
+  model's first layer.
+
+  Returns:
+    (the checkpoint's names, the model's, whether every tensor fits, the name of the
+    layout the checkpoint was read in), or None.
+  """
+  model = spec.build(num_classes=num_classes)
+  layouts = getattr(model, "checkpoint_layouts", dict)()
+  renamed = renamed_tensors(layouts, tensors)
+  if f"{spec.first_layer}.weight" not in renamed.tensors:
+    return None
+  shapes = _variable_shapes(model, _input_shape(spec, model, renamed.tensors))
+  sources, missing, unexpected, mismatched = _match(renamed.tensors, shapes,
+                                                    spec.torch_aliases)
+  both = {s.key for s in sources if s.role == "variable"} | {key for key, _ in mismatched}
+  theirs = both | {key for key in unexpected if key.rpartition(".")[2] not in _COMPANIONS}
+  layout = next((name for name, names in layouts.items() if names is renamed.names),
+                spec.layout_name)
+  fits = not (missing or unexpected or mismatched or renamed.problems)
+  return theirs, both | set(missing), fits, layout
+
+
+def _blocks_aside(names: set[str]) -> set[str]:
+  return {_BLOCK_INDEX.sub(".#", name) for name in names}
+
+
+def _look_alikes(tensors: Mapping[str, torch.Tensor], model_name: str,
+                 num_classes: int) -> str:
+  """Which other registered models have the checkpoint's key names: 'its keys are those
+  of ...', or "" when `model_name` has them block indices aside (then only sizes differ)
+  or no model has. Traces the candidate models abstractly: for error messages only."""
+  named = _key_names(get_model_spec(model_name), tensors, num_classes)
+  if named is not None and _blocks_aside(named[0]) == _blocks_aside(named[1]):
+    return ""
+  fitting, same_keys, same_blocks = [], [], []
+  for name in model_names():
+    names = None if name == model_name else _key_names(get_model_spec(name), tensors,
+                                                       num_classes)
+    if names is None:
+      continue
+    theirs, ours, fits, layout = names
+    if fits:
+      fitting.append((name, layout))
+    elif theirs == ours:
+      same_keys.append((name, layout))
+    elif _blocks_aside(theirs) == _blocks_aside(ours):
+      same_blocks.append((name, layout))
+  for found, sizes in ((fitting, ""), (same_keys, " at other sizes"),
+                       (same_blocks, " with another number of blocks")):
+    if found:
+      # Every name: the registry is small, and the size-agnostic ones (vit) belong in it.
+      return (f"its keys are those of {', '.join(name for name, _ in found)} ({found[0][1]} "
+              f"layout){sizes}; set the model name (model.name) to one of them")
+  return ""
 
 
 def _unique(items) -> list[str]:

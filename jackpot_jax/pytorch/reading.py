@@ -3,7 +3,8 @@
 The packaging is peeled off and remembered so export can put it back: the dict the
 state_dict sits in ({'state_dict': ...}, {'model': ...}) and the 'module.' prefix that
 DataParallel / DistributedDataParallel (or '_orig_mod.' that torch.compile) add to every
-name. The file format is recognised from its first bytes, not from its extension.
+name. The file format is recognised from its first bytes, not from its extension. A
+Hugging Face model folder reads as its weight files' tensors, shard after shard.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from jackpot_jax import fileio
+from jackpot_jax.pytorch import hf_folder
 from jackpot_jax.errors import (CheckpointNotFoundError, CheckpointReadError,
                                 one_line)
 
@@ -40,7 +42,8 @@ class RawCheckpoint:
     tensors: name -> tensor in the file's order, names without `prefix`.
     wrapper: the key of the dict that held the state_dict, or None for a bare one.
     prefix: what was stripped from every name ("module.", ...), or "".
-    file_format: "torch", "safetensors", or "memory" for a state_dict passed in.
+    file_format: "torch", "safetensors", or "memory" for a state_dict passed in; a
+      folder's is its weight files'.
   """
 
   tensors: dict[str, torch.Tensor]
@@ -52,24 +55,39 @@ class RawCheckpoint:
 def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> RawCheckpoint:
   """Loads `source` (a path or an in-memory state_dict) and peels off its packaging.
 
-  A gs:// path is downloaded into a temporary local file first.
+  A gs:// path is downloaded into a temporary local file first. A folder is a Hugging
+  Face model folder (`hf_folder`).
 
   Raises:
     CheckpointNotFoundError: the path is not a file.
     CheckpointReadError: the file is empty, truncated, damaged, not a checkpoint, or
-      holds no state_dict.
+      holds no state_dict; a folder without weights.
     ValueError: a bucket path that cannot be reached.
   """
   if isinstance(source, Mapping):
     content, file_format, where = source, "memory", "the state_dict passed in"
   else:
     path = fileio.as_path(source, "checkpoint")
-    with fileio.local_file(path, "checkpoint") as local:
-      content, file_format = _load_file(local)
+    if hf_folder.is_model_folder(path):
+      content, file_format = _load_folder(path)
+    else:
+      with fileio.local_file(path, "checkpoint") as local:
+        content, file_format = _load_file(local)
     where = str(path)
   state, wrapper = _unwrap(content, where)
   state, prefix = _strip_prefixes(state)
   return RawCheckpoint(state, wrapper, prefix, file_format)
+
+
+def _load_folder(folder: fileio.AnyPath) -> tuple[dict[str, torch.Tensor], str]:
+  """A folder's weight files merged into one state_dict, in shard order."""
+  files, file_format = hf_folder.weight_files(folder)
+  merged = {}
+  for file in files:
+    with fileio.local_file(file, "checkpoint") as local:
+      content, _ = _load_file(local)
+    merged.update(_unwrap(content, str(file))[0])
+  return merged, file_format
 
 
 def _load_file(path: Path) -> tuple[Any, str]:
