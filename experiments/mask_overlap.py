@@ -73,7 +73,7 @@ def main(argv):
                                          seed=config.search.seed + 7)
   sample = [parallel.put_batch(b, setup.mesh) for b in itertools.islice(batches, FLAGS.batches)]
   per_layer, overall = {}, {}
-  for name in criteria.CRITERIA:
+  for name in criteria.criterion_names():
     masks = criteria.criterion_masks(
         name, model=setup.model, params=setup.params, batch_stats=setup.batch_stats,
         plan=setup.plan, batches=sample, input_shape=setup.data_info.image_shape)

@@ -8,6 +8,7 @@ prints absl's full list.
 
 from __future__ import annotations
 
+import importlib
 import textwrap
 from typing import Any
 
@@ -49,6 +50,15 @@ COMMON_FIELDS = (
     "eval.every_epochs", "mesh.num_devices",
 )
 
+# Fields whose values are registered names: the module and function listing them. Imported
+# only when such a field is shown, as they load JAX; the names include those registered by
+# a module the config file imports.
+REGISTERED_NAMES = {
+    "search.score_init": ("jackpot_jax.scores", "score_init_names"),
+    "search.sparsity_plan": ("jackpot_jax.sparsity", "plan_names"),
+    "data.augment": ("jackpot_jax.data.transforms", "augmentation_names"),
+}
+
 _WIDTH = 100
 
 
@@ -76,10 +86,18 @@ def config_keys(config: ml_collections.ConfigDict) -> list[str]:
   return [k for k in declared if k in present] + [k for k in present if k not in declared]
 
 
+def _registered(key: str) -> str:
+  """"; registered: a | b" for a field whose values are registered names, else ""."""
+  if key not in REGISTERED_NAMES:
+    return ""
+  module, function = REGISTERED_NAMES[key]
+  return f"; registered: {' | '.join(getattr(importlib.import_module(module), function)())}"
+
+
 def _field_lines(config: ml_collections.ConfigDict, keys: list[str] | tuple[str, ...]) -> list[str]:
   lines = []
   for key in keys:
-    doc = config_defaults.DOCS.get(key, "")
+    doc = config_defaults.DOCS.get(key, "") + _registered(key)
     lines.append(f"  --config.{key}={_value(config, key)!r}")
     if doc:
       lines += textwrap.wrap(doc, _WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6)

@@ -73,8 +73,9 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("data.std", _Unset(tuple), "per-channel std on the [0, 1] scale; None: as data.mean"),
     ("data.image_size", _Unset(int), "square side the model sees; None: native (224 with "
      "imagenet augmentation)"),
-    ("data.augment", _Unset(str), "cifar (pad and crop, flip) | imagenet | none; None: a "
-     "known dataset's standard one, else by image size (cifar up to 64 px, imagenet above)"),
+    ("data.augment", _Unset(str), "a registered augmentation (jackpot_jax.data.transforms."
+     "augmentation_names(); cifar: pad and crop, flip); None: a known dataset's standard "
+     "one, else by image size (cifar up to 64 px, imagenet above)"),
     ("data.crop_padding", 4, "zero pixels around the 'cifar' random crop"),
     ("data.channels", _Unset(int), "1 or 3, converting images that have the other; None: "
      "the data's own (image folders: 3 if a sampled image has colour)"),
@@ -100,13 +101,14 @@ FIELDS: list[tuple[str, Any, str]] = [
      "unstructured | N:M (e.g. 2:4): keep N of every M consecutive input channels at "
      "each kernel position (NVIDIA ASP's grouping); N:M implies the plan, so sparsity, "
      "sparsity_plan and layer_overrides are not given with it"),
-    ("search.sparsity_plan", "l1", "l1 | uniform | erk: how sparsity spreads over layers"),
+    ("search.sparsity_plan", "l1", "how sparsity spreads over layers: a registered plan "
+     "(jackpot_jax.sparsity.plan_names(); l1: one global magnitude threshold, the reference)"),
     ("search.classifier", "dense", "dense | plan: whether the classifier is masked"),
     ("search.first_layer", "plan", "plan | dense: whether the first conv is masked"),
     ("search.hidden_dense", "dense", "dense | plan: whether hidden Linear layers are masked"),
     ("search.layer_overrides", {}, "{layer name pattern: sparsity} beside the plan"),
-    ("search.score_init", "magnitude",
-     "magnitude | magnitude_abs | kaiming | edge_popup | random"),
+    ("search.score_init", "magnitude", "how the scores start: a registered init "
+     "(jackpot_jax.scores.score_init_names(); magnitude: the magnitude mask, the reference)"),
     ("search.bn_mode", "recalibrate", "recalibrate (train-mode BN statistics) | frozen"),
     ("search.bn_momentum", 0.1, "recalibrate: weight of each batch in BN's running "
      "statistics (PyTorch's convention: the reference's 0.1 is Flax's momentum 0.9)"),

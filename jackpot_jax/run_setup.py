@@ -94,7 +94,7 @@ def initial_search_state(setup: SearchSetup) -> steps.SearchState:
   config = setup.config
   method = config.search.score_init
   fan_ins = None
-  if method in scores_lib.FAN_IN_INITS:
+  if scores_lib.needs_fan_ins(method):
     # Only a call shows a DenseGeneral kernel's input axes, which its fan-in needs.
     images = jax.ShapeDtypeStruct((1, *setup.data_info.image_shape), jnp.float32)
     fan_ins = scores_lib.kernel_fan_ins(setup.model, images, train=False)

@@ -70,13 +70,13 @@ def _check(config: ml_collections.ConfigDict) -> None:
   search = config.search
   if not 0.0 <= search.sparsity < 1.0:
     raise ValueError(f"search.sparsity must be in [0, 1), got {search.sparsity}")
-  _choice(search.sparsity_plan, sparsity.PLANS, "search.sparsity_plan")
+  sparsity.PLAN_REGISTRY.check(search.sparsity_plan)
   pattern = masking.parse_pattern(search.pattern)
   if pattern is not None and (search.sparsity_plan != "l1" or search.layer_overrides):
     raise ValueError(f"search.pattern={pattern} sets every masked layer's sparsity; drop "
                      "search.sparsity_plan and search.layer_overrides, or set "
                      "search.pattern=unstructured")
-  _choice(search.score_init, scores.SCORE_INITS, "search.score_init")
+  scores.SCORE_INIT_REGISTRY.check(search.score_init)
   _choice(search.bn_mode, steps.BN_MODES, "search.bn_mode")
   if not 0.0 < search.bn_momentum <= 1.0:
     raise ValueError(f"search.bn_momentum must be in (0, 1] (PyTorch's convention, 0.1 the "

@@ -1,10 +1,15 @@
-"""Score initialisations: one trainable score per weight of every masked layer."""
+"""Score initialisations: one trainable score per weight of every masked layer.
+
+Each initialisation is one function registered by name with `register_init`;
+search.score_init picks it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -12,18 +17,84 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from jackpot_jax import masking
-from jackpot_jax.sparsity import SparsityPlan
+from jackpot_jax.registry import Registry
+from jackpot_jax.sparsity import PrunableLayer, SparsityPlan
 
-SCORE_INITS = ("magnitude", "magnitude_abs", "kaiming", "edge_popup", "random")
-# Inits whose masks rank |score| rather than the signed score.
-RANKED_BY_MAGNITUDE = ("edge_popup",)
-# Inits whose scores are bounded by each kernel's fan-in (`kernel_fan_ins`).
-FAN_IN_INITS = ("kaiming", "edge_popup")
+
+@dataclasses.dataclass(frozen=True)
+class InitContext:
+  """What a score initialisation may read about the layer it scores.
+
+  Attributes:
+    layer: the masked layer.
+    plan: the sparsity plan (its prune counts, its N:M pattern if any).
+    rng: this layer's PRNG key (the run's key folded with the layer's index).
+    fan_in: the kernel's fan-in (`kernel_fan_ins` where its shape does not say).
+  """
+
+  layer: PrunableLayer
+  plan: SparsityPlan
+  rng: jax.Array
+  fan_in: int
+
+  @property
+  def prune_count(self) -> int:
+    return self.plan.prune_counts[self.layer.name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreInit:
+  """A registered score initialisation.
+
+  Attributes:
+    init: `init(weight, context: InitContext) -> float32 scores of weight's shape`; traced
+      once under jit for all layers, so it must be jax-traceable.
+    ranks_by_magnitude: the search keeps the largest |score| (edge-popup), not the largest
+      signed score.
+    needs_fan_in: `init` reads `context.fan_in`; a DenseGeneral kernel's is then read off an
+      abstract call of the model (`kernel_fan_ins`), which other inits skip.
+  """
+
+  init: Callable[[jax.Array, InitContext], jax.Array]
+  ranks_by_magnitude: bool = False
+  needs_fan_in: bool = False
+
+
+SCORE_INIT_REGISTRY: Registry[ScoreInit] = Registry("search.score_init")
+
+
+def register_init(name: str, *, ranks_by_magnitude: bool = False, needs_fan_in: bool = False
+                  ) -> Callable[[Callable], Callable]:
+  """Decorator registering `init(weight, context: InitContext) -> scores` as
+  search.score_init=`name` (see `ScoreInit` for the options); returns `init` unchanged, so
+  one function may be registered under several names."""
+  def register(init: Callable) -> Callable:
+    SCORE_INIT_REGISTRY.register(name, ScoreInit(init, ranks_by_magnitude, needs_fan_in))
+    return init
+  return register
+
+
+def score_init_names() -> tuple[str, ...]:
+  """Every registered search.score_init, in registration order."""
+  return SCORE_INIT_REGISTRY.names()
 
 
 def ranks_by_magnitude(method: str) -> bool:
   """Whether the search with this init keeps the largest |score| (edge-popup)."""
-  return method in RANKED_BY_MAGNITUDE
+  return SCORE_INIT_REGISTRY.get(method).ranks_by_magnitude
+
+
+def needs_fan_ins(method: str) -> bool:
+  """Whether this init reads kernel fan-ins, which `kernel_fan_ins` must then compute."""
+  return SCORE_INIT_REGISTRY.get(method).needs_fan_in
+
+
+def __getattr__(name: str) -> Any:
+  # SCORE_INITS was a constant; derived on each read, it includes later registrations.
+  if name == "SCORE_INITS":
+    return score_init_names()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The reference code's values: pruned entries start just below the kept ones, so the
 # first top-k mask is the magnitude mask while every score starts almost equal.
@@ -44,15 +115,37 @@ def _magnitude_pattern(weight: jax.Array, pattern: masking.NMPattern) -> jax.Arr
   return jnp.where(kept, MAGNITUDE_KEPT, MAGNITUDE_PRUNED).astype(jnp.float32)
 
 
-def _magnitude_abs(weight: jax.Array) -> jax.Array:
+@register_init("magnitude")
+def _magnitude_init(weight: jax.Array, context: InitContext) -> jax.Array:
+  """The reference: 1 / 0.99, so the first mask is the layer-wise magnitude mask (with an
+  N:M plan, the N:M magnitude mask)."""
+  if context.plan.pattern is not None:
+    return _magnitude_pattern(weight, context.plan.pattern)
+  return _magnitude(weight, context.prune_count)
+
+
+@register_init("magnitude_abs")
+def _magnitude_abs(weight: jax.Array, context: InitContext) -> jax.Array:
+  """|w| / max |w| per layer."""
+  del context
   magnitude = jnp.abs(weight).astype(jnp.float32)
   return magnitude / jnp.maximum(jnp.max(magnitude), jnp.finfo(jnp.float32).tiny)
 
 
-def _kaiming(weight: jax.Array, rng: jax.Array, fan_in: int) -> jax.Array:
+# Ranked signed, as the lottery-jackpots code's random init; ranked by |score|, as
+# Ramanujan et al.'s allenai/hidden-networks (edge-popup).
+@register_init("edge_popup", ranks_by_magnitude=True, needs_fan_in=True)
+@register_init("kaiming", needs_fan_in=True)
+def _kaiming(weight: jax.Array, context: InitContext) -> jax.Array:
   """Edge-popup's scores, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-  return jax.random.uniform(rng, weight.shape, jnp.float32, -bound, bound)
+  bound = 1.0 / math.sqrt(context.fan_in)
+  return jax.random.uniform(context.rng, weight.shape, jnp.float32, -bound, bound)
+
+
+@register_init("random")
+def _uniform(weight: jax.Array, context: InitContext) -> jax.Array:
+  """U(0, 1)."""
+  return jax.random.uniform(context.rng, weight.shape, jnp.float32)
 
 
 def kernel_fan_ins(model: nn.Module, *inputs: Any, **call_kwargs: Any
@@ -88,43 +181,26 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
   Args:
     params: frozen pre-trained parameters.
     plan: the sparsity plan; only its masked layers get scores.
-    method: "magnitude" (reference: 1 / 0.99, so the first mask is the layer-wise
-      magnitude mask; with an N:M plan, the N:M magnitude mask), "magnitude_abs"
-      (|w| / max |w| per layer), "kaiming" (Kaiming-uniform scores ranked signed, as the
-      lottery-jackpots code's random init),
-      "edge_popup" (the same scores ranked by |score|, as Ramanujan et al.'s
-      allenai/hidden-networks) or "random" (U(0, 1)).
+    method: a registered init (`score_init_names`): "magnitude" (the reference),
+      "magnitude_abs", "kaiming", "edge_popup" or "random" unless more are registered.
     rng: PRNG key for the random initialisations.
     fan_ins: {module path: fan-in} for kernels whose fan-in their shape does not give
       (`kernel_fan_ins`: DenseGeneral); any other kernel's is the product of all its axes
       but the last, right for Conv, Dense and Einsum kernels.
   """
-  if method not in SCORE_INITS:
-    raise ValueError(f"unknown search.score_init {method!r}; choose one of {SCORE_INITS}")
+  init = SCORE_INIT_REGISTRY.get(method).init
   flat_params = traverse_util.flatten_dict(params)
   kernels = [jnp.asarray(flat_params[layer.path + ("kernel",)]) for layer in plan.masked_layers]
   # One compiled program for all layers: op by op, every layer shape compiles its own.
-  scores = jax.jit(functools.partial(_layer_scores, plan=plan, method=method,
+  scores = jax.jit(functools.partial(_layer_scores, plan=plan, init=init,
                                      fan_ins=dict(fan_ins or {})))(kernels, rng)
   return traverse_util.unflatten_dict(
       {layer.path + ("kernel",): score for layer, score in zip(plan.masked_layers, scores)})
 
 
-def _layer_scores(kernels: list, rng: jax.Array, *, plan: SparsityPlan, method: str,
+def _layer_scores(kernels: list, rng: jax.Array, *, plan: SparsityPlan, init: Callable,
                   fan_ins: Mapping[tuple[str, ...], int]) -> list:
   """The initial scores of each masked layer's kernel, in `plan.masked_layers` order."""
-  scores = []
-  for index, (layer, weight) in enumerate(zip(plan.masked_layers, kernels)):
-    layer_rng = jax.random.fold_in(rng, index)
-    if method == "magnitude" and plan.pattern is not None:
-      scores.append(_magnitude_pattern(weight, plan.pattern))
-    elif method == "magnitude":
-      scores.append(_magnitude(weight, plan.prune_counts[layer.name]))
-    elif method == "magnitude_abs":
-      scores.append(_magnitude_abs(weight))
-    elif method in FAN_IN_INITS:
-      fan_in = fan_ins.get(layer.path, math.prod(weight.shape[:-1]))
-      scores.append(_kaiming(weight, layer_rng, fan_in))
-    else:
-      scores.append(jax.random.uniform(layer_rng, weight.shape, jnp.float32))
-  return scores
+  return [init(weight, InitContext(layer=layer, plan=plan, rng=jax.random.fold_in(rng, index),
+                                   fan_in=fan_ins.get(layer.path, math.prod(weight.shape[:-1]))))
+          for index, (layer, weight) in enumerate(zip(plan.masked_layers, kernels))]

@@ -2,7 +2,9 @@
 
 A plan is computed once on the host from the pre-trained weights, before anything is
 jitted; the keep counts it produces are static Python ints, so the search step's top-k
-has static shapes and needs no host round-trip.
+has static shapes and needs no host round-trip. How a target sparsity spreads over the
+layers is one function registered by name with `register_plan`; search.sparsity_plan
+picks it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -19,8 +21,8 @@ from flax import traverse_util
 from jackpot_jax.masked_model import Maskable, is_maskable
 from jackpot_jax.masking import NMPattern, nm_group_counts, parse_pattern
 from jackpot_jax.models.registry import ModelSpec, torch_module_name
+from jackpot_jax.registry import Registry
 
-PLANS = ("l1", "uniform", "erk")
 LAYER_POLICIES = ("dense", "plan")
 
 
@@ -118,6 +120,35 @@ def _pooled(params, spec, classifier, first_layer, hidden_dense):
   return params, layers, _included(layers, spec, classifier, first_layer, hidden_dense)
 
 
+# A plan: `plan(params, layers, sparsity) -> {layer name: prune count}` for each of `layers`
+# (the layers the policies pool, `PrunableLayer`s), given the host's params tree and the
+# target fraction of their pooled weights to prune.
+PlanFunction = Callable[[Mapping[str, Any], Sequence[PrunableLayer], float], dict[str, int]]
+PLAN_REGISTRY: Registry[PlanFunction] = Registry("search.sparsity_plan")
+
+
+def register_plan(name: str) -> Callable[[PlanFunction], PlanFunction]:
+  """Decorator registering `plan(params, layers, sparsity) -> {layer name: prune count}`
+  as search.sparsity_plan=`name`; returns `plan` unchanged. Overrides, the empty-layer
+  and nothing-pruned checks apply to every plan (`build_sparsity_plan`)."""
+  def register(plan: PlanFunction) -> PlanFunction:
+    return PLAN_REGISTRY.register(name, plan)
+  return register
+
+
+def plan_names() -> tuple[str, ...]:
+  """Every registered search.sparsity_plan, in registration order."""
+  return PLAN_REGISTRY.names()
+
+
+def __getattr__(name: str) -> Any:
+  # PLANS was a constant; derived on each read, it includes later registrations.
+  if name == "PLANS":
+    return plan_names()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@register_plan("l1")
 def _l1_prune_counts(params, layers, sparsity) -> dict[str, int]:
   """Global magnitude pruning with exact counts: `int(sparsity * total)` weights in all.
 
@@ -150,6 +181,13 @@ def _l1_prune_counts(params, layers, sparsity) -> dict[str, int]:
   return counts
 
 
+@register_plan("uniform")
+def _uniform_prune_counts(params, layers, sparsity) -> dict[str, int]:
+  """The same fraction of every layer."""
+  del params
+  return {l.name: int(sparsity * l.size) for l in layers}
+
+
 def _erk_densities(layers, sparsity, power_scale: float = 1.0) -> dict[str, float]:
   """Erdős–Rényi-Kernel densities (Evci et al. 2020), as RigL and JaxPruner compute them.
 
@@ -174,6 +212,13 @@ def _erk_densities(layers, sparsity, power_scale: float = 1.0) -> dict[str, floa
       break
     dense.update(name for name, value in raw.items() if value == largest)
   return {l.name: 1.0 if l.name in dense else epsilon * raw[l.name] for l in layers}
+
+
+@register_plan("erk")
+def _erk_prune_counts(params, layers, sparsity) -> dict[str, int]:
+  del params
+  densities = _erk_densities(layers, sparsity)
+  return {l.name: int((1.0 - densities[l.name]) * l.size) for l in layers}
 
 
 def build_pattern_plan(params: Mapping[str, Any], pattern: NMPattern, *,
@@ -208,7 +253,8 @@ def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: s
     params: the frozen pre-trained parameter tree.
     sparsity: target fraction of pruned weights over the layers the plan covers
       (the conv layers by default, as the reference's "90% sparsity").
-    method: "l1" (global magnitude threshold, the reference default), "uniform" or "erk".
+    method: a registered plan (`plan_names`): "l1" (global magnitude threshold, the
+      reference default), "uniform" or "erk" unless more are registered.
     spec: the model's spec, naming its classifier and first layer.
     classifier: "dense" keeps the classifier unpruned (reference); "plan" includes it.
     first_layer: "plan" (reference) or "dense".
@@ -224,17 +270,10 @@ def build_sparsity_plan(params: Mapping[str, Any], *, sparsity: float, method: s
   """
   if not 0.0 <= float(sparsity) < 1.0:
     raise ValueError(f"search.sparsity must be in [0, 1), got {sparsity}")
-  if method not in PLANS:
-    raise ValueError(f"unknown search.sparsity_plan {method!r}; choose one of {PLANS}")
+  plan_prune_counts = PLAN_REGISTRY.get(method)
   params, layers, included = _pooled(params, spec, classifier, first_layer, hidden_dense)
   counts = {l.name: 0 for l in layers}
-  if method == "l1":
-    counts.update(_l1_prune_counts(params, included, sparsity))
-  elif method == "uniform":
-    counts.update({l.name: int(sparsity * l.size) for l in included})
-  else:
-    densities = _erk_densities(included, sparsity)
-    counts.update({l.name: int((1.0 - densities[l.name]) * l.size) for l in included})
+  counts.update(plan_prune_counts(params, included, sparsity))
   for pattern, layer_sparsity in (overrides or {}).items():
     if not 0.0 <= float(layer_sparsity) < 1.0:
       raise ValueError(f"search.layer_overrides[{pattern!r}] must be in [0, 1), got {layer_sparsity}")

@@ -195,6 +195,15 @@ IN_PROCESS = [
     Case("unknown_model", _search("--config.model.name=resnet99"), "unknown model 'resnet99'"),
     Case("unknown_dataset", _search("--config.data.name=cifar11"),
          "unknown dataset name 'cifar11' (did you mean 'cifar10_1' or 'cifar10'?)"),
+    Case("unknown_score_init", _search("--config.search.score_init=edge_pop"),
+         "unknown search.score_init 'edge_pop' (did you mean 'edge_popup'?); choose one of "
+         "magnitude, magnitude_abs, kaiming, edge_popup, random"),
+    Case("unknown_sparsity_plan", _search("--config.search.sparsity_plan=ekr"),
+         "unknown search.sparsity_plan 'ekr' (did you mean 'erk'?); choose one of l1, "
+         "uniform, erk"),
+    Case("unknown_augment", _search("--config.data.augment=imagenette"),
+         "unknown data.augment 'imagenette' (did you mean 'imagenet'?); choose one of cifar, "
+         "imagenet, none"),
     Case("wrong_num_classes", _search("--config.model.num_classes=100"),
          "model.num_classes=100 but dataset"),
     Case("missing_checkpoint", _search_with(lambda i, w: [

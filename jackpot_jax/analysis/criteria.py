@@ -4,12 +4,14 @@ The paper compares the searched jackpot with what magnitude, random, SNIP (first
 Taylor), GraSP and SynFlow would keep on the same pre-trained weights and keep counts;
 N:M runs add Wanda (Sun et al. 2023). Each criterion gives a saliency per weight; the mask
 keeps the `k` most salient (or the n most salient of every group of m), with the same
-exact selection as the search, so comparisons are like with like.
+exact selection as the search, so comparisons are like with like. Each criterion is one
+saliency function registered by name with `register_criterion`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import dataclasses
+from typing import Any, Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,9 +21,9 @@ from flax import traverse_util
 from jax import lax
 
 from jackpot_jax import dispatch, layers, masking, steps
+from jackpot_jax.registry import Registry
 from jackpot_jax.sparsity import SparsityPlan
 
-CRITERIA = ("magnitude", "random", "snip", "grasp", "synflow", "wanda")
 PyTree = Any
 
 
@@ -147,27 +149,97 @@ def wanda_saliency(model, params, batch_stats, plan, batches) -> dict:
   return {k: jnp.abs(kernels[k]) * jnp.sqrt(norms[k]) for k in kernels}
 
 
+@dataclasses.dataclass(frozen=True)
+class CriterionInputs:
+  """What a criterion may read: the dense network, the plan whose masked layers it scores,
+  calibration batches, the input shape (one example's, for data-free criteria) and a PRNG
+  key (None: the criterion's fixed default)."""
+
+  model: nn.Module
+  params: PyTree
+  batch_stats: PyTree
+  plan: SparsityPlan
+  batches: Iterable[dict]
+  input_shape: Sequence[int]
+  rng: jax.Array | None
+
+  def kernels(self) -> dict:
+    """{flattened kernel path: kernel} of the plan's masked layers."""
+    return _kernels(self.params, self.plan)
+
+
+# A criterion: `saliency(inputs: CriterionInputs) -> {flattened kernel path: saliency}`, one
+# array of the kernel's shape per masked layer (`CriterionInputs.kernels`' keys); the masks
+# keep the most salient weights.
+Criterion = Callable[[CriterionInputs], dict]
+CRITERION_REGISTRY: Registry[Criterion] = Registry("criterion")
+
+
+def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+  """Decorator registering `saliency(inputs: CriterionInputs) -> {kernel path: saliency}`
+  as the criterion `name`; returns `saliency` unchanged."""
+  def register(saliency: Criterion) -> Criterion:
+    return CRITERION_REGISTRY.register(name, saliency)
+  return register
+
+
+def criterion_names() -> tuple[str, ...]:
+  """Every registered criterion, in registration order."""
+  return CRITERION_REGISTRY.names()
+
+
+def __getattr__(name: str) -> Any:
+  # CRITERIA was a constant; derived on each read, it includes later registrations.
+  if name == "CRITERIA":
+    return criterion_names()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@register_criterion("magnitude")
+def _magnitude(inputs: CriterionInputs) -> dict:
+  return {k: jnp.abs(v) for k, v in inputs.kernels().items()}
+
+
+@register_criterion("random")
+def _random(inputs: CriterionInputs) -> dict:
+  rng = jax.random.PRNGKey(0) if inputs.rng is None else inputs.rng
+  return {k: jax.random.uniform(jax.random.fold_in(rng, i), v.shape)
+          for i, (k, v) in enumerate(sorted(inputs.kernels().items()))}
+
+
+@register_criterion("snip")
+def _snip(inputs: CriterionInputs) -> dict:
+  return snip_saliency(inputs.model, inputs.params, inputs.batch_stats, inputs.plan,
+                       list(inputs.batches))
+
+
+@register_criterion("grasp")
+def _grasp(inputs: CriterionInputs) -> dict:
+  return grasp_saliency(inputs.model, inputs.params, inputs.batch_stats, inputs.plan,
+                        list(inputs.batches))
+
+
+@register_criterion("synflow")
+def _synflow(inputs: CriterionInputs) -> dict:
+  return synflow_saliency(inputs.model, inputs.params, inputs.batch_stats, inputs.plan,
+                          inputs.input_shape)
+
+
+@register_criterion("wanda")
+def _wanda(inputs: CriterionInputs) -> dict:
+  return wanda_saliency(inputs.model, inputs.params, inputs.batch_stats, inputs.plan,
+                        inputs.batches)
+
+
 def criterion_masks(criterion: str, *, model, params, batch_stats, plan: SparsityPlan,
                     batches: Iterable[dict] = (), input_shape=(32, 32, 3),
                     rng: jax.Array | None = None) -> PyTree:
-  """Boolean masks (tree mirroring params) keeping the plan's counts by `criterion`."""
-  kernels = _kernels(params, plan)
-  if criterion == "magnitude":
-    saliency = {k: jnp.abs(v) for k, v in kernels.items()}
-  elif criterion == "random":
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    saliency = {k: jax.random.uniform(jax.random.fold_in(rng, i), v.shape)
-                for i, (k, v) in enumerate(sorted(kernels.items()))}
-  elif criterion == "snip":
-    saliency = snip_saliency(model, params, batch_stats, plan, list(batches))
-  elif criterion == "grasp":
-    saliency = grasp_saliency(model, params, batch_stats, plan, list(batches))
-  elif criterion == "wanda":
-    saliency = wanda_saliency(model, params, batch_stats, plan, batches)
-  elif criterion == "synflow":
-    saliency = synflow_saliency(model, params, batch_stats, plan, input_shape)
-  else:
-    raise ValueError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+  """Boolean masks (tree mirroring params) keeping the plan's counts by `criterion`, a
+  registered criterion (`criterion_names`)."""
+  saliency_of = CRITERION_REGISTRY.get(criterion)
+  saliency = saliency_of(CriterionInputs(model=model, params=params, batch_stats=batch_stats,
+                                         plan=plan, batches=batches, input_shape=input_shape,
+                                         rng=rng))
   rules = traverse_util.flatten_dict(plan.keep_counts())
   return traverse_util.unflatten_dict(
       {k: masking.select_mask(saliency[k], rules[k]) for k in saliency})

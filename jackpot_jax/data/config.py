@@ -19,20 +19,24 @@ import ml_collections
 
 from jackpot_jax import config_defaults, fileio
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
+from jackpot_jax.data import transforms
 
 if TYPE_CHECKING:
   from jackpot_jax.data.preprocessing import Preprocessing
-
-AUGMENTATIONS = ("cifar", "imagenet", "none")
 
 # The augmentation the usual recipes of the datasets of STANDARD_STATISTICS train with.
 STANDARD_AUGMENTATION = {
     "fashion_mnist": "cifar", "cifar10": "cifar", "cifar100": "cifar",
     "imagenet2012": "imagenet",
 }
-# The side ImageNet-style preprocessing crops to when data.image_size is unset.
-IMAGENET_DEFAULT_SIZE = 224
 _TFDS_PREFIX = "tfds:"
+
+
+def __getattr__(name: str) -> Any:
+  # AUGMENTATIONS was a constant; derived on each read, it includes later registrations.
+  if name == "AUGMENTATIONS":
+    return transforms.augmentation_names()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +160,8 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     return defaults[key] if value is None else value
 
   augment = data_config.get("augment")
-  if augment is not None and augment not in AUGMENTATIONS:
-    raise ValueError(f"unknown data.augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+  if augment is not None:
+    transforms.AUGMENTATION_REGISTRY.check(augment)
   mean = _optional_floats(data_config.get("mean"))
   std = _optional_floats(data_config.get("std"))
   if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):

@@ -17,8 +17,8 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
-from jackpot_jax.data.config import (IMAGENET_DEFAULT_SIZE, STANDARD_AUGMENTATION, DataSpec,
-                                     standard_dataset)
+from jackpot_jax.data import transforms
+from jackpot_jax.data.config import STANDARD_AUGMENTATION, DataSpec, standard_dataset
 from jackpot_jax.data.records import Split
 
 # The largest image side that gets the CIFAR recipe (pad and crop at the native size)
@@ -111,7 +111,8 @@ def choose_augmentation(spec: DataSpec, shape: tuple[int, int, int]) -> Augmenta
   """The augmentation of records of (H, W, C) `shape`.
 
   The size the rule compares is data.image_size when set, else the images' longer side;
-  the ImageNet recipe crops to IMAGENET_DEFAULT_SIZE unless data.image_size says.
+  an augmentation with a default size (the ImageNet recipe's 224) crops to it unless
+  data.image_size says.
   """
   standard = standard_dataset(spec)
   if spec.augment is not None:
@@ -124,8 +125,8 @@ def choose_augmentation(spec: DataSpec, shape: tuple[int, int, int]) -> Augmenta
     augment = "cifar" if small else "imagenet"
     origin = f"image size {side} px {'<=' if small else '>'} {CIFAR_MAX_SIZE}"
   image_size = spec.image_size
-  if image_size is None and augment == "imagenet":
-    image_size = IMAGENET_DEFAULT_SIZE
+  if image_size is None:
+    image_size = transforms.AUGMENTATION_REGISTRY.get(augment).default_size
   return Augmentation(augment, origin, image_size)
 
 

@@ -7,17 +7,23 @@ Each function takes uint8 (H, W, C) images; random transforms take their paramet
 a generator seeded by the example's place in the global batch, so an example's
 augmentation never depends on the host that computes it.
 Resizing goes through PIL's bilinear filter, which antialiases when it shrinks (as
-torchvision's PIL path does).
+torchvision's PIL path does). Each augmentation (data.augment) is registered by name with
+`register_augmentation`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from jackpot_jax.data.preprocessing import Preprocessing
+from jackpot_jax.registry import Registry
+
+if TYPE_CHECKING:  # preprocessing imports data.config, which imports this module
+  from jackpot_jax.data.preprocessing import Preprocessing
 
 # Random-resized-crop ranges of the standard ImageNet recipe (Szegedy et al. 2015).
 RESIZED_CROP_SCALE = (0.08, 1.0)
@@ -25,6 +31,8 @@ RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 _RESIZED_CROP_ATTEMPTS = 10
 # Evaluation of the ImageNet recipe: resize the shorter side to 256, centre-crop 224.
 EVAL_CROP_FRACTION = 224.0 / 256.0
+# The side the ImageNet recipe crops to when data.image_size is unset.
+IMAGENET_DEFAULT_SIZE = 224
 
 
 def normalise(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
@@ -138,6 +146,94 @@ def resize_centre_crop(image: np.ndarray, size: int) -> np.ndarray:
   return resized[top:top + size, left:left + size]
 
 
+def _at_model_size(image: np.ndarray, preprocessing: Preprocessing,
+                   shape: tuple[int, int, int]) -> np.ndarray:
+  """The image at the model's size: resized to data.image_size, else checked to be `shape`."""
+  return fit(image, preprocessing.image_size, shape)
+
+
+# `train(images, preprocessing, shape, seed, global_size, rows) -> the uint8 images of
+# one host's rows of a global training batch, augmented`, with `train_images`' arguments.
+TrainTransform = Callable[[list, "Preprocessing", tuple, tuple, int, slice],
+                          Sequence[np.ndarray]]
+# `evaluate(image, preprocessing, shape) -> one uint8 evaluation image`.
+EvalTransform = Callable[[np.ndarray, "Preprocessing", tuple], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationSpec:
+  """A registered augmentation (data.augment).
+
+  Attributes:
+    train: the training transform of a batch (`TrainTransform`). Every random draw must
+      depend on `seed` and the row's place in the global batch only, never on which host
+      transforms it.
+    evaluate: the evaluation transform of one image (`EvalTransform`).
+    default_size: the square side it crops or resizes to when data.image_size is unset
+      (None: the images' own size).
+  """
+
+  train: TrainTransform
+  evaluate: EvalTransform = _at_model_size
+  default_size: int | None = None
+
+
+AUGMENTATION_REGISTRY: Registry[AugmentationSpec] = Registry("data.augment")
+
+
+def register_augmentation(name: str, *, evaluate: EvalTransform = _at_model_size,
+                          default_size: int | None = None
+                          ) -> Callable[[TrainTransform], TrainTransform]:
+  """Decorator registering a training transform `train(images, preprocessing, shape, seed,
+  global_size, rows)` as data.augment=`name`, evaluated with `evaluate(image,
+  preprocessing, shape)` (default: the image at the model's size); see `AugmentationSpec`.
+  Returns `train` unchanged."""
+  def register(train: TrainTransform) -> TrainTransform:
+    AUGMENTATION_REGISTRY.register(name, AugmentationSpec(train, evaluate, default_size))
+    return train
+  return register
+
+
+def augmentation_names() -> tuple[str, ...]:
+  """Every registered data.augment, in registration order."""
+  return AUGMENTATION_REGISTRY.names()
+
+
+@register_augmentation("cifar")
+def _cifar(images, preprocessing, shape, seed, global_size, rows) -> list[np.ndarray]:
+  """Zero-pad by data.crop_padding, random crop, random flip. The parameters are drawn for
+  all `global_size` rows and sliced."""
+  rng = np.random.default_rng(seed)
+  offsets = rng.integers(0, 2 * preprocessing.crop_padding + 1, size=(global_size, 2))[rows]
+  flips = (rng.random(global_size) < 0.5)[rows]
+  return [pad_crop_flip(fit(image, preprocessing.image_size, shape), top, left, flip,
+                        preprocessing.crop_padding)
+          for image, (top, left), flip in zip(images, offsets, flips)]
+
+
+def _imagenet_eval(image: np.ndarray, preprocessing: Preprocessing,
+                   shape: tuple[int, int, int]) -> np.ndarray:
+  """Resize and centre crop (`resize_centre_crop`), whatever the images' size."""
+  del shape
+  return resize_centre_crop(image, preprocessing.image_size)
+
+
+@register_augmentation("imagenet", evaluate=_imagenet_eval, default_size=IMAGENET_DEFAULT_SIZE)
+def _imagenet(images, preprocessing, shape, seed, global_size, rows) -> list[np.ndarray]:
+  """Random-resized crop and flip; each row has a generator seeded by (*seed, row)."""
+  del shape, global_size
+  return [resized_crop_flip(image, np.random.default_rng([*seed, row]),
+                            preprocessing.image_size)
+          for row, image in zip(range(rows.start, rows.stop), images)]
+
+
+@register_augmentation("none")
+def _none(images, preprocessing, shape, seed, global_size, rows) -> list[np.ndarray]:
+  """The images at the model's size, nothing random."""
+  del seed, global_size, rows
+  return [_at_model_size(image, preprocessing, shape) for image in images]
+
+
 def train_images(images: list[np.ndarray], preprocessing: Preprocessing,
                  shape: tuple[int, int, int], seed: tuple[int, ...], global_size: int,
                  rows: slice) -> np.ndarray:
@@ -145,35 +241,23 @@ def train_images(images: list[np.ndarray], preprocessing: Preprocessing,
   on the [0, 255] scale.
 
   Every random draw depends on `seed` and the row's place in the global batch, never on
-  which host transforms it: CIFAR parameters are drawn for all `global_size` rows and
-  sliced; each ImageNet row has a generator seeded by (*seed, row).
+  which host transforms it.
 
   Args:
     images: the uint8 images of rows[0], rows[0] + 1, ... of the global batch.
     shape: the dataset's (H, W, C) when `preprocessing.image_size` is None (checked, not
       resized to).
     seed: integers naming the global batch (run seed, step).
+    global_size: the rows of the global batch.
+    rows: this host's rows of it.
   """
-  if preprocessing.augment == "imagenet":
-    out = [resized_crop_flip(image, np.random.default_rng([*seed, row]),
-                             preprocessing.image_size)
-           for row, image in zip(range(rows.start, rows.stop), images)]
-  elif preprocessing.augment == "cifar":
-    rng = np.random.default_rng(seed)
-    offsets = rng.integers(0, 2 * preprocessing.crop_padding + 1, size=(global_size, 2))[rows]
-    flips = (rng.random(global_size) < 0.5)[rows]
-    out = [pad_crop_flip(fit(image, preprocessing.image_size, shape), top, left, flip,
-                         preprocessing.crop_padding)
-           for image, (top, left), flip in zip(images, offsets, flips)]
-  else:
-    out = [fit(image, preprocessing.image_size, shape) for image in images]
+  train = AUGMENTATION_REGISTRY.get(preprocessing.augment).train
+  out = train(images, preprocessing, shape, seed, global_size, rows)
   return np.stack(out).astype(np.float32)
 
 
 def eval_image(image: np.ndarray, preprocessing: Preprocessing,
                shape: tuple[int, int, int]) -> np.ndarray:
-  """One evaluation example: the ImageNet recipe's resize and centre crop, else the image
-  at the model's size."""
-  if preprocessing.augment == "imagenet":
-    return resize_centre_crop(image, preprocessing.image_size)
-  return fit(image, preprocessing.image_size, shape)
+  """One evaluation example through `preprocessing.augment`'s evaluation transform: the
+  ImageNet recipe's resize and centre crop, else the image at the model's size."""
+  return AUGMENTATION_REGISTRY.get(preprocessing.augment).evaluate(image, preprocessing, shape)
