@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jackpot_jax import (data as data_lib, masking, optim, parallel,
+from jackpot_jax import (compilation_cache, data as data_lib, masking, optim, parallel,
                          scores as scores_lib, sparsity, steps)
 from jackpot_jax.pytorch import ImportedModel, import_torch
 from jackpot_jax.run_spec import RunSpec, check_fit
@@ -68,8 +68,10 @@ class SearchSetup:
 
 def setup_search(spec: RunSpec) -> SearchSetup:
   """Reads the data's shape, checks the spec against it and the devices, then imports the
-  checkpoint and builds the plan: bad input fails before the checkpoint is loaded."""
+  checkpoint and builds the plan: bad input fails before the checkpoint is loaded. The
+  compilation cache is set first: the import already compiles."""
   config = spec.config
+  compilation_cache.enable(config.compilation_cache_dir)
   data_info = data_lib.load_dataset_info(spec.data)
   mesh = parallel.make_mesh(config.mesh.model, config.mesh.num_devices)
   check_fit(spec, data_info, mesh.devices.size)

@@ -11,8 +11,8 @@ import dataclasses
 
 import ml_collections
 
-from jackpot_jax import (fileio, masking, models, optim, parallel, profiling, scores, sparsity,
-                         steps)
+from jackpot_jax import (compilation_cache, fileio, masking, models, optim, parallel, profiling,
+                         scores, sparsity, steps)
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 
 
@@ -102,6 +102,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
     raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
   if config.log_every_steps < 1:
     raise ValueError(f"log_every_steps must be positive, got {config.log_every_steps}")
+  compilation_cache.check(config.compilation_cache_dir)
 
 
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
