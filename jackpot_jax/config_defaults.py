@@ -157,6 +157,9 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("log_every_steps", 50, "metrics are averaged over this window of steps"),
     ("progress_bar", True, "show a progress line on stderr"),
     ("profile_steps", "", "'A,B': jax.profiler trace of steps A..B into <workdir>/profile"),
+    ("compilation_cache_dir", "auto", "folder (or gs://) of JAX's persistent compilation "
+     "cache; auto: $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME (~/.cache)/jackpot_jax/xla; "
+     "none: off"),
 ]
 
 DOCS = {key: doc for key, _, doc in FIELDS}

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jackpot_jax import (data as data_lib, masking, optim, parallel,
+from jackpot_jax import (compilation_cache, data as data_lib, masking, optim, parallel,
                          scores as scores_lib, sparsity, steps)
 from jackpot_jax.pytorch import ImportedModel, import_torch
 from jackpot_jax.run_spec import RunSpec, check_checkpoint_fit, check_fit
@@ -69,8 +69,10 @@ class SearchSetup:
 def setup_search(spec: RunSpec) -> SearchSetup:
   """Reads the data's shape, checks the spec against it and the devices, then imports the
   checkpoint, checks it takes the data, and builds the plan: bad input fails before the
-  checkpoint is loaded, or (a checkpoint that does not take the data) before it runs."""
+  checkpoint is loaded, or (a checkpoint that does not take the data) before it runs. The
+  compilation cache is set first: the import already compiles."""
   config = spec.config
+  compilation_cache.enable(config.compilation_cache_dir)
   data_info = data_lib.load_dataset_info(spec.data)
   mesh = parallel.make_mesh(config.mesh.model, config.mesh.num_devices)
   check_fit(spec, data_info, mesh.devices.size)

@@ -16,8 +16,8 @@ import dataclasses
 
 import ml_collections
 
-from jackpot_jax import (fileio, masking, models, optim, parallel, profiling, scores, sparsity,
-                         steps)
+from jackpot_jax import (compilation_cache, fileio, masking, models, optim, parallel, profiling,
+                         scores, sparsity, steps)
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 from jackpot_jax.pytorch import hf_folder
 
@@ -121,6 +121,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
     raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
   if config.log_every_steps < 1:
     raise ValueError(f"log_every_steps must be positive, got {config.log_every_steps}")
+  compilation_cache.check(config.compilation_cache_dir)
 
 
 def _evaluates_on_holdout(config: ml_collections.ConfigDict) -> bool:

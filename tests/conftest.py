@@ -153,8 +153,10 @@ def without_shared_compilation_cache(env: dict) -> dict:
   """`env` for a child process that may be killed, or that runs beside another JAX process:
   JAX writes a cache entry in place (not through a rename), so a kill mid-write, or a
   reader racing a writer, would leave or see a truncated entry, which the next reader
-  reports as a warning on stderr. Such children compile for themselves."""
-  return {name: value for name, value in env.items() if name != "JAX_COMPILATION_CACHE_DIR"}
+  reports as a warning on stderr. Such children compile for themselves: an empty folder
+  turns the cache off (without it they would use the user's own, config.compilation_cache_dir
+  being `auto`)."""
+  return {**env, "JAX_COMPILATION_CACHE_DIR": ""}
 
 
 # Set in the child pytest an `eight_devices` test runs in, so a child that still lacks the

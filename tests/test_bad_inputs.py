@@ -280,6 +280,12 @@ IN_PROCESS = [
     Case("export_to_an_unsupported_store", lambda job, inputs, workdir: [
         "export", f"--workdir={workdir}", "--output=s3://bucket/jackpot.pth"],
          "--output s3://bucket/jackpot.pth is a s3:// URL", prepare=_saved_run),
+    Case("compilation_cache_in_an_unsupported_store",
+         _search("--config.compilation_cache_dir=s3://bucket/xla"),
+         "compilation_cache_dir s3://bucket/xla is a s3:// URL"),
+    Case("compilation_cache_under_a_file", _search_with(lambda i, w: [
+        f"--config.compilation_cache_dir={i / 'a_file' / 'xla'}"]),
+         "is not a writable folder"),
     Case("data_in_a_bucket", _search("--config.data.data_dir=gs://bucket/tfds"),
          "data.data_dir gs://bucket/tfds is in a bucket"),
     Case("search_without_workdir",

@@ -196,7 +196,8 @@ def test_evaluate_and_export_take_overrides_of_how_they_run_only(tiny_job, tmp_p
   assert refused.returncode == 2
   assert refused.stderr.strip().splitlines() == [
       f"jackpot: error: search.sparsity cannot be changed in the config of {workdir}; these "
-      "can: eval.batch_size, data.data_dir, data.prefetch, data.workers, mesh, progress_bar"]
+      "can: eval.batch_size, data.data_dir, data.prefetch, data.workers, mesh, progress_bar, "
+      "compilation_cache_dir"]
   assert not (tmp_path / "x.pth").exists()
 
 
@@ -229,6 +230,7 @@ def test_workdir_from_before_newer_config_fields_still_resumes_and_evaluates(tin
   train.search_and_evaluate(config, tmp_path, stop_after=2)
   saved = json.loads((tmp_path / "config.json").read_text())
   del saved["eval"]["stop_within_dense"], saved["mesh"]["fsdp_min_size"]
+  del saved["compilation_cache_dir"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   assert train.search_and_evaluate(config, tmp_path)["search"]["steps"] == 6
   assert train.evaluate_workdir(tmp_path)["search"]["steps"] == 6
