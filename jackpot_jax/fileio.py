@@ -191,6 +191,28 @@ def _looks_like_disk_full(error: Exception, directory: Path) -> bool:
 
 
 @contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+  """Yields a hidden temporary folder beside `path`; if the block succeeds, it becomes
+  `path` (which must not exist or be empty) in one rename, its files given the modes
+  open() and mkdir() give (writers such as safetensors create files 0600). On failure
+  the temporary folder is removed: the folder appears complete or not at all."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+  try:
+    os.chmod(temporary, NEW_DIRECTORY_MODE)
+    yield temporary
+    for written in temporary.rglob("*"):
+      os.chmod(written, NEW_DIRECTORY_MODE if written.is_dir() else NEW_FILE_MODE)
+    if path.exists():
+      path.rmdir()  # only an empty folder may be replaced
+    os.replace(temporary, path)
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)
+    raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
   """Yields a local temporary path; if the block succeeds, it becomes `path` (renamed onto
   a local path, uploaded in one object write to a bucket path).

@@ -69,7 +69,7 @@ def test_experiment_bad_input_is_one_line_with_exit_status_2(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip() == (
       "sparsity_sweep.py: error: unknown config field 'search.sparsty' in the overrides of "
-      f"{REPO / 'configs' / 'default.py'}")
+      f"{REPO / 'configs' / 'default.py'} (did you mean 'search.sparsity'?)")
   assert not list(tmp_path.iterdir())
 
 

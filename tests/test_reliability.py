@@ -301,7 +301,7 @@ def _writes_outside_atomic_path(tree: ast.AST) -> list[int]:
   def atomic(node: ast.With) -> bool:
     return any(isinstance(item.context_expr, ast.Call) and
                getattr(item.context_expr.func, "id", getattr(item.context_expr.func, "attr", ""))
-               == "atomic_path" for item in node.items)
+               in ("atomic_path", "atomic_folder") for item in node.items)
 
   def visit(node: ast.AST, inside: bool) -> list[int]:
     inside = inside or (isinstance(node, ast.With) and atomic(node))
@@ -373,12 +373,12 @@ def test_disk_full_inside_an_orbax_save_is_reported_as_enospc(tiny_job, tmpfs, m
   workdir = disk / "run"
   save = checkpointing.SearchCheckpoints.save
 
-  def fill_the_disk_before_step_4(self, step, state, meta):
+  def fill_the_disk_before_step_4(self, step, state, meta, selected=None):
     if step == 4:  # another process takes all but 64 KiB once step 2 is complete
       self.manager.wait_until_finished()
       free = shutil.disk_usage(disk).free
       (disk / "filler").write_bytes(bytes(max(free - 65_536, 0)))
-    save(self, step, state, meta)
+    save(self, step, state, meta, selected)
 
   monkeypatch.setattr(checkpointing.SearchCheckpoints, "save", fill_the_disk_before_step_4)
   config = tiny_config(tiny_job)

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -378,11 +377,8 @@ def _checked_masks(masks: PyTree | None, params: Mapping[FlaxPath, np.ndarray],
 
 def _write_folder(folder_in: Path, folder_out: Path, weights: _Weights,
                   tensors: Mapping[str, torch.Tensor]) -> None:
-  """Writes a temporary sibling folder, then renames it: complete or absent."""
-  folder_out.parent.mkdir(parents=True, exist_ok=True)
-  temporary = Path(tempfile.mkdtemp(prefix=f".{folder_out.name}.", dir=folder_out.parent))
-  try:
-    os.chmod(temporary, fileio.NEW_DIRECTORY_MODE)
+  """Writes the folder through `fileio.atomic_folder`: complete or absent."""
+  with fileio.atomic_folder(folder_out) as temporary:
     for source in sorted(folder_in.iterdir()):
       if source.is_file() and source.name != INDEX and source.suffix not in _WEIGHT_SUFFIXES:
         shutil.copy2(source, temporary / source.name)
@@ -391,18 +387,11 @@ def _write_folder(folder_in: Path, folder_out: Path, weights: _Weights,
       by_file.setdefault(weights.files[key], {})[weights.stored[key]] = tensor.contiguous()
     for name, content in by_file.items():
       save_file(content, temporary / name, metadata={"format": "pt"})
-      os.chmod(temporary / name, fileio.NEW_FILE_MODE)  # safetensors writes 0600
     if (folder_in / INDEX).is_file():
       index = json.loads((folder_in / INDEX).read_text())
       total = sum(t.numel() * t.element_size() for t in tensors.values())
       index["metadata"] = {**index.get("metadata", {}), "total_size": total}
       (temporary / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    if folder_out.exists():
-      folder_out.rmdir()  # empty, checked before
-    os.replace(temporary, folder_out)
-  except BaseException:
-    shutil.rmtree(temporary, ignore_errors=True)
-    raise
 
 
 def _float32(tensor: torch.Tensor) -> np.ndarray:
