@@ -23,7 +23,8 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from jackpot_jax import entrypoint, models, optim, scores as scores_lib, sparsity, steps
+from jackpot_jax import entrypoint, models
+from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
 
 FLAGS = flags.FLAGS
 entrypoint.define_config_flag()

@@ -36,12 +36,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import psutil
 from absl import flags
 from PIL import Image
 
-from jackpot_jax import data as data_lib, parallel
+from jackpot_jax import data as data_lib
+from jackpot_jax.run import parallel
 
 import common
 

@@ -3,7 +3,7 @@
 The search picks every masked layer's top-k after each optimizer step. On an accelerator
 the step is ~100x faster than on this CPU, so a per-weight selection that is not a
 streaming reduction can dominate it. This times each exact method of
-`jackpot_jax.masking.TOPK_METHODS` (`lax.top_k` per layer, a full sort, a bisection on the
+`jackpot_jax.search.masking.TOPK_METHODS` (`lax.top_k` per layer, a full sort, a bisection on the
 scores' bit patterns) over all masked layers of the model at once, checks that they return
 the same masks bit for bit (on tie-heavy magnitude-init scores and on scores in mid-search),
 times `lax.approx_max_k` for reference (not exact: its recall is printed), and prints each
@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 from jax import lax
 
-from jackpot_jax import masking
+from jackpot_jax.search import masking
 
 import common
 

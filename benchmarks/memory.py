@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from jackpot_jax import optim, parallel
+from jackpot_jax.run import parallel
+from jackpot_jax.search import optim
 
 import common
 

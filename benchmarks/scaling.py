@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from jackpot_jax import parallel
+from jackpot_jax.run import parallel
 
 import common
 

@@ -2,7 +2,7 @@
 
 jackpot_jax's search step adds a top-k per masked layer and W*M to a dense step (goal:
 search/dense <= 1.05 on this CPU, for ResNet-20 and ResNet-50 alike). `--torch` also times
-a straightforward PyTorch search (jackpot_jax.torch_reference.torch_search: the authors'
+a straightforward PyTorch search (torch_reference.torch_search: the authors'
 per-layer sort after every step) and PyTorch's own dense step on the same device, so the
 overheads can be compared apart from the frameworks' different convolution speed.
 
@@ -28,16 +28,21 @@ import json
 import math
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from jackpot_jax import parallel
+from jackpot_jax.run import parallel
 
 import common
+
+# torch_reference/ (the PyTorch baseline of --torch) is not installed: it lives beside benchmarks/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 32, "input height and width")
@@ -100,7 +105,7 @@ def jax_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
 def _torch_model(name: str, num_classes: int):
   """The PyTorch twin of a registry model, in the same key layout."""
   from jackpot_jax.models.vgg_cifar import VGG19_LAYOUT
-  from jackpot_jax.torch_reference import torch_models
+  from torch_reference import torch_models
   if name in ("resnet20", "resnet32", "resnet56"):
     return torch_models.CifarResNet(int(name[len("resnet"):]), num_classes,
                                     in_channels=FLAGS.channels)
@@ -114,7 +119,7 @@ def _torch_model(name: str, num_classes: int):
 def torch_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
   """The PyTorch reference search (per-layer sort after every step) and dense training."""
   import torch
-  from jackpot_jax.torch_reference import torch_search
+  from torch_reference import torch_search
   device = torch.device(FLAGS.torch_device)
   torch.set_flush_denormal(True)  # without it PyTorch slows ~10x on denormal activations
   if device.type == "cpu":

@@ -17,8 +17,9 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jackpot_jax import config_files, entrypoint, fileio, run_spec, train
-from jackpot_jax import workdir as workdir_lib
+from jackpot_jax import config_files, entrypoint, fileio
+from jackpot_jax.run import spec as spec_lib, job
+from jackpot_jax.run import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 entrypoint.define_config_flag()
@@ -52,7 +53,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   (docs/guarantees.md, "Many searches in one process").
   """
   try:
-    return train.search_and_evaluate(config, workdir)
+    return job.search_and_evaluate(config, workdir)
   finally:
     jax.clear_caches()
 
@@ -64,7 +65,7 @@ def finished_report(config: ml_collections.ConfigDict, workdir: Path) -> dict | 
   report = workdir / "report.json"
   if not report.exists():
     return None
-  workdir_lib.prepare_workdir(run_spec.resolve(config), workdir)
+  workdir_lib.prepare_workdir(spec_lib.resolve(config), workdir)
   return json.loads(report.read_text())
 
 

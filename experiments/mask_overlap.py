@@ -20,8 +20,9 @@ from pathlib import Path
 
 from absl import flags
 
-from jackpot_jax import data as data_lib, entrypoint, fileio, parallel, train
-from jackpot_jax.analysis import criteria, overlap
+from jackpot_jax import data as data_lib, entrypoint, fileio
+from jackpot_jax.run import parallel, job
+from jackpot_jax.baselines import criteria, overlap
 
 import common
 
@@ -67,7 +68,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv):
   del argv
-  setup, state, _ = train.load_workdir(FLAGS.workdir, entrypoint.split_overrides(sys.argv)[1])
+  setup, state, _ = job.load_workdir(FLAGS.workdir, entrypoint.split_overrides(sys.argv)[1])
   config = setup.config
   batches = data_lib.make_train_iterator(setup.spec.data, batch_size=config.search.batch_size,
                                          seed=config.search.seed + 7)

@@ -33,7 +33,8 @@ from typing import Callable
 import ml_collections
 from absl import flags
 
-from jackpot_jax import data as data_lib, fileio, run_spec
+from jackpot_jax import data as data_lib, fileio
+from jackpot_jax.run import spec as spec_lib
 
 import common
 
@@ -285,7 +286,7 @@ def main(argv):
   output = Path(FLAGS.output)
   base = common.config_with({})
   context = Context(base, budgets[0],
-                    data_lib.load_dataset_info(run_spec.resolve(base).data).num_train)
+                    data_lib.load_dataset_info(spec_lib.resolve(base).data).num_train)
   rows = [run_one(name, epochs, context, output) for name in recipes for epochs in budgets]
   summary = summarise(rows, FLAGS.tolerance)
   fileio.write_json(output / "results.json", {

@@ -8,7 +8,7 @@ The PyTorch entry points load lazily, so importing the package does not import t
 
 _LAZY = {"import_torch": "jackpot_jax.pytorch", "export_torch": "jackpot_jax.pytorch",
          "apply_masks_file": "jackpot_jax.pytorch",
-         "search_and_evaluate": "jackpot_jax.train", "evaluate_workdir": "jackpot_jax.train"}
+         "search_and_evaluate": "jackpot_jax.run.job", "evaluate_workdir": "jackpot_jax.run.job"}
 
 __all__ = sorted(_LAZY)
 

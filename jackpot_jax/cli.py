@@ -53,14 +53,14 @@ def _workdir_overrides() -> dict:
 
 def _run_command(command: str) -> None:
   # Imported here so `--help` and usage errors stay fast.
-  from jackpot_jax import train, workdir_export
+  from jackpot_jax.run import job, workdir_export
   if command == "search":
     if FLAGS.config is None:
       raise ValueError("--config is required for search, e.g. --config=configs/default.py")
-    report = train.search_and_evaluate(FLAGS.config, _require("workdir"), force=FLAGS.force)
+    report = job.search_and_evaluate(FLAGS.config, _require("workdir"), force=FLAGS.force)
     print(summary_line(report, FLAGS.workdir))
   elif command == "evaluate":
-    report = train.evaluate_workdir(_require("workdir"), _workdir_overrides())
+    report = job.evaluate_workdir(_require("workdir"), _workdir_overrides())
     print(summary_line(report, FLAGS.workdir))
   elif command == "export":
     path = workdir_export.export_workdir(_require("workdir"), _require("output"), FLAGS.format,
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:  # what absl leaves: the command alone
     _usage_error()
   with errors.exit_on_user_error("jackpot"):
-    from jackpot_jax import parallel  # pylint: disable=import-outside-toplevel
+    from jackpot_jax.run import parallel  # pylint: disable=import-outside-toplevel
     if FLAGS.distributed or FLAGS.coordinator_address:
       parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                       FLAGS.process_id)

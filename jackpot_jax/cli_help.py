@@ -54,8 +54,8 @@ COMMON_FIELDS = (
 # only when such a field is shown, as they load JAX; the names include those registered by
 # a module the config file imports.
 REGISTERED_NAMES = {
-    "search.score_init": ("jackpot_jax.scores", "score_init_names"),
-    "search.sparsity_plan": ("jackpot_jax.sparsity", "plan_names"),
+    "search.score_init": ("jackpot_jax.search.scores", "score_init_names"),
+    "search.sparsity_plan": ("jackpot_jax.search.sparsity", "plan_names"),
     "data.augment": ("jackpot_jax.data.transforms", "augmentation_names"),
 }
 

@@ -102,13 +102,13 @@ FIELDS: list[tuple[str, Any, str]] = [
      "each kernel position (NVIDIA ASP's grouping); N:M implies the plan, so sparsity, "
      "sparsity_plan and layer_overrides are not given with it"),
     ("search.sparsity_plan", "l1", "how sparsity spreads over layers: a registered plan "
-     "(jackpot_jax.sparsity.plan_names(); l1: one global magnitude threshold, the reference)"),
+     "(jackpot_jax.search.sparsity.plan_names(); l1: one global magnitude threshold, the reference)"),
     ("search.classifier", "dense", "dense | plan: whether the classifier is masked"),
     ("search.first_layer", "plan", "plan | dense: whether the first conv is masked"),
     ("search.hidden_dense", "dense", "dense | plan: whether hidden Linear layers are masked"),
     ("search.layer_overrides", {}, "{layer name pattern: sparsity} beside the plan"),
     ("search.score_init", "magnitude", "how the scores start: a registered init "
-     "(jackpot_jax.scores.score_init_names(); magnitude: the magnitude mask, the reference)"),
+     "(jackpot_jax.search.scores.score_init_names(); magnitude: the magnitude mask, the reference)"),
     ("search.bn_mode", "recalibrate", "recalibrate (train-mode BN statistics) | frozen"),
     ("search.bn_momentum", 0.1, "recalibrate: weight of each batch in BN's running "
      "statistics (PyTorch's convention: the reference's 0.1 is Flax's momentum 0.9)"),

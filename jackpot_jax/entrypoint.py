@@ -112,7 +112,7 @@ def _check_implied_by_pattern(argv: list[str]) -> None:
   pattern = None if config is None else config.get("search", {}).get("pattern")
   if pattern in (None, "unstructured"):
     return
-  from jackpot_jax import masking  # pylint: disable=import-outside-toplevel
+  from jackpot_jax.search import masking  # pylint: disable=import-outside-toplevel
   try:
     masking.parse_pattern(pattern)
   except ValueError:

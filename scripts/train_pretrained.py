@@ -13,14 +13,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from jackpot_jax.data import fashion_mnist
-from jackpot_jax.torch_reference.torch_models import CifarResNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # torch_reference/ is not installed
+
+from torch_reference.torch_models import CifarResNet
 
 
 def parse_args() -> argparse.Namespace:

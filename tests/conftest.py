@@ -49,9 +49,10 @@ import pytest
 import torch
 from flax import traverse_util
 
-from jackpot_jax import (config_defaults, models, optim, run_setup, run_spec, scores as scores_lib,
-                         sparsity, steps, train)
-from jackpot_jax.torch_reference.torch_models import CifarResNet
+from jackpot_jax import config_defaults, models
+from jackpot_jax.run import setup as setup_lib, spec as spec_lib, job
+from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
+from torch_reference.torch_models import CifarResNet
 
 
 def sgd_config(**overrides) -> ml_collections.ConfigDict:
@@ -277,13 +278,13 @@ def tiny_overrides(root: Path) -> list[str]:
           "--config.progress_bar=False"]
 
 
-def setup_of(config: ml_collections.ConfigDict) -> run_setup.SearchSetup:
+def setup_of(config: ml_collections.ConfigDict) -> setup_lib.SearchSetup:
   """The set-up a search of `config` starts from."""
-  return run_setup.setup_search(run_spec.resolve(config))
+  return setup_lib.setup_search(spec_lib.resolve(config))
 
 
 def final_search_state(config, workdir) -> steps.SearchState:
   """The latest search checkpoint of a workdir, on the host."""
   setup = setup_of(config)
-  state, _ = train.restore_search_state(setup, Path(workdir))
+  state, _ = job.restore_search_state(setup, Path(workdir))
   return jax.device_get(state)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jackpot_jax.analysis import criteria, overlap
+from jackpot_jax.baselines import criteria, overlap
 
 
 def test_overlap_is_shared_over_kept_per_layer_and_overall():

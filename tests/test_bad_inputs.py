@@ -24,8 +24,9 @@ import torch
 from absl import flags
 from PIL import Image
 
-from jackpot_jax import cli, config_files, evaluation, train, workdir as workdir_lib
-from jackpot_jax.torch_reference.torch_models import CifarResNet
+from jackpot_jax import cli, config_files
+from jackpot_jax.run import evaluation, job, workdir as workdir_lib
+from torch_reference.torch_models import CifarResNet
 
 from conftest import setup_of, tiny_config, tiny_overrides
 
@@ -403,5 +404,5 @@ def test_disk_full_when_saving_keeps_the_last_complete_checkpoint(tiny_job, smal
   assert names == ["2", "4"], names
   config = tiny_config(tiny_job)
   config.search.num_epochs = 4
-  state, _ = train.restore_search_state(setup_of(config), workdir)
+  state, _ = job.restore_search_state(setup_of(config), workdir)
   assert int(state.step) == 4

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 import numpy as np
 import pytest
 
-from jackpot_jax import compilation_cache
+from jackpot_jax.run import compilation_cache
 
 from conftest import REPO
 from gcs_emulator import running_emulator
@@ -117,7 +116,7 @@ def test_a_program_loaded_from_the_cache_computes_bit_for_bit_what_a_fresh_compi
 _CHILD = """
 import sys
 import jax, jax.numpy as jnp
-from jackpot_jax import compilation_cache
+from jackpot_jax.run import compilation_cache
 hits = []
 jax.monitoring.register_event_listener(
     lambda event, **kwargs: hits.append(event) if event.endswith("cache_hits") else None)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jackpot_jax import config_files, run_setup, run_spec
+from jackpot_jax import config_files
+from jackpot_jax.run import setup as setup_lib, spec as spec_lib
 from jackpot_jax.data import holdout, preprocessing, resolve_spec
 from jackpot_jax.data.config import DatasetInfo
 from jackpot_jax.data.records import ArraySplit
@@ -121,14 +122,14 @@ def test_the_command_line_refuses_an_unknown_config_name_in_one_line(tmp_path):
 @pytest.mark.parametrize("path", PAPER, ids=lambda path: path.stem)
 def test_paper_configs_search_the_whole_training_split_and_keep_the_last_step(path):
   config = config_files.load_config(path, {"model.checkpoint": "/pretrained.pth"})
-  spec = run_spec.resolve(config)
+  spec = spec_lib.resolve(config)
   assert config.data.holdout_images == 0 and config.eval.every_epochs == 0
   assert spec.selected_on == "last_step"
   images = TRAIN_IMAGES[config.data.name]
   assert holdout.holdout_count(spec.data.holdout_images, images) == 0
   data_info = DatasetInfo(name=config.data.name, num_classes=config.model.num_classes,
                           image_shape=(32, 32, 3), num_train=images, num_test=0, class_names=())
-  setup = run_setup.SearchSetup(spec=spec, imported=None, params=None, batch_stats=None,
+  setup = setup_lib.SearchSetup(spec=spec, imported=None, params=None, batch_stats=None,
                                 plan=None, data_info=data_info, mesh=None)
   # 50,000 / 256: 195 whole batches an epoch, the last partial one dropped (the authors'
   # loader keeps it: 196 steps).
@@ -137,10 +138,10 @@ def test_paper_configs_search_the_whole_training_split_and_keep_the_last_step(pa
 
 
 def test_selection_defaults_to_holdout_only_where_the_search_evaluates_on_held_out_images():
-  assert run_spec.resolve(config_files.load_config(DEFAULT)).selected_on == "holdout"
+  assert spec_lib.resolve(config_files.load_config(DEFAULT)).selected_on == "holdout"
   for overrides in ({"data.holdout_images": 0, "eval.every_epochs": 0.0},
                     {"eval.every_epochs": 0.0}):
     config = config_files.load_config(DEFAULT, overrides)
-    assert run_spec.resolve(config).selected_on == "last_step", overrides
+    assert spec_lib.resolve(config).selected_on == "last_step", overrides
   config = config_files.load_config(DEFAULT, {"search.selected_on": "last_step"})
-  assert run_spec.resolve(config).selected_on == "last_step"
+  assert spec_lib.resolve(config).selected_on == "last_step"

@@ -11,10 +11,11 @@ import torch
 from flax import traverse_util
 from torch.func import functional_call
 
-from jackpot_jax import models, optim, scores as scores_lib, sparsity, steps
+from jackpot_jax import models
+from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
 from jackpot_jax.pytorch import import_torch
-from jackpot_jax.torch_reference.torch_models import CifarResNet, randomize_batch_norm
-from jackpot_jax.torch_reference.torch_search import StraightThrough
+from torch_reference.torch_models import CifarResNet, randomize_batch_norm
+from torch_reference.torch_search import StraightThrough
 
 from conftest import sgd_config
 

@@ -21,7 +21,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO
-from jackpot_jax import progress, run_spec
+from jackpot_jax.run import progress, spec as spec_lib
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
 from jackpot_jax.config_files import load_config
 from jackpot_jax.data import (default_data_config, fashion_mnist, load_dataset_info,
@@ -589,7 +589,7 @@ def test_the_paper_resnet50_configs_read_an_imagenet_layout_folder(tmp_path):
 def _default_config_on(name: str):
   """The data spec of configs/default.py (Fashion-MNIST's ResNet-20) pointed at `name`."""
   config = load_config(REPO / "configs" / "default.py", {"data.name": name})
-  return run_spec.resolve(config).data
+  return spec_lib.resolve(config).data
 
 
 def test_the_default_config_on_an_rgb_folder_takes_channels_statistics_and_augmentation_from_it(

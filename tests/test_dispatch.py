@@ -9,7 +9,8 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from jackpot_jax import dispatch, train
+from jackpot_jax import dispatch
+from jackpot_jax.run import job
 from conftest import REPO, tiny_config
 
 def test_a_window_keeps_at_most_its_limit_of_steps_outstanding():
@@ -46,7 +47,7 @@ def test_every_search_step_and_eval_batch_passes_through_a_window(tiny_job, tmp_
   monkeypatch.setattr(dispatch.DispatchWindow, "admit", counting_admit)
   config = tiny_config(tiny_job)
   config.eval.every_epochs = 0.0
-  report = train.search_and_evaluate(config, tmp_path / "run")
+  report = job.search_and_evaluate(config, tmp_path / "run")
   eval_batches = -(-20 // config.eval.batch_size)  # 20 test examples
   recalibration_batches = report["recalibration_images"] // config.search.batch_size
   # Dense, magnitude and re-estimated magnitude baselines (and the re-estimation's

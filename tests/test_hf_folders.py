@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from jackpot_jax import run_spec, train, workdir_export
+from jackpot_jax.run import spec as spec_lib, job, workdir_export
 from jackpot_jax.pytorch import (CheckpointMismatchError, CheckpointNotFoundError, export_torch,
                                  import_torch)
 from jackpot_jax.pytorch.hf_folder import resolve_model
@@ -113,7 +113,7 @@ def test_run_spec_records_the_folders_model_name_sizes_and_labels(tiny_job, tmp_
   config.model.name, config.model.num_classes = "auto", 0
   config.model.kwargs.pos_antialias = True  # a builder argument the folder leaves alone
 
-  spec = run_spec.resolve(config)
+  spec = spec_lib.resolve(config)
 
   assert spec.config.model.name == "hf_deit" and spec.model.name == "hf_deit"
   assert spec.config.model.num_classes == 10
@@ -230,7 +230,7 @@ def test_a_search_from_a_folder_reports_the_resolved_model_exports_and_applies_m
   config.search.hidden_dense = "plan"
   config.search.num_epochs, config.eval.every_epochs = 0.25, 0.0
 
-  report = train.search_and_evaluate(config, tmp_path / "run")
+  report = job.search_and_evaluate(config, tmp_path / "run")
 
   assert report["model"] == "vit" and report["num_classes"] == 10
   assert report["model_kwargs"]["depth"] == 1 and report["model_kwargs"]["patch_size"] == 4

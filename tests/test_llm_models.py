@@ -18,7 +18,8 @@ import torch
 from flax import traverse_util
 from safetensors.torch import load_file, save_file
 
-from jackpot_jax import config_defaults, run_spec
+from jackpot_jax import config_defaults
+from jackpot_jax.run import spec as spec_lib
 from jackpot_jax.errors import CheckpointMismatchError
 from jackpot_jax.pytorch.hf_decoders import decoder_spec, export_hf_decoder, import_hf_decoder
 
@@ -311,4 +312,4 @@ def test_the_image_search_refuses_a_language_model():
   config = config_defaults.base_config()
   config.model.name = "gpt2"
   with pytest.raises(ValueError, match="model.name='gpt2' is a language model"):
-    run_spec.resolve(config)
+    spec_lib.resolve(config)

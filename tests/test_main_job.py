@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from jackpot_jax import cli, train, workdir_export
-from jackpot_jax.torch_reference.torch_models import CifarResNet
+from jackpot_jax import cli
+from jackpot_jax.run import job, workdir_export
+from torch_reference.torch_models import CifarResNet
 
 from conftest import final_search_state, tiny_config
 
@@ -23,10 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_resumed_search_ends_bitwise_equal_to_uninterrupted(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
-  train.search_and_evaluate(config, tmp_path / "straight")
-  stopped = train.search_and_evaluate(config, tmp_path / "resumed", stop_after=3)
+  job.search_and_evaluate(config, tmp_path / "straight")
+  stopped = job.search_and_evaluate(config, tmp_path / "resumed", stop_after=3)
   assert stopped == {"stopped_at": 3}
-  train.search_and_evaluate(config, tmp_path / "resumed")
+  job.search_and_evaluate(config, tmp_path / "resumed")
   straight = final_search_state(config, tmp_path / "straight")
   resumed = final_search_state(config, tmp_path / "resumed")
   assert int(straight.step) == int(resumed.step) == 6
@@ -39,19 +40,19 @@ def test_search_ends_at_the_first_evaluation_within_tolerance_of_dense(tiny_job,
   config = tiny_config(tiny_job)
   config.eval.every_epochs = 0.5  # every 2 steps of 6
   config.eval.stop_within_dense = 1.0  # any accuracy is within 100 points of dense
-  report = train.search_and_evaluate(config, tmp_path / "early")
+  report = job.search_and_evaluate(config, tmp_path / "early")
   assert report["search"]["steps"] == 2 and report["search"]["goal_reached_at"] == 2
   assert report["search"]["planned_steps"] == 6
   assert "ended early" in (tmp_path / "early" / "report.md").read_text()
-  again = train.search_and_evaluate(config, tmp_path / "early")
+  again = job.search_and_evaluate(config, tmp_path / "early")
   assert again["search"]["steps"] == 2
   assert [h["step"] for h in again["search"]["history"]] == [0, 2]
   config.eval.stop_within_dense = 0.0
-  assert train.search_and_evaluate(config, tmp_path / "full")["search"]["steps"] == 6
+  assert job.search_and_evaluate(config, tmp_path / "full")["search"]["steps"] == 6
   early = final_search_state(config, tmp_path / "early")
   stopped = tmp_path / "stopped"
   config.checkpoint.every_steps = 1
-  train.search_and_evaluate(config, stopped, stop_after=2)
+  job.search_and_evaluate(config, stopped, stop_after=2)
   for a, b in zip(jax.tree.leaves(early.scores), jax.tree.leaves(final_search_state(config, stopped).scores),
                   strict=True):
     np.testing.assert_array_equal(a, b)
@@ -71,7 +72,7 @@ def test_search_evaluates_and_stops_on_the_holdout_and_tests_once_at_the_end(
   config = tiny_config(tiny_job)
   config.eval.every_epochs = 0.5  # every 2 steps of 6
   config.eval.stop_within_dense = 0.0
-  report = train.search_and_evaluate(config, tmp_path / "full")
+  report = job.search_and_evaluate(config, tmp_path / "full")
   # Test split: dense, magnitude (stale BN), magnitude recalibrated, and the jackpot once.
   assert passes.count("test") == 4
   # Holdout: dense, then the jackpot at the start (step 0) and at steps 2, 4 and 6.
@@ -81,13 +82,13 @@ def test_search_evaluates_and_stops_on_the_holdout_and_tests_once_at_the_end(
   assert report["holdout"]["jackpot"] == selected["jackpot_accuracy"]
   passes.clear()
   config.eval.stop_within_dense = 1.0  # any accuracy is within 100 points of dense
-  early = train.search_and_evaluate(config, tmp_path / "early")
+  early = job.search_and_evaluate(config, tmp_path / "early")
   assert early["search"]["selected_on"] == "holdout" and early["search"]["goal_reached_at"] == 2
   assert passes.count("test") == 4 and passes.count("holdout") == 3
 
 
 def test_report_has_the_contract_keys(tiny_job, tmp_path):
-  report = train.search_and_evaluate(tiny_config(tiny_job), tmp_path)
+  report = job.search_and_evaluate(tiny_config(tiny_job), tmp_path)
   on_disk = json.loads((tmp_path / "report.json").read_text())
   assert on_disk["model"] == "resnet20" and on_disk["checkpoint"].endswith("resnet20.pth")
   assert on_disk["dataset"].startswith("npz:") and on_disk["target_sparsity"] == 0.9
@@ -116,11 +117,11 @@ def test_report_has_the_contract_keys(tiny_job, tmp_path):
 def test_workdir_with_other_config_is_refused_unless_forced(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
   config.search.num_epochs = 0.25
-  train.search_and_evaluate(config, tmp_path)
+  job.search_and_evaluate(config, tmp_path)
   config.search.sparsity = 0.8
   with pytest.raises(ValueError, match="different config.*search.sparsity"):
-    train.search_and_evaluate(config, tmp_path)
-  assert train.search_and_evaluate(config, tmp_path, force=True)["target_sparsity"] == 0.8
+    job.search_and_evaluate(config, tmp_path)
+  assert job.search_and_evaluate(config, tmp_path, force=True)["target_sparsity"] == 0.8
 
 
 def _cli(*args, cwd=REPO):
@@ -182,7 +183,7 @@ def _run_readme_loading_code(folder, file_name: str, make_model) -> dict:
 
 def test_evaluate_and_export_take_overrides_of_how_they_run_only(tiny_job, tmp_path):
   workdir = tmp_path / "run"
-  report = train.search_and_evaluate(tiny_config(tiny_job), workdir)
+  report = job.search_and_evaluate(tiny_config(tiny_job), workdir)
   result = _cli("evaluate", f"--workdir={workdir}", "--config.eval.batch_size=3",
                 "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-2000:]
@@ -212,7 +213,7 @@ def test_command_line_bad_input_is_one_line_with_exit_status_2(tmp_path):
 def test_export_after_tuning_writes_the_tuned_weights_under_the_mask(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
   config.tune.num_epochs, config.tune.batch_size, config.tune.learning_rate = 0.5, 16, 0.5
-  report = train.search_and_evaluate(config, tmp_path / "run")
+  report = job.search_and_evaluate(config, tmp_path / "run")
   assert report["accuracy"]["tuned"] is not None
   exported = workdir_export.export_workdir(tmp_path / "run", tmp_path / "tuned.pth")
   original = torch.load(tiny_job / "resnet20.pth", weights_only=True)
@@ -227,19 +228,19 @@ def test_export_after_tuning_writes_the_tuned_weights_under_the_mask(tiny_job, t
 
 def test_workdir_from_before_newer_config_fields_still_resumes_and_evaluates(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
-  train.search_and_evaluate(config, tmp_path, stop_after=2)
+  job.search_and_evaluate(config, tmp_path, stop_after=2)
   saved = json.loads((tmp_path / "config.json").read_text())
   del saved["eval"]["stop_within_dense"], saved["mesh"]["fsdp_min_size"]
   del saved["compilation_cache_dir"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  assert train.search_and_evaluate(config, tmp_path)["search"]["steps"] == 6
-  assert train.evaluate_workdir(tmp_path)["search"]["steps"] == 6
+  assert job.search_and_evaluate(config, tmp_path)["search"]["steps"] == 6
+  assert job.evaluate_workdir(tmp_path)["search"]["steps"] == 6
 
 
 def test_bfloat16_search_runs_end_to_end_with_float32_scores(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
   config.model.dtype = "bfloat16"
-  report = train.search_and_evaluate(config, tmp_path / "bf16")
+  report = job.search_and_evaluate(config, tmp_path / "bf16")
   assert report["search"]["steps"] == 6
   assert report["search"]["dtype"] == "bfloat16"
   assert "bfloat16 compute" in (tmp_path / "bf16" / "report.md").read_text()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jackpot_jax import masking, optim, scores as scores_lib, sparsity, steps
-from jackpot_jax.masked_model import MASKS, masked
+from jackpot_jax.search import masking, optim, scores as scores_lib, sparsity, steps
+from jackpot_jax.models.wrapper import MASKS, masked
 
 from conftest import sgd_config
 

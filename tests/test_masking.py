@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jackpot_jax import masking
+from jackpot_jax.search import masking
 
 
 @pytest.mark.parametrize("jit", [False, True])

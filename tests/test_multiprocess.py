@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jackpot_jax import train
+from jackpot_jax.run import job
 
 from conftest import (final_search_state, tiny_config, tiny_overrides,
                       without_shared_compilation_cache)
@@ -28,7 +28,7 @@ def _free_port() -> int:
 def test_two_process_run_matches_single_process(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
   config.mesh.num_devices = 1
-  train.search_and_evaluate(config, tmp_path / "single")
+  job.search_and_evaluate(config, tmp_path / "single")
 
   workdir, port = tmp_path / "two", _free_port()
   overrides = tiny_overrides(tiny_job)  # the flags that compute what tiny_config does

@@ -11,8 +11,9 @@ import pytest
 import torch
 from flax import traverse_util
 
-from jackpot_jax import masking, run_spec, scores as scores_lib, sparsity, train, workdir_export
-from jackpot_jax.run_setup import magnitude_masks
+from jackpot_jax.run import spec as spec_lib, job, workdir_export
+from jackpot_jax.search import masking, sparsity
+from jackpot_jax.run.setup import magnitude_masks
 
 from conftest import setup_of, tiny_config
 
@@ -134,7 +135,7 @@ def test_a_plan_or_layer_override_beside_a_pattern_is_refused(tiny_job):
     config = _pattern_config(tiny_job)
     config.search[field] = value
     with pytest.raises(ValueError, match="sets every masked layer's sparsity"):
-      run_spec.resolve(config)
+      spec_lib.resolve(config)
 
 
 def test_check_pattern_finds_a_group_that_keeps_too_many(tiny_job):
@@ -152,7 +153,7 @@ def test_check_pattern_finds_a_group_that_keeps_too_many(tiny_job):
 def test_a_2_4_search_keeps_the_pattern_and_exports_it_in_asp_layout(tiny_job, tmp_path):
   config = _pattern_config(tiny_job, classifier="plan", score_init="kaiming")
   workdir = tmp_path / "run"
-  report = train.search_and_evaluate(config, workdir)
+  report = job.search_and_evaluate(config, workdir)
   assert report["sparsity"]["pattern"] == "2:4" and report["sparsity"]["nm_valid"] is True
   assert report["sparsity"]["unfit_layers"] == ["conv1"]
   assert report["search"]["pattern"] == "2:4" and report["target_sparsity"] == 0.5
@@ -195,8 +196,8 @@ def test_nm_masked_linear_runs_as_a_semi_structured_sparse_tensor():
 @pytest.mark.parametrize("strides,padding,groups", [((1, 1), 1, 1), ((2, 2), 1, 1),
                                                     ((1, 1), 0, 2)])
 def test_wanda_columns_are_the_im2col_norms_in_torch_order(strides, padding, groups):
-  from jackpot_jax import layers  # pylint: disable=import-outside-toplevel
-  from jackpot_jax.analysis import criteria  # pylint: disable=import-outside-toplevel
+  from jackpot_jax.models import layers  # pylint: disable=import-outside-toplevel
+  from jackpot_jax.baselines import criteria  # pylint: disable=import-outside-toplevel
   inputs = np.array(jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 4)))
   conv = layers.Conv(features=6, kernel_size=(3, 3), strides=strides, padding=padding,
                      groups=groups)
@@ -217,7 +218,7 @@ def test_wanda_columns_are_the_im2col_norms_in_torch_order(strides, padding, gro
 
 
 def test_wanda_nm_keeps_the_largest_weight_times_column_norm(tiny_search):
-  from jackpot_jax.analysis import criteria  # pylint: disable=import-outside-toplevel
+  from jackpot_jax.baselines import criteria  # pylint: disable=import-outside-toplevel
   search = tiny_search
   plan = sparsity.build_pattern_plan(search.params, masking.NMPattern(2, 4))
   saliency = criteria.wanda_saliency(search.model, search.params, search.batch_stats, plan,

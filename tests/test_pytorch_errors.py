@@ -14,7 +14,7 @@ from safetensors.torch import save as safetensors_bytes
 from jackpot_jax.pytorch import (CheckpointMismatchError, CheckpointNotFoundError,
                                  CheckpointReadError, MasksFileError, apply_masks_file,
                                  export_torch, import_torch)
-from jackpot_jax.torch_reference.torch_models import CifarResNet, randomize_batch_norm
+from torch_reference.torch_models import CifarResNet, randomize_batch_norm
 
 NUM_CLASSES = 10
 

@@ -17,7 +17,7 @@ from jackpot_jax.pytorch import (CheckpointLayout, MasksFileError, apply_masks_f
 from jackpot_jax.pytorch.layout import to_torch
 from jackpot_jax.models.torchvision_vgg import VGG11_LAYOUT
 from jackpot_jax.models.vgg_cifar import VGG19_LAYOUT as CIFAR_VGG19_LAYOUT
-from jackpot_jax.torch_reference.torch_models import (AuthorsCifarVGG, CifarResNet, MobileNetV1,
+from torch_reference.torch_models import (AuthorsCifarVGG, CifarResNet, MobileNetV1,
                                               TorchvisionVGG, randomize_batch_norm,
                                               torchvision_resnet)
 

@@ -12,7 +12,7 @@ from jackpot_jax.pytorch import import_torch
 from jackpot_jax.models.torchvision_vgg import (VGG11_LAYOUT, VGG16_LAYOUT, VGG19_LAYOUT,
                                                 adaptive_avg_pool)
 from jackpot_jax.models.vgg_cifar import VGG19_LAYOUT as CIFAR_VGG19_LAYOUT
-from jackpot_jax.torch_reference.torch_models import (AuthorsCifarVGG, CifarResNet, MobileNetV1,
+from torch_reference.torch_models import (AuthorsCifarVGG, CifarResNet, MobileNetV1,
                                               TorchvisionMobileNetV2, TorchvisionVGG,
                                               randomize_batch_norm, torchvision_resnet)
 

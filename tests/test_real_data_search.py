@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jackpot_jax import config_files, train
+from jackpot_jax import config_files
+from jackpot_jax.run import job
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ def test_short_search_beats_the_magnitude_pruned_mask(fashion_mnist_dir, tmp_pat
   config.search.num_epochs = 80 / ((60_000 - 5_000) // 128)
   config.eval.every_epochs = 0.0
   config.progress_bar = False
-  report = train.search_and_evaluate(config, tmp_path)
+  report = job.search_and_evaluate(config, tmp_path)
   accuracy = report["accuracy"]
   assert report["search"]["steps"] == 80
   assert abs(report["sparsity"]["conv"] - 0.9) < 0.001

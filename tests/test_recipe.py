@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from jackpot_jax import evaluation, run_setup, run_spec, steps, train
+from jackpot_jax.run import evaluation, setup as setup_lib, spec as spec_lib, job
+from jackpot_jax.search import steps
 
 from conftest import (TinySearch, final_search_state, setup_of, sgd_config, tiny_config,
                       tiny_overrides)
@@ -50,12 +51,12 @@ def test_search_without_distillation_runs_the_plain_step_on_the_plain_weights(ti
   BN statistics beside the weights."""
   config = tiny_config(tiny_job)
   setup = setup_of(config)
-  plain = train.search_stage(setup, Path("unused"), None)
+  plain = job.search_stage(setup, Path("unused"), None)
   assert plain.step.func is steps.search_step and plain.frozen is setup.params
   assert plain.step.keywords["bn_momentum"] == steps.TORCH_BN_MOMENTUM
   config.search.distill_weight, config.search.distill_temperature = 0.5, 2.0
   setup = setup_of(config)
-  distilling = train.search_stage(setup, Path("unused"), None)
+  distilling = job.search_stage(setup, Path("unused"), None)
   assert distilling.step.func is steps.distill_search_step
   assert distilling.step.keywords["distill_weight"] == 0.5
   assert distilling.step.keywords["distill_temperature"] == 2.0
@@ -215,7 +216,7 @@ def test_recipe_fields_out_of_range_are_one_line_errors(tiny_job, field, value, 
   config = tiny_config(tiny_job)
   config.search[field] = value
   with pytest.raises(ValueError) as error:
-    run_spec.resolve(config)
+    spec_lib.resolve(config)
   assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -223,21 +224,21 @@ def test_bn_momentum_with_frozen_statistics_is_an_error(tiny_job):
   config = tiny_config(tiny_job)
   config.search.bn_mode, config.search.bn_momentum = "frozen", 0.5
   with pytest.raises(ValueError, match="needs search.bn_mode=recalibrate"):
-    run_spec.resolve(config)
+    spec_lib.resolve(config)
   config.search.bn_momentum = steps.TORCH_BN_MOMENTUM
-  run_spec.resolve(config)
+  spec_lib.resolve(config)
 
 
 def test_reestimated_bn_statistics_need_recalibration_images(tiny_job):
   config = tiny_config(tiny_job)
   config.search.bn_statistics, config.eval.recalibration_images = "reestimated", 0
   with pytest.raises(ValueError, match="set it > 0"):
-    run_spec.resolve(config)
+    spec_lib.resolve(config)
 
 
 def test_running_bn_statistics_are_the_searchs_own_by_default(tiny_job):
   setup = setup_of(tiny_config(tiny_job))
-  state = run_setup.initial_search_state(setup)
+  state = setup_lib.initial_search_state(setup)
   assert evaluation.jackpot_batch_stats(setup, state) is state.batch_stats
 
 
@@ -248,7 +249,7 @@ def test_reestimated_bn_statistics_are_what_the_jackpot_is_selected_reported_and
   the final masks, not the running ones the search checkpointed."""
   config = tiny_config(tiny_job)
   config.search.bn_statistics, config.eval.recalibration_images = "reestimated", 32
-  report = train.search_and_evaluate(config, tmp_path / "run")
+  report = job.search_and_evaluate(config, tmp_path / "run")
   setup = setup_of(config)
   saved = final_search_state(config, tmp_path / "run")
   reestimated = evaluation.recalibrated_batch_stats(setup, saved.masks)
@@ -258,7 +259,7 @@ def test_reestimated_bn_statistics_are_what_the_jackpot_is_selected_reported_and
       setup.params, reestimated, saved.masks)
   assert report["holdout"]["jackpot"] == evaluation.Evaluator(setup, evaluation.HOLDOUT).accuracy(
       setup.params, reestimated, saved.masks)
-  _, loaded, _ = train.load_workdir(tmp_path / "run")
+  _, loaded, _ = job.load_workdir(tmp_path / "run")
   assert _equal_bitwise(jax.device_get(loaded.batch_stats), jax.device_get(reestimated))
 
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jackpot_jax import cli, run_spec, scores as scores_lib, sparsity
-from jackpot_jax.analysis import criteria
+from jackpot_jax import cli
+from jackpot_jax.run import spec as spec_lib
+from jackpot_jax.search import scores as scores_lib, sparsity
+from jackpot_jax.baselines import criteria
 from jackpot_jax.data import config as data_config, preprocessing, transforms
 
 from conftest import tiny_config
@@ -57,7 +59,7 @@ def test_a_registered_score_init_is_accepted_used_listed_and_suggested(registrie
 
   config = tiny_config(tiny_job)
   config.search.score_init = "prune_count"
-  run_spec.resolve(config)
+  spec_lib.resolve(config)
   params, plan = _two_layers()
   scores = traverse_util.flatten_dict(
       scores_lib.init_scores(params, plan, "prune_count", jax.random.PRNGKey(0)))
@@ -73,7 +75,7 @@ def test_a_registered_score_init_is_accepted_used_listed_and_suggested(registrie
 
   config.search.score_init = "prune_cout"
   with pytest.raises(ValueError) as error:
-    run_spec.resolve(config)
+    spec_lib.resolve(config)
   assert str(error.value) == (
       "unknown search.score_init 'prune_cout' (did you mean 'prune_count'?); choose one of "
       "magnitude, magnitude_abs, kaiming, edge_popup, random, prune_count")
@@ -87,7 +89,7 @@ def test_a_registered_plan_is_accepted_used_listed_and_suggested(registries, tin
 
   config = tiny_config(tiny_job)
   config.search.sparsity_plan = "first_half"
-  run_spec.resolve(config)
+  spec_lib.resolve(config)
   params, _ = _two_layers()
   plan = sparsity.plan_for(params, config.search, None)
   assert plan.method == "first_half" and plan.prune_counts == {"a": 6, "b": 0}
@@ -96,7 +98,7 @@ def test_a_registered_plan_is_accepted_used_listed_and_suggested(registries, tin
   with pytest.raises(ValueError, match=r"^unknown search.sparsity_plan 'first_hal' \(did you "
                                        r"mean 'first_half'\?\); choose one of l1, uniform, erk, "
                                        r"first_half$"):
-    run_spec.resolve(config)
+    spec_lib.resolve(config)
 
 
 def test_a_registered_criterion_is_used_listed_and_suggested(registries):

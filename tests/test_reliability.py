@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jackpot_jax import (checkpointing, errors, fileio, progress, report as report_lib, run_setup,
-                         steps, train, workdir as workdir_lib)
+from jackpot_jax import errors, fileio
+from jackpot_jax.run import (checkpointing, progress, report as report_lib, setup as setup_lib, job,
+                             workdir as workdir_lib)
+from jackpot_jax.search import steps
 from jackpot_jax.pytorch import export_torch
 
 from conftest import (final_search_state, setup_of, tiny_config, tiny_overrides,
@@ -141,7 +143,7 @@ def test_five_kills_mid_step_and_mid_save_end_bitwise_equal_to_an_uninterrupted_
 def finished_run(tiny_job, tmp_path_factory) -> Path:
   """A finished tiny search: checkpoints at steps 2, 4 and 6."""
   workdir = tmp_path_factory.mktemp("finished") / "run"
-  train.search_and_evaluate(tiny_config(tiny_job), workdir)
+  job.search_and_evaluate(tiny_config(tiny_job), workdir)
   assert _steps_on_disk(workdir / "checkpoints") == [2, 4, 6]
   return workdir
 
@@ -172,7 +174,7 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(damage, finished_ru
 
   config = tiny_config(tiny_job)
   setup = setup_of(config)
-  abstract = jax.eval_shape(lambda: run_setup.initial_search_state(setup))
+  abstract = jax.eval_shape(lambda: setup_lib.initial_search_state(setup))
   reader = checkpointing.SearchCheckpoints(checkpoints, 3)
   with caplog.at_level(logging.WARNING):
     state, _, _ = reader.restore_latest(abstract)
@@ -184,7 +186,7 @@ def test_damaged_latest_checkpoint_is_skipped_with_a_warning(damage, finished_ru
 
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    report = train.search_and_evaluate(config, workdir)
+    report = job.search_and_evaluate(config, workdir)
   assert "removing 1 unfinished checkpoint(s)" in caplog.text
   assert "skipping unreadable checkpoint at step 6" in caplog.text
   assert report["search"]["steps"] == 6
@@ -200,7 +202,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(finished_run, tiny
   for step in (2, 4, 6):
     _delete_array_data(workdir / "checkpoints" / str(step))
   with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
-    train.search_and_evaluate(tiny_config(tiny_job), workdir)
+    job.search_and_evaluate(tiny_config(tiny_job), workdir)
   assert _steps_on_disk(workdir / "checkpoints") == [2, 4, 6]
 
 
@@ -242,7 +244,7 @@ def test_nan_is_reported_at_its_own_step_between_logs_and_saves(tiny_job, tmp_pa
   config.log_every_steps = 50  # the host first looks at step 4, to save it
   with pytest.raises(errors.NonFiniteError,
                      match=r"NaN or Inf in the loss at step 3; .*\(step 2\) is kept"):
-    train.search_and_evaluate(config, tmp_path)
+    job.search_and_evaluate(config, tmp_path)
   assert _steps_on_disk(tmp_path / "checkpoints") == [2]
 
 
@@ -383,7 +385,7 @@ def test_disk_full_inside_an_orbax_save_is_reported_as_enospc(tiny_job, tmpfs, m
   monkeypatch.setattr(checkpointing.SearchCheckpoints, "save", fill_the_disk_before_step_4)
   config = tiny_config(tiny_job)
   with pytest.raises(OSError) as raised:
-    train.search_and_evaluate(config, workdir)
+    job.search_and_evaluate(config, workdir)
   assert errors.is_disk_full(raised.value), raised.value
   assert _steps_on_disk(workdir / "checkpoints") == [2]
   assert not (workdir / "report.json").exists()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jackpot_jax import masking, models, scores as scores_lib, sparsity
+from jackpot_jax import models
+from jackpot_jax.search import masking, scores as scores_lib, sparsity
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jackpot_jax import masking, steps
-from jackpot_jax.masked_model import MASKS
+from jackpot_jax.search import masking, steps
+from jackpot_jax.models.wrapper import MASKS
 
 from conftest import TinySearch, sgd_config
 

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 
-from jackpot_jax import checkpointing, evaluation, run_setup, train, workdir_export
+from jackpot_jax.run import checkpointing, evaluation, setup as setup_lib, job, workdir_export
 
 from conftest import setup_of, tiny_config
 
@@ -61,7 +61,7 @@ def test_a_search_that_only_makes_its_mask_worse_returns_its_start(tiny_job, tmp
   config = _config(tiny_job)
   config.search.learning_rate = 100.0
   setup = setup_of(config)
-  magnitude = _kept(run_setup.magnitude_masks(setup))
+  magnitude = _kept(setup_lib.magnitude_masks(setup))
 
   def overlap(masks) -> float:
     kept = _kept(masks)
@@ -69,7 +69,7 @@ def test_a_search_that_only_makes_its_mask_worse_returns_its_start(tiny_job, tmp
                  / sum(b.sum() for b in magnitude))
 
   _holdout_scored_by(monkeypatch, overlap)
-  report = train.search_and_evaluate(config, tmp_path)
+  report = job.search_and_evaluate(config, tmp_path)
   search = report["search"]
   assert [h["step"] for h in search["history"]] == [0, 2, 4, 6]
   assert all(h["jackpot_accuracy"] < 1.0 for h in search["history"][1:]), "no mask got worse"
@@ -80,8 +80,8 @@ def test_a_search_that_only_makes_its_mask_worse_returns_its_start(tiny_job, tmp
   assert report["accuracy"]["jackpot"] == report["accuracy"]["magnitude"]
   assert "the start (step 0)" in (tmp_path / "report.md").read_text()
   assert "did not beat its start" in (tmp_path / "report.md").read_text()
-  _, loaded, _ = train.load_workdir(tmp_path)
-  _assert_trees_equal(loaded.masks, run_setup.magnitude_masks(setup))
+  _, loaded, _ = job.load_workdir(tmp_path)
+  _assert_trees_equal(loaded.masks, setup_lib.magnitude_masks(setup))
   _assert_trees_equal(loaded.batch_stats, setup.batch_stats)
 
 
@@ -112,17 +112,17 @@ def scripted_runs(tiny_job, tmp_path_factory) -> dict:
   script = _Scripted(SCRIPT)
   with pytest.MonkeyPatch.context() as monkeypatch:
     _holdout_scored_by(monkeypatch, script)
-    straight = train.search_and_evaluate(config, root / "straight")
+    straight = job.search_and_evaluate(config, root / "straight")
     assert len(script.seen) == 4, "two evaluations saw the same mask"
-    assert train.search_and_evaluate(config, root / "resumed", stop_after=3) == {"stopped_at": 3}
-    resumed = train.search_and_evaluate(config, root / "resumed")
+    assert job.search_and_evaluate(config, root / "resumed", stop_after=3) == {"stopped_at": 3}
+    resumed = job.search_and_evaluate(config, root / "resumed")
   return {"config": config, "root": root, "straight": straight, "resumed": resumed}
 
 
 def _checkpointed_masks(config, workdir: Path, step: int):
   """The masks of the raw search state checkpointed at `step`."""
-  abstract = jax.eval_shape(lambda: run_setup.initial_search_state(setup_of(config)))
-  with checkpointing.SearchCheckpoints(workdir / train.SEARCH_CHECKPOINTS, 3) as ckpts:
+  abstract = jax.eval_shape(lambda: setup_lib.initial_search_state(setup_of(config)))
+  with checkpointing.SearchCheckpoints(workdir / job.SEARCH_CHECKPOINTS, 3) as ckpts:
     restored = ckpts.manager.restore(step, args=ocp.args.Composite(
         **{checkpointing.STATE: ocp.args.StandardRestore(abstract)}))
   return restored[checkpointing.STATE].masks
@@ -137,7 +137,7 @@ def test_the_jackpot_is_the_best_evaluation_and_evaluate_and_export_use_it(scrip
   assert search["selected_step"] == 4 and report["holdout"]["jackpot"] == 0.6
   assert search["start_holdout_accuracy"] == 0.3 and search["beat_start"] is True
   assert search["steps"] == 6
-  _, loaded, meta = train.load_workdir(workdir)
+  _, loaded, meta = job.load_workdir(workdir)
   assert int(loaded.step) == 6 and meta["selected"] == {"step": 4, "accuracy": 0.6}
   _assert_trees_equal(loaded.masks, _checkpointed_masks(config, workdir, 4))
   with pytest.raises(AssertionError):  # the last step's masks are another mask
@@ -145,7 +145,7 @@ def test_the_jackpot_is_the_best_evaluation_and_evaluate_and_export_use_it(scrip
   setup = setup_of(config)
   assert report["accuracy"]["jackpot"] == evaluation.Evaluator(setup).accuracy(
       setup.params, loaded.batch_stats, loaded.masks)
-  assert train.evaluate_workdir(workdir)["accuracy"]["jackpot"] == report["accuracy"]["jackpot"]
+  assert job.evaluate_workdir(workdir)["accuracy"]["jackpot"] == report["accuracy"]["jackpot"]
   exported = torch.load(workdir_export.export_workdir(workdir, tmp_path / "jackpot.pth"),
                         weights_only=True)
   mask = np.asarray(jax.device_get(loaded.masks)["layer1_0"]["conv1"]["kernel"])
@@ -159,8 +159,8 @@ def test_a_resumed_search_ends_with_the_same_selection(scripted_runs):
               "history"):
     assert resumed[key] == straight[key], key
   root = scripted_runs["root"]
-  _, a, _ = train.load_workdir(root / "straight")
-  _, b, _ = train.load_workdir(root / "resumed")
+  _, a, _ = job.load_workdir(root / "straight")
+  _, b, _ = job.load_workdir(root / "resumed")
   _assert_trees_equal((a.masks, a.batch_stats), (b.masks, b.batch_stats))
   assert scripted_runs["resumed"]["accuracy"] == scripted_runs["straight"]["accuracy"]
 
@@ -169,9 +169,9 @@ def test_a_checkpoint_that_lost_its_selected_jackpot_is_skipped_not_read_as_the_
     scripted_runs, tmp_path, caplog):
   workdir = tmp_path / "run"
   shutil.copytree(scripted_runs["root"] / "straight", workdir)
-  shutil.rmtree(workdir / train.SEARCH_CHECKPOINTS / "6" / checkpointing.SELECTED)
+  shutil.rmtree(workdir / job.SEARCH_CHECKPOINTS / "6" / checkpointing.SELECTED)
   with caplog.at_level(logging.WARNING):
-    _, loaded, meta = train.load_workdir(workdir)
+    _, loaded, meta = job.load_workdir(workdir)
   assert "skipping unreadable checkpoint at step 6" in caplog.text
   assert "selected/ is missing" in caplog.text
   assert int(loaded.step) == 4 and meta["selected"]["step"] == 4

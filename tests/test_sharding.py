@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jackpot_jax import parallel, run_setup, train
+from jackpot_jax.run import parallel, setup as setup_lib, job
 
 from conftest import final_search_state, setup_of, tiny_config
 
@@ -29,8 +29,8 @@ def _assert_close(a, b, atol=1e-5):
 
 def test_eight_devices_give_the_one_device_scores(tiny_job, tmp_path):
   config = tiny_config(tiny_job)
-  train.search_and_evaluate(_on(config, 1), tmp_path / "one")
-  train.search_and_evaluate(_on(config, 8), tmp_path / "eight")
+  job.search_and_evaluate(_on(config, 1), tmp_path / "one")
+  job.search_and_evaluate(_on(config, 8), tmp_path / "eight")
   one = final_search_state(_on(config, 1), tmp_path / "one")
   eight = final_search_state(_on(config, 8), tmp_path / "eight")
   assert int(one.step) == int(eight.step) == 6
@@ -40,10 +40,10 @@ def test_eight_devices_give_the_one_device_scores(tiny_job, tmp_path):
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
 def test_checkpoint_restores_onto_another_device_count(tiny_job, tmp_path, first, second):
   config = tiny_config(tiny_job)
-  train.search_and_evaluate(_on(config, 1), tmp_path / "reference")
-  assert train.search_and_evaluate(_on(config, first), tmp_path / "moved", stop_after=2) == {
+  job.search_and_evaluate(_on(config, 1), tmp_path / "reference")
+  assert job.search_and_evaluate(_on(config, first), tmp_path / "moved", stop_after=2) == {
       "stopped_at": 2}
-  train.search_and_evaluate(_on(config, second), tmp_path / "moved")
+  job.search_and_evaluate(_on(config, second), tmp_path / "moved")
   _assert_close(final_search_state(_on(config, 1), tmp_path / "reference"),
                 final_search_state(_on(config, second), tmp_path / "moved"))
 
@@ -58,11 +58,11 @@ def test_fsdp_sharded_scores_give_the_one_device_scores(tiny_job, tmp_path):
   sharded = _on(config, 8)
   sharded.mesh.model, sharded.mesh.fsdp, sharded.mesh.fsdp_min_size = 2, True, 4096
   setup = setup_of(sharded)
-  state = run_setup.initial_search_state(setup)
+  state = setup_lib.initial_search_state(setup)
   specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.scores)]
   assert any(parallel.MODEL in spec for spec in specs), "no score leaf is sharded"
   assert any(spec == jax.sharding.PartitionSpec() for spec in specs), "small leaves should replicate"
-  train.search_and_evaluate(_on(config, 1), tmp_path / "one")
-  train.search_and_evaluate(sharded, tmp_path / "fsdp")
+  job.search_and_evaluate(_on(config, 1), tmp_path / "one")
+  job.search_and_evaluate(sharded, tmp_path / "fsdp")
   _assert_close(final_search_state(_on(config, 1), tmp_path / "one"),
                 final_search_state(sharded, tmp_path / "fsdp"))

@@ -8,7 +8,7 @@ import math
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jackpot_jax import profiling, train
+from jackpot_jax.run import profiling, job
 from conftest import tiny_config
 
 
@@ -19,7 +19,7 @@ def test_search_and_tuning_log_speed_learning_rate_and_window_means(tiny_job, tm
   config.tune.batch_size = 16
   config.profile_steps = "2,3"
   workdir = tmp_path / "run"
-  train.search_and_evaluate(config, workdir)
+  job.search_and_evaluate(config, workdir)
 
   events = EventAccumulator(str(workdir / "tensorboard"))
   events.Reload()

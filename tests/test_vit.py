@@ -19,13 +19,13 @@ from torch.sparse import to_sparse_semi_structured
 from torch.sparse._semi_structured_conversions import (
     sparse_semi_structured_from_dense_cutlass, sparse_semi_structured_to_dense_cutlass)
 
-from jackpot_jax import masking
+from jackpot_jax.search import masking
 from jackpot_jax.models import build_model
 from jackpot_jax.models.vit import resize_grid
 from jackpot_jax.pytorch import (CheckpointLayout, CheckpointMismatchError, apply_masks_file,
                                  export_torch, import_torch)
 from jackpot_jax.pytorch.layout import by_key, to_torch
-from jackpot_jax.torch_reference.torch_vit import TimmVisionTransformer, randomize_layer_norms
+from torch_reference.torch_vit import TimmVisionTransformer, randomize_layer_norms
 
 # transformers would import TensorFlow (installed for TFDS) for its TF models: 7 s unused.
 os.environ.setdefault("USE_TF", "0")

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jackpot_jax.layers import Conv, Dense, batch_norm, global_avg_pool
+from jackpot_jax.models.layers import Conv, Dense, batch_norm, global_avg_pool
 from jackpot_jax.models.registry import ModelSpec, register
 
 

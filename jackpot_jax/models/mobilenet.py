@@ -19,7 +19,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jackpot_jax.layers import Conv, Dense, batch_norm, global_avg_pool
+from jackpot_jax.models.layers import Conv, Dense, batch_norm, global_avg_pool
 from jackpot_jax.models.registry import ModelSpec, register
 
 # (expansion ratio, output channels, repeats, first stride), torchvision's table.

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 
 from jackpot_jax import errors
-from jackpot_jax.masked_model import Maskable, is_maskable, masked
+from jackpot_jax.models.wrapper import Maskable, is_maskable, masked
 
 
 @dataclasses.dataclass(frozen=True)

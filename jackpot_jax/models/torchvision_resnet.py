@@ -14,7 +14,7 @@ import functools
 import flax.linen as nn
 import jax
 
-from jackpot_jax.layers import Conv, Dense, batch_norm, global_avg_pool, max_pool
+from jackpot_jax.models.layers import Conv, Dense, batch_norm, global_avg_pool, max_pool
 from jackpot_jax.models.cifar_resnet import BasicBlock, projection_shortcut
 from jackpot_jax.models.registry import ModelSpec, register
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jackpot_jax.layers import Dense
+from jackpot_jax.models.layers import Dense
 from jackpot_jax.models.vgg_cifar import vgg_features
 from jackpot_jax.models.registry import ModelSpec, register
 

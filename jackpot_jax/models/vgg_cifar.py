@@ -10,7 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jackpot_jax.layers import Conv, Dense, batch_norm, global_avg_pool, max_pool
+from jackpot_jax.models.layers import Conv, Dense, batch_norm, global_avg_pool, max_pool
 from jackpot_jax.models.registry import ModelSpec, register
 
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",

@@ -18,9 +18,10 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 
-from jackpot_jax import checkpointing, data as data_lib, dispatch, nonfinite, parallel
-from jackpot_jax import profiling, progress
-from jackpot_jax.run_spec import RunSpec
+from jackpot_jax import data as data_lib, dispatch
+from jackpot_jax.run import checkpointing, nonfinite, parallel
+from jackpot_jax.run import profiling, progress
+from jackpot_jax.run.spec import RunSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jackpot_jax import masking
-from jackpot_jax.layers import BN_MOMENTUM
-from jackpot_jax.masked_model import MASKS
+from jackpot_jax.search import masking
+from jackpot_jax.models.layers import BN_MOMENTUM
+from jackpot_jax.models.wrapper import MASKS
 
 PyTree = Any
 BN_MODES = ("recalibrate", "frozen")

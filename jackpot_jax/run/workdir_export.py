@@ -7,7 +7,8 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import fileio, run_spec, train
+from jackpot_jax import fileio
+from jackpot_jax.run import spec as spec_lib, job
 from jackpot_jax.pytorch import apply_masks_file, export_torch, import_torch
 
 
@@ -22,9 +23,9 @@ def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
   workdir = fileio.as_path(workdir, "--workdir")
   output = fileio.as_path(output, "--output")
   fileio.check_reachable(output.parent, "--output", writable=True)
-  setup, state, _ = train.load_workdir(workdir, overrides)
+  setup, state, _ = job.load_workdir(workdir, overrides)
   variables = {"params": setup.params, "batch_stats": state.batch_stats}
-  tuned = train.restore_tuned_state(setup, workdir, state.batch_stats)
+  tuned = job.restore_tuned_state(setup, workdir, state.batch_stats)
   if tuned is not None:
     variables = {"params": tuned.params, "batch_stats": tuned.batch_stats}
   return export_torch(setup.imported, jax.device_get(variables), jax.device_get(state.masks),
@@ -39,7 +40,7 @@ def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike
   """
   output = fileio.as_path(output, "--output")
   fileio.check_reachable(output.parent, "--output", writable=True)
-  config = run_spec.with_folder_model(config)
+  config = spec_lib.with_folder_model(config)
   imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
                           strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
   masks = apply_masks_file(fileio.as_path(masks_path, "--masks"), imported)

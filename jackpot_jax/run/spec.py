@@ -16,8 +16,9 @@ import dataclasses
 
 import ml_collections
 
-from jackpot_jax import (compilation_cache, fileio, masking, models, optim, parallel, profiling,
-                         scores, sparsity, steps)
+from jackpot_jax import fileio, models
+from jackpot_jax.run import compilation_cache, parallel, profiling
+from jackpot_jax.search import masking, optim, scores, sparsity, steps
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 from jackpot_jax.pytorch import hf_folder
 

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jackpot_jax import masking
+from jackpot_jax.search import masking
 from jackpot_jax.registry import Registry
-from jackpot_jax.sparsity import PrunableLayer, SparsityPlan
+from jackpot_jax.search.sparsity import PrunableLayer, SparsityPlan
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 
 from jackpot_jax import config_defaults, config_files, fileio
-from jackpot_jax.run_spec import RunSpec
+from jackpot_jax.run.spec import RunSpec
 
 CONFIG_FILE = "config.json"
 # Fields that change how a run executes, not what it computes: a run may resume with

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jackpot_jax import (compilation_cache, data as data_lib, masking, optim, parallel,
-                         scores as scores_lib, sparsity, steps)
+from jackpot_jax import data as data_lib
+from jackpot_jax.run import compilation_cache, parallel
+from jackpot_jax.search import masking, optim, scores as scores_lib, sparsity, steps
 from jackpot_jax.pytorch import ImportedModel, import_torch
-from jackpot_jax.run_spec import RunSpec, check_checkpoint_fit, check_fit
+from jackpot_jax.run.spec import RunSpec, check_checkpoint_fit, check_fit
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,9 +20,11 @@ from flax import traverse_util
 
 from jax import lax
 
-from jackpot_jax import dispatch, layers, masking, steps
+from jackpot_jax import dispatch
+from jackpot_jax.models import layers
+from jackpot_jax.search import masking, steps
 from jackpot_jax.registry import Registry
-from jackpot_jax.sparsity import SparsityPlan
+from jackpot_jax.search.sparsity import SparsityPlan
 
 PyTree = Any
 

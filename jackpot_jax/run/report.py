@@ -8,9 +8,10 @@ from typing import Any
 
 import jax
 
-from jackpot_jax import fileio, sparsity
+from jackpot_jax import fileio
+from jackpot_jax.search import sparsity
 from jackpot_jax.data import preprocessing
-from jackpot_jax.run_setup import SearchSetup
+from jackpot_jax.run.setup import SearchSetup
 
 
 def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,

@@ -14,10 +14,12 @@ from typing import Any, Iterable, Iterator
 
 import jax
 
-from jackpot_jax import data as data_lib, dispatch, fileio, parallel, steps
-from jackpot_jax import workdir as workdir_lib
-from jackpot_jax.analysis import criteria
-from jackpot_jax.run_setup import SearchSetup, magnitude_masks
+from jackpot_jax import data as data_lib, dispatch, fileio
+from jackpot_jax.run import parallel
+from jackpot_jax.search import steps
+from jackpot_jax.run import workdir as workdir_lib
+from jackpot_jax.baselines import criteria
+from jackpot_jax.run.setup import SearchSetup, magnitude_masks
 
 BASELINE_FILE = "baseline.json"
 # The split of the training images held out of the search (data.holdout_images).

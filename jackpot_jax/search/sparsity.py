@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jackpot_jax.masked_model import Maskable, is_maskable
-from jackpot_jax.masking import NMPattern, nm_group_counts, parse_pattern
+from jackpot_jax.models.wrapper import Maskable, is_maskable
+from jackpot_jax.search.masking import NMPattern, nm_group_counts, parse_pattern
 from jackpot_jax.models.registry import ModelSpec, torch_module_name
 from jackpot_jax.registry import Registry
 

@@ -15,10 +15,12 @@ from typing import Any
 import jax
 import ml_collections
 
-from jackpot_jax import (checkpointing, evaluation, fileio, loop, optim, parallel,
-                         report as report_lib, run_spec, scores as scores_lib, sparsity, steps)
-from jackpot_jax import workdir as workdir_lib
-from jackpot_jax.run_setup import (SearchSetup, initial_search_state, initial_tune_state,
+from jackpot_jax import fileio
+from jackpot_jax.run import (checkpointing, evaluation, loop, parallel, report as report_lib,
+                             spec as spec_lib)
+from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
+from jackpot_jax.run import workdir as workdir_lib
+from jackpot_jax.run.setup import (SearchSetup, initial_search_state, initial_tune_state,
                                    setup_search, teacher)
 
 SEARCH_CHECKPOINTS, TUNE_CHECKPOINTS = "checkpoints", "tune_checkpoints"
@@ -129,7 +131,7 @@ def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pat
     stop_after: stop after this search step (tests use it to simulate a crash) and
       return {"stopped_at": step}; the same call resumes.
   """
-  spec = run_spec.resolve(config)
+  spec = spec_lib.resolve(config)
   workdir = workdir_lib.prepare_workdir(spec, workdir, force=force)
   setup = setup_search(spec)
   workdir_lib.save_workdir_config(spec.config, workdir)
@@ -183,7 +185,7 @@ def load_workdir(workdir: str | os.PathLike,
   (search.bn_statistics), for evaluate, export and the analysis scripts; `overrides` may
   change how it runs (see workdir.py)."""
   workdir = fileio.as_path(workdir, "--workdir")
-  setup = setup_search(run_spec.resolve(workdir_lib.load_workdir_config(workdir, overrides)))
+  setup = setup_search(spec_lib.resolve(workdir_lib.load_workdir_config(workdir, overrides)))
   state, meta = restore_search_state(setup, workdir)
   state = state.replace(batch_stats=evaluation.jackpot_batch_stats(setup, state))
   return setup, state, meta

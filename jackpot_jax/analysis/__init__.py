@@ -1,1 +1,0 @@
-"""Analyses of searched jackpots: pruning-criterion masks and their overlap with the jackpot."""

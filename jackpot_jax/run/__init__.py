@@ -1,0 +1,1 @@
+"""Running a job: its spec and set-up, the training loop, evaluation, checkpoints and report."""
