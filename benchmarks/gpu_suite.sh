@@ -14,7 +14,7 @@
 #   default $OUT/gpu_suite.json where $OUT is set (the device machine's folder that comes
 #   back), else results/gpu_suite/gpu_suite.json (with --smoke, a folder under $TMPDIR).
 # --smoke: tiny sizes on the CPU (JAX and PyTorch), so that the suite is known to run
-#   before a GPU is lent; tests/test_gpu_suite.py runs it.
+#   before a GPU is lent; tests/integration/test_gpu_suite.py runs it.
 # PYTHON: the interpreter (default python, else python3). It needs jax, flax, optax,
 #   orbax-checkpoint and torch; any other module the benchmarks import that it lacks is
 #   installed, for this run only, from the wheels in benchmarks/gpu_wheels/

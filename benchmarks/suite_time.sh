@@ -6,7 +6,7 @@
 # Runs `.venv/bin/python -m pytest` (PYTHON names another interpreter) with the arguments
 # given (a test file, -k EXPR: a subset), keeps its whole output in a log, and prints the
 # slowest 25 tests (pytest's --durations=25, set in pyproject.toml), pytest's summary line,
-# the wall time and the log's path. Exits with pytest's status.
+# the wall time, the machine (CPU, cores, load average before and after) and the log's path. Exits with pytest's status.
 #
 # The suite's processes share one persistent compilation cache, a new folder per run
 # (tests/conftest.py); JAX_COMPILATION_CACHE_DIR=DIR keeps one across runs instead.
@@ -30,6 +30,7 @@ if [[ -n "${JAX_COMPILATION_CACHE_DIR:-}" ]]; then
 fi
 
 log=$(mktemp -t jackpot-suite-time.XXXXXX.log)
+load_before=$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 SECONDS=0
 "$python" -m pytest "${args[@]}" >"$log" 2>&1
 status=$?
@@ -41,5 +42,7 @@ echo
 echo "pytest: $(tail -n 1 "$log")"
 printf 'wall: %d s (%dm%02ds), exit status %d, compilation cache: %s\n' \
   "$wall" $((wall / 60)) $((wall % 60)) "$status" "$cache"
+cpu=$(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | xargs)
+echo "machine: ${cpu:-unknown CPU}, $(nproc) cores; load average before: $load_before, after: $(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 echo "log: $log"
 exit "$status"

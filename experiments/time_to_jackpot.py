@@ -59,7 +59,7 @@ class Context:
   num_train: int
 
   def steps(self, batch_size: int) -> int:
-    """The search steps of this budget at `batch_size` (as run_setup counts them)."""
+    """The search steps of this budget at `batch_size` (as run/setup.py counts them)."""
     return max(int(round(self.epochs * max(self.num_train // batch_size, 1))), 1)
 
   def warmup(self, batch_size: int | None = None) -> int:
@@ -115,7 +115,7 @@ RECIPES = {
     "adam_distill": Recipe("Adam lr 1e-3 as `adam`, + distillation w = 0.5, T = 4",
                            lambda c: {**_adam(1e-3)(c), **_distill(0.5)(c)}),
     "lr_x3": Recipe("3x the given learning rate (for SGD, the same masks as a third of the "
-                    "magnitude init's gap with 3x the weight decay: tests/test_recipe.py)",
+                    "magnitude init's gap with 3x the weight decay: tests/run/test_recipe.py)",
                     _lr_times(3.0)),
     "lr_x0.3": Recipe("0.3x the given learning rate", _lr_times(0.3)),
     "warmup": Recipe("+ linear warm-up over 5% of the steps", lambda c: {

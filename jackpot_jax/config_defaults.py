@@ -1,7 +1,7 @@
 """Every config field, declared once: its default and a one-line doc. configs/*.py start here.
 
 Field names are a contract with users and checks: keep them, add new ones freely. A new
-field is one row of `FIELDS`; `run_spec.resolve` is the one place that validates it.
+field is one row of `FIELDS`; `run.spec.resolve` is the one place that validates it.
 `describe()` lists every field with its doc (`python -m jackpot_jax.config_defaults`).
 """
 

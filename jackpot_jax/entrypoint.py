@@ -107,7 +107,7 @@ _IMPLIED_BY_PATTERN = ("search.sparsity", "search.sparsity_plan", "search.layer_
 def _check_implied_by_pattern(argv: list[str]) -> None:
   """An N:M pattern sets every layer's sparsity: a sparsity or plan given beside it on the
   command line would be silently ignored, so it is an error (config files are checked in
-  `run_spec`, and their search.sparsity does not apply under a pattern)."""
+  `run/spec.py`, and their search.sparsity does not apply under a pattern)."""
   config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
   pattern = None if config is None else config.get("search", {}).get("pattern")
   if pattern in (None, "unstructured"):
@@ -116,7 +116,7 @@ def _check_implied_by_pattern(argv: list[str]) -> None:
   try:
     masking.parse_pattern(pattern)
   except ValueError:
-    return  # no valid pattern: run_spec names that error
+    return  # no valid pattern: run/spec.py names that error
   given = [key for key in split_overrides(argv)[1]
            if any(key == k or key.startswith(k + ".") for k in _IMPLIED_BY_PATTERN)]
   if given:

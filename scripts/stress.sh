@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.." || exit 2
 runs=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(tests/test_real_data_search.py)
+[ ${#targets[@]} -gt 0 ] || targets=(tests/integration/test_real_data_search.py)
 python=${PYTHON:-.venv/bin/python}
 logs=${STRESS_LOGS:-$(mktemp -d -t jackpot-stress.XXXXXX)}
 mkdir -p "$logs"
@@ -34,7 +34,7 @@ for run in $(seq 1 "$runs"); do
   began=$(date +%s)
   # LIBC_FATAL_STDERR_: glibc writes heap-corruption reports to stderr, not the terminal.
   # -s: native code's own last words (absl/XLA fatal logs) reach the log, not pytest's capture.
-  LIBC_FATAL_STDERR_=1 "$python" -X faulthandler -m pytest -q -s -p no:cacheprovider \
+  LIBC_FATAL_STDERR_=1 "$python" -X faulthandler -m pytest -q -s -n 0 -p no:cacheprovider \
     "${targets[@]}" >"$log" 2>&1
   status=$?
   took=$(($(date +%s) - began))

@@ -21,6 +21,10 @@ os.environ.setdefault("XLA_FLAGS", EIGHT_CPU_DEVICES)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# The folder this session made, as its xdist workers inherit it.
+_SESSION_CACHE = "JACKPOT_TEST_SESSION_COMPILE_CACHE"
+
+
 def _share_compiled_programs_across_the_session() -> None:
   """Every process of the session (this one and the commands the tests start) reads and
   writes JAX's persistent compilation cache in one temporary folder. Most of the suite's
@@ -29,11 +33,18 @@ def _share_compiled_programs_across_the_session() -> None:
   All programs are cached (no minimum compile time): the eager per-layer ops are hundreds
   of small compiles. A folder the caller names in $JAX_COMPILATION_CACHE_DIR is used as
   it is and kept."""
+  worker = os.environ.get("PYTEST_XDIST_WORKER")
+  session_folder = os.environ.get(_SESSION_CACHE)
+  if worker and session_folder and os.environ.get("JAX_COMPILATION_CACHE_DIR") == session_folder:
+    # JAX writes an entry in place, so two workers sharing one folder could read each
+    # other's half-written entries: each worker (and the commands it starts) has its own.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(session_folder, worker)
+    return
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:
     return
   folder = tempfile.mkdtemp(prefix="jackpot-jax-tests-compile-cache-")
   atexit.register(shutil.rmtree, folder, ignore_errors=True)
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_SESSION_CACHE] = folder
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
@@ -186,7 +197,7 @@ def pytest_pyfunc_call(pyfuncitem):
   env = dict(os.environ, XLA_FLAGS=f"{flags} {EIGHT_CPU_DEVICES}".strip(), JAX_PLATFORMS="cpu",
              **{_EIGHT_DEVICE_CHILD: "1"})
   child = subprocess.run(
-      [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+      [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", pyfuncitem.nodeid],
       cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=1800)
   if child.returncode != 0 or not re.search(r"\b1 passed\b", child.stdout):
     pytest.fail(f"on 8 simulated CPU devices:\n{child.stdout[-6000:]}{child.stderr[-3000:]}",

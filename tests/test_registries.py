@@ -12,7 +12,7 @@ from jackpot_jax import cli
 from jackpot_jax.run import spec as spec_lib
 from jackpot_jax.search import scores as scores_lib, sparsity
 from jackpot_jax.baselines import criteria
-from jackpot_jax.data import config as data_config, preprocessing, transforms
+from jackpot_jax.data import config as data_config, preprocessing, resolved_preprocessing, transforms
 
 from conftest import tiny_config
 
@@ -127,7 +127,7 @@ def test_a_registered_augmentation_is_accepted_used_listed_and_suggested(registr
   assert spec.augment == "mirror"
   augmentation = preprocessing.choose_augmentation(spec, (6, 6, 1))
   assert augmentation == ("mirror", "config", 6)
-  used = preprocessing.Preprocessing(
+  used = resolved_preprocessing.Preprocessing(
       channels=1, channels_from="config", mean=(0.5,), std=(0.25,), statistics="config",
       augment="mirror", augment_from="config", image_size=augmentation.image_size,
       crop_padding=4)

@@ -13,16 +13,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import ml_collections
 
 from jackpot_jax import config_defaults, fileio
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
 from jackpot_jax.data import transforms
+from jackpot_jax.data.resolved_preprocessing import Preprocessing
 
-if TYPE_CHECKING:
-  from jackpot_jax.data.preprocessing import Preprocessing
 
 # The augmentation the usual recipes of the datasets of STANDARD_STATISTICS train with.
 STANDARD_AUGMENTATION = {

@@ -11,8 +11,7 @@ The channel count is the data's own (image folders: their images' modes).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from jackpot_jax.config_defaults import STANDARD_STATISTICS
 from jackpot_jax.data import transforms
 from jackpot_jax.data.config import STANDARD_AUGMENTATION, DataSpec, standard_dataset
 from jackpot_jax.data.records import Split
+from jackpot_jax.data.resolved_preprocessing import Preprocessing
 
 # The largest image side that gets the CIFAR recipe (pad and crop at the native size)
 # when nothing sets data.augment: 64 px covers CIFAR, Fashion-MNIST and downsampled
@@ -48,46 +48,6 @@ class Augmentation(NamedTuple):
   augment: str
   augment_from: str
   image_size: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """The resolved preprocessing of a dataset.
-
-  `channels_from`, `statistics` and `augment_from` say where the channel count, the
-  mean/std and the augmentation came from: 'config', 'standard:<name>', or the data
-  ('image modes', 'estimated from N training images', 'image size 40 px <= 64', ...).
-  `image_size` is the square side the model sees (None: the images' own size).
-  """
-  channels: int
-  channels_from: str
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  statistics: str
-  augment: str
-  augment_from: str
-  image_size: int | None
-  crop_padding: int
-
-  def as_dict(self) -> dict[str, Any]:
-    """The JSON form report.json records."""
-    values = dataclasses.asdict(self)
-    values.update(mean=list(self.mean), std=list(self.std))
-    return values
-
-
-def summary(preprocessing: Mapping[str, Any]) -> str:
-  """One line for people, from `Preprocessing.as_dict()`: each value with its origin."""
-
-  def numbers(values) -> str:
-    return ", ".join(f"{value:.4f}" for value in values)
-
-  size = preprocessing["image_size"]
-  return (f"channels {preprocessing['channels']} ({preprocessing['channels_from']}); "
-          f"mean ({numbers(preprocessing['mean'])}), std ({numbers(preprocessing['std'])}) "
-          f"({preprocessing['statistics']}); augment {preprocessing['augment']} "
-          f"({preprocessing['augment_from']})"
-          + ("" if size is None else f" at {size}x{size}"))
 
 
 def estimate_statistics(records: Split) -> tuple[Statistics, int]:

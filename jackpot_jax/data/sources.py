@@ -13,7 +13,7 @@ from jackpot_jax.data import holdout, preprocessing as preprocessing_lib, transf
 from jackpot_jax.data.config import DatasetInfo, DataSpec
 from jackpot_jax.data.image_folder import open_image_folder
 from jackpot_jax.data.npz import load_npz
-from jackpot_jax.data.preprocessing import Preprocessing
+from jackpot_jax.data.resolved_preprocessing import Preprocessing
 from jackpot_jax.data.records import SourceDataset, Split
 
 

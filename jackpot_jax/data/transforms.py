@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from jackpot_jax.data.resolved_preprocessing import Preprocessing
 from jackpot_jax.registry import Registry
 
-if TYPE_CHECKING:  # preprocessing imports data.config, which imports this module
-  from jackpot_jax.data.preprocessing import Preprocessing
 
 # Random-resized-crop ranges of the standard ImageNet recipe (Szegedy et al. 2015).
 RESIZED_CROP_SCALE = (0.08, 1.0)

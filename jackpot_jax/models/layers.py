@@ -1,6 +1,6 @@
 """Flax layers with PyTorch's semantics (explicit conv padding, BatchNorm defaults).
 
-They know nothing of masks: `masked_model.masked` multiplies their kernels by the masks
+They know nothing of masks: `wrapper.masked` multiplies their kernels by the masks
 from outside, as it does for any other Flax module.
 """
 

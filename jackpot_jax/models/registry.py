@@ -21,7 +21,7 @@ class ModelSpec:
     build: `build(num_classes, **kwargs) -> nn.Module`; the module is called as
       `module(images_nhwc, train=bool)` (a language model: `module(token_ids, train=bool)`,
       `num_classes` its vocabulary) and returns logits. A model file gives the plain
-      module's builder; `register` stores one that wraps it with `masked_model.masked`,
+      module's builder; `register` stores one that wraps it with `wrapper.masked`,
       so every registered model's `apply` takes a `masks` collection.
     classifier: PyTorch-style name of the final classifier layer (kept dense by default).
     first_layer: PyTorch-style name of the first convolution (or embedding).
@@ -29,7 +29,7 @@ class ModelSpec:
       this model's usual images, (tokens,) for a language model.
     torch_aliases: other PyTorch module names a checkpoint may use for one of our layers,
       e.g. {"linear": ("fc",)} for CIFAR-ResNet checkpoints that name the classifier fc.
-    maskable: which params may carry a mask (`masked_model.is_maskable`: every kernel).
+    maskable: which params may carry a mask (`wrapper.is_maskable`: every kernel).
     inputs: "images" or "tokens" (a decoder-only language model).
     layout_name: what the key layout its own names spell is called in messages.
   """

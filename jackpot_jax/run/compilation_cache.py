@@ -4,11 +4,11 @@ second search, a resume, `evaluate` or `export` loads them instead of compiling 
 `config.compilation_cache_dir` says where: `auto` (the default) keeps a folder JAX was
 already given ($JAX_COMPILATION_CACHE_DIR, or `jax.config`), else uses
 $XDG_CACHE_HOME/jackpot_jax/xla (~/.cache/jackpot_jax/xla); a local path or gs://bucket/path
-names one; "" or "none" turns the cache off. `run_setup.setup_search` applies it before the
+names one; "" or "none" turns the cache off. `run.setup.setup_search` applies it before the
 run compiles anything. The setting is process-wide, as JAX's is.
 
 A cached program is the same executable a fresh compile produces, so results are bit for
-bit the same with or without the cache (tests/test_compilation_cache.py). JAX trusts the
+bit the same with or without the cache (tests/run/test_compilation_cache.py). JAX trusts the
 folder's contents: it must not be writable by other users.
 """
 

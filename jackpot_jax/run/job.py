@@ -17,9 +17,8 @@ import ml_collections
 
 from jackpot_jax import fileio
 from jackpot_jax.run import (checkpointing, evaluation, loop, parallel, report as report_lib,
-                             spec as spec_lib)
+                             spec as spec_lib, workdir as workdir_lib)
 from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
-from jackpot_jax.run import workdir as workdir_lib
 from jackpot_jax.run.setup import (SearchSetup, initial_search_state, initial_tune_state,
                                    setup_search, teacher)
 

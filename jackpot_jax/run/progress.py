@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jackpot_jax import fileio
-from jackpot_jax.data import DatasetInfo, preprocessing
+from jackpot_jax.data import DatasetInfo, resolved_preprocessing
 
 # The file-version record TensorBoard expects first in every event file.
 _FILE_VERSION = "brain.Event:2"
@@ -44,7 +44,7 @@ def data_header(info: DatasetInfo) -> str:
   line = f"data {info.name}: {height}x{width}x{channels} images"
   if info.preprocessing is None:
     return line
-  return f"{line}; {preprocessing.summary(info.preprocessing.as_dict())}"
+  return f"{line}; {resolved_preprocessing.summary(info.preprocessing.as_dict())}"
 
 
 class ProgressLogger:

@@ -10,7 +10,7 @@ import jax
 
 from jackpot_jax import fileio
 from jackpot_jax.search import sparsity
-from jackpot_jax.data import preprocessing
+from jackpot_jax.data import resolved_preprocessing
 from jackpot_jax.run.setup import SearchSetup
 
 
@@ -116,7 +116,7 @@ def _data_lines(report: dict) -> list[str]:
   if data is None:
     return []
   shape = "x".join(map(str, data["image_shape"]))
-  return [f"- data: {shape} images; {preprocessing.summary(data['preprocessing'])}"]
+  return [f"- data: {shape} images; {resolved_preprocessing.summary(data['preprocessing'])}"]
 
 
 def render_markdown(report: dict) -> str:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "benchmarks" / "gpu_suite.sh"
 TABLE = REPO / "benchmarks" / "gpu_suite_table.py"
 ROWS = ["jax search f32", "jax dense f32", "jax search bf16", "jax dense bf16",

@@ -19,7 +19,7 @@ from torch_reference.torch_models import CifarResNet
 
 from conftest import final_search_state, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_resumed_search_ends_bitwise_equal_to_uninterrupted(tiny_job, tmp_path):

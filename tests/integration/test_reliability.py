@@ -30,7 +30,7 @@ from jackpot_jax.pytorch import export_torch
 from conftest import (final_search_state, setup_of, tiny_config, tiny_overrides,
                       without_shared_compilation_cache)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "jackpot_jax"
 CONFIG = f"--config={REPO / 'configs' / 'default.py'}"
 

@@ -30,7 +30,7 @@ from torch_reference.torch_models import CifarResNet
 
 from conftest import setup_of, tiny_config, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = f"--config={REPO / 'configs' / 'default.py'}"
 
 

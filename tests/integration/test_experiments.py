@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from jackpot_jax.search import steps
 from conftest import (TinySearch, final_search_state, setup_of, sgd_config, tiny_config,
                       tiny_overrides)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _equal_bitwise(a, b) -> bool:

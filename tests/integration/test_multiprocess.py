@@ -16,7 +16,7 @@ from jackpot_jax.run import job
 from conftest import (final_search_state, tiny_config, tiny_overrides,
                       without_shared_compilation_cache)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

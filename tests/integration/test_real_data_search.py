@@ -8,7 +8,7 @@ from jackpot_jax import config_files
 from jackpot_jax.run import job
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_short_search_beats_the_magnitude_pruned_mask(fashion_mnist_dir, tmp_path):

@@ -15,7 +15,7 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 import transformers  # noqa: E402  (a test requirement: never skipped)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tiny_hf_vit(image_size: int) -> "transformers.ViTForImageClassification":
