@@ -28,13 +28,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jackpot_jax import data as data_lib, dispatch
+from jackpot_jax import config_defaults, data as data_lib, dispatch
 from jackpot_jax.data import text
 from jackpot_jax.data.config import TEXT_KINDS, DataSpec, as_spec
 from jackpot_jax.run import parallel
 
 PyTree = Any
 PROTOCOL = "packed"
+DEFAULT_BATCH_SIZE = config_defaults.base_config().eval.perplexity_batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,8 @@ def _check_model(spec: DataSpec, model: nn.Module) -> None:
 
 
 def perplexity(model: nn.Module, params: PyTree, data_config: DataSpec | Mapping[str, Any], *,
-               masks: PyTree | None = None, split: str | None = None, batch_size: int = 8,
+               masks: PyTree | None = None, split: str | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE,
                mesh: Mesh | None = None) -> Perplexity:
   """Perplexity of `model` with W * masks over a text split, by the packed protocol.
 
@@ -80,7 +82,8 @@ def perplexity(model: nn.Module, params: PyTree, data_config: DataSpec | Mapping
     data_config: a text data config (`text:<dir>` or `tokens:<dir>`) or its `DataSpec`.
     split: None for data.eval_split; 'holdout' for the held-out training sequences, or
       any split of the data folder.
-    batch_size: sequences per batch, rounded up to a multiple of the mesh's devices.
+    batch_size: sequences per batch (eval.perplexity_batch_size), rounded up to a
+      multiple of the mesh's devices.
     mesh: where the batches are split; None: every device.
 
   Raises:
@@ -93,7 +96,7 @@ def perplexity(model: nn.Module, params: PyTree, data_config: DataSpec | Mapping
   split = spec.eval_split if split is None else split
   if not len(text.open_text(spec).rows(split)[1]):
     raise ValueError(f"the {split} split of {spec.name} has no sequences to measure "
-                     "perplexity on (data.holdout_sequences=0?)")
+                     "perplexity on; hold some out with data.holdout_sequences > 0")
   _check_model(spec, model)
   mesh = parallel.make_mesh() if mesh is None else mesh
   devices = mesh.devices.size
