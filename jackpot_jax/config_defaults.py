@@ -66,7 +66,8 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("model.dtype", "float32", "activation dtype: float32 | bfloat16 (weights, scores and "
      "BN statistics stay float32)"),
 
-    ("data.name", "cifar10", "TFDS name (or tfds:<name>), image_folder:<root> or npz:<file>"),
+    ("data.name", "cifar10", "TFDS name (or tfds:<name>), image_folder:<root>, npz:<file>; "
+     "language models: text:<dir> or tokens:<dir>"),
     ("data.mean", _Unset(tuple), "per-channel mean on the [0, 1] scale; None: a known "
      "dataset's standard one (fashion_mnist, cifar10, cifar100, imagenet2012), else "
      "estimated from up to 5,000 training images"),
@@ -94,6 +95,14 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("data.holdout_images", _Unset(int),
      "training images held out of the search for its evaluations and early stopping; "
      "None: min(5000, 10%); 0: none"),
+    ("data.seq_len", 128, "text data: tokens per packed sequence (documents joined by the "
+     "end-of-text token, cut into non-overlapping sequences, the remainder dropped)"),
+    ("data.tokenizer", _Unset(str), "text data: a Hugging Face tokenizer folder (tokenizer.json); "
+     "None: model.checkpoint's folder"),
+    ("data.holdout_sequences", _Unset(int), "text data: training sequences held out of the "
+     "search for its evaluations; None: min(5000, 10%); 0: none"),
+    ("data.token_cache_dir", "auto", "text data: folder of the token stores (each split "
+     "tokenized once); auto: $XDG_CACHE_HOME (~/.cache)/jackpot_jax/tokens"),
 
     ("search.sparsity", 0.9, "target sparsity over the weights the plan pools (the "
      "convs by default; every hidden Linear too with hidden_dense=plan)"),
@@ -145,6 +154,10 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("eval.wanda_images", 512,
      "N:M runs: training images the Wanda baseline's input norms are taken over "
      "(whole search batches); 0: skip"),
+    ("eval.perplexity_batch_size", 8, "language models: sequences per perplexity batch "
+     "(rounded up to the device count)"),
+    ("eval.calibration_sequences", 128, "language models: searched training sequences the "
+     "pruning baselines calibrate on (jackpot_jax.data.text.calibration_sequences)"),
 
     ("checkpoint.every_steps", 500, "save a checkpoint this often"),
     ("checkpoint.keep", 3, "checkpoints kept per stage"),

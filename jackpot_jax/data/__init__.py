@@ -1,15 +1,18 @@
 """Input pipelines: dataset info, deterministic resumable training batches, padded eval
-batches (one Grain pipeline for TFDS datasets, image folders and npz files), and the
-offline Fashion-MNIST build. See `config` for the data config fields."""
+batches (one Grain pipeline for TFDS datasets, image folders, npz files and, for language
+models, packed text sequences), calibration sequences, and the offline Fashion-MNIST
+build. See `config` for the data config fields and `text` for text data."""
 
 from jackpot_jax.data.config import DatasetInfo, DataSpec, default_data_config, resolve_spec
 from jackpot_jax.data.fashion_mnist import prepare_fashion_mnist
 from jackpot_jax.data.pipeline import (host_batch_size, load_dataset_info, make_eval_batches,
                                        make_train_iterator)
+from jackpot_jax.data.text import calibration_sequences
 
 __all__ = [
     "DataSpec",
     "DatasetInfo",
+    "calibration_sequences",
     "default_data_config",
     "host_batch_size",
     "load_dataset_info",

@@ -3,7 +3,8 @@
 The fields and their defaults are declared in `config_defaults` (data.*). Names: any
 TFDS dataset with an image and a label feature ('tfds:<name>' or the bare name, e.g.
 'fashion_mnist', 'cifar10', 'imagenet2012'), 'image_folder:<root>' (root/train/<class>/...
-plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train, x_test, y_test).
+plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train, x_test, y_test);
+for language models 'text:<dir>' or 'tokens:<dir>' (see `text`).
 Preprocessing fields left None (mean/std, augment, channels, image_size) follow the data;
 `preprocessing` resolves them once the dataset is open.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -29,6 +30,8 @@ STANDARD_AUGMENTATION = {
     "imagenet2012": "imagenet",
 }
 _TFDS_PREFIX = "tfds:"
+# The kinds whose records are token sequences (`text`), and the prefixes naming them.
+TEXT_KINDS = ("text", "tokens")
 
 
 def __getattr__(name: str) -> Any:
@@ -60,10 +63,12 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """A validated data config: `kind` is 'tfds', 'npz' or 'image_folder'; `source` is the
-  TFDS name, npz file or folder root; `workers` is the number of Grain worker processes
-  (0: threads of the calling process). mean/std, augment, image_size and channels are
-  what the config set; None follows the data (see `preprocessing`)."""
+  """A validated data config: `kind` is 'tfds', 'npz', 'image_folder', 'text' or
+  'tokens'; `source` is the TFDS name, npz file or folder root; `workers` is the number
+  of Grain worker processes (0: threads of the calling process). mean/std, augment,
+  image_size and channels are what the config set; None follows the data (see
+  `preprocessing`). seq_len, tokenizer, holdout_sequences and token_cache_dir are the
+  text kinds' (`tokenizer` resolved to a folder for them, None for images)."""
   name: str
   kind: str
   source: str
@@ -81,6 +86,10 @@ class DataSpec:
   train_split: str = "train"
   eval_split: str = "test"
   holdout_images: int | None = None
+  seq_len: int = 128
+  tokenizer: str | None = None
+  holdout_sequences: int | None = None
+  token_cache_dir: str = "auto"
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
@@ -102,7 +111,7 @@ def standard_dataset(spec: DataSpec) -> str | None:
 
 def _parse_name(name: str) -> tuple[str, str]:
   """(kind, source) of a data.name; whether a TFDS name exists is checked on loading."""
-  for kind in ("image_folder", "npz"):
+  for kind in ("image_folder", "npz", *TEXT_KINDS):
     prefix = kind + ":"
     if name.startswith(prefix) and len(name) > len(prefix):
       return kind, os.path.expanduser(name[len(prefix):])
@@ -110,8 +119,8 @@ def _parse_name(name: str) -> tuple[str, str]:
   if re.fullmatch(r"[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?", tfds_name):
     return "tfds", tfds_name
   raise ValueError(f"unknown dataset name {name!r}; use a TFDS name (e.g. fashion_mnist, "
-                   "cifar10, imagenet2012, or tfds:<name>), 'image_folder:<root>' or "
-                   "'npz:<file>'")
+                   "cifar10, imagenet2012, or tfds:<name>), 'image_folder:<root>', "
+                   "'npz:<file>', or for language models 'text:<dir>' or 'tokens:<dir>'")
 
 
 def _optional_floats(value: Any) -> tuple[float, ...] | None:
@@ -140,13 +149,46 @@ def _split_name(value: Any, key: str) -> str:
   return value
 
 
-def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> DataSpec:
+def _text_fields(data_config: Mapping[str, Any], field: Callable[[str], Any], kind: str,
+                 source: str, model_checkpoint: str | None) -> dict[str, Any]:
+  """seq_len, tokenizer (data.tokenizer, else the model's checkpoint folder; None for
+  image data), holdout_sequences and token_cache_dir, checked; `field` reads a field or
+  its default."""
+  seq_len = _optional_int(field("seq_len"), "data.seq_len")
+  if seq_len < 2:
+    raise ValueError(f"data.seq_len must be at least 2 (a sequence of n tokens predicts n - 1 "
+                     f"of them), got {seq_len}")
+  cache_dir = field("token_cache_dir")
+  if not isinstance(cache_dir, str):
+    raise ValueError(f"data.token_cache_dir must be a folder path or 'auto', got {cache_dir!r}")
+  tokenizer = None
+  if kind in TEXT_KINDS:
+    tokenizer = data_config.get("tokenizer") or model_checkpoint or None
+    if tokenizer is None:
+      raise ValueError(f"data.name={kind}:{source} needs a tokenizer: set data.tokenizer to a "
+                       "Hugging Face tokenizer folder (with tokenizer.json), or model.checkpoint "
+                       "to a model folder that has one")
+    for what, path in (("data.name", source), ("data.tokenizer", tokenizer),
+                       ("data.token_cache_dir", cache_dir)):
+      if fileio.is_cloud(path):
+        raise ValueError(f"{what} {path} is in a bucket; text data, tokenizers and token "
+                         "stores are read from local disk: copy them there")
+    tokenizer = os.path.expanduser(str(tokenizer))
+  return dict(seq_len=seq_len, tokenizer=tokenizer,
+              holdout_sequences=_optional_int(data_config.get("holdout_sequences"),
+                                              "data.holdout_sequences"),
+              token_cache_dir=os.path.expanduser(cache_dir))
+
+
+def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict,
+                 model_checkpoint: str | None = None) -> DataSpec:
   """Validates a data config. Unset fields get their declared defaults, except the
   preprocessing ones (mean/std, augment, image_size, channels): None follows the data.
+  Text data without data.tokenizer reads `model_checkpoint`'s tokenizer (a model folder).
 
   Raises:
-    ValueError: unknown name or augmentation, mean/std of different lengths, or a
-      channel count other than 1 or 3.
+    ValueError: unknown name or augmentation, mean/std of different lengths, a
+      channel count other than 1 or 3, or text data without a tokenizer.
   """
   name = data_config.get("name")
   if not isinstance(name, str):
@@ -201,6 +243,7 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict) -> 
       train_split=_split_name(field("train_split"), "data.train_split"),
       eval_split=_split_name(field("eval_split"), "data.eval_split"),
       holdout_images=_optional_int(data_config.get("holdout_images"), "data.holdout_images"),
+      **_text_fields(data_config, field, kind, source, model_checkpoint),
   )
 
 

@@ -7,7 +7,8 @@ the training images is kept out of every search batch and used for those choices
 The slice depends only on the number of training images and its size, never on the
 search seed, so runs with different seeds are selected on the same images. It is a
 seeded random subset (image folders list their files class by class, so the first N
-would cover few classes).
+would cover few classes). Text data holds out packed training sequences the same way
+(data.holdout_sequences).
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ DEFAULT_FRACTION = 0.1
 _SEED = 16
 
 
-def holdout_count(requested: int | None, num_train: int) -> int:
-  """Images to hold out: `requested`, or min(5000, 10% of the training split) when None.
+def holdout_count(requested: int | None, num_train: int, field: str = "data.holdout_images",
+                  unit: str = "images") -> int:
+  """Records (images, or text sequences) to hold out: `requested`, or min(5000, 10% of the
+  training split) when None; `field` and `unit` name them in the error.
 
   Raises:
-    ValueError (one line): a negative count, or one that leaves no training image.
+    ValueError (one line): a negative count, or one that leaves no training record.
   """
   if requested is None:
     return min(DEFAULT_IMAGES, int(DEFAULT_FRACTION * num_train))
   count = int(requested)
   if count < 0 or count >= num_train:
-    raise ValueError(f"data.holdout_images={requested} must be in [0, {num_train}) for the "
-                     f"{num_train} training images; lower it, or 0 for no held-out slice")
+    raise ValueError(f"{field}={requested} must be in [0, {num_train}) for the "
+                     f"{num_train} training {unit}; lower it, or 0 for no held-out slice")
   return count
 
 

@@ -13,7 +13,9 @@ else, so the global batch is the same for any number of hosts, and a run resumed
 s starts its dataset at step s: no earlier batch is read or replayed.
 
 Batches are dicts of numpy arrays: 'image' float32 (B, H, W, C), normalised; 'label'
-int32 (B,); eval batches add 'mask' bool (B,).
+int32 (B,); eval batches add 'mask' bool (B,). Text data (`text`) yields 'tokens' int32
+(B, seq_len), packed sequences of the split, with 'mask' bool (B,) in eval batches; its
+training batches are drawn exactly as images are, without augmentation.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from jackpot_jax.data import transforms
 from jackpot_jax.data.config import DatasetInfo, DataSpec, as_spec
 from jackpot_jax.data.sources import OpenedData, dataset_info, open_data
+from jackpot_jax.data.text import OpenedText, TextInfo
 
 DataConfig = DataSpec | Mapping[str, Any]
 Batch = dict[str, np.ndarray]
@@ -64,12 +67,12 @@ def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
   return np.random.default_rng([seed, _PERMUTATION_STREAM, epoch]).permutation(count)
 
 
-class _TrainBatch:
-  """Step -> this host's rows of the step's global batch, augmented and normalised."""
+class _TrainRows:
+  """Step -> the searched records of this host's rows of the step's global batch."""
 
-  def __init__(self, opened: OpenedData, *, batch_size: int, seed: int, rows: slice):
+  def __init__(self, opened: OpenedData | OpenedText, *, batch_size: int, seed: int,
+               rows: slice):
     self.records, self.searched = opened.rows("search")
-    self.shape, self.preprocessing = opened.shape, opened.preprocessing
     self.batch_size, self.seed, self.rows = batch_size, seed, rows
     self.steps_per_epoch = len(self.searched) // batch_size
     self._order = (-1, None)
@@ -81,16 +84,51 @@ class _TrainBatch:
       self._order = (epoch, order)
     return order
 
-  def __call__(self, step: int) -> Batch:
+  def host_keys(self, step: int) -> np.ndarray:
+    """The records of this host's rows of the step's global batch."""
     epoch, index = divmod(int(step), self.steps_per_epoch)
     keys = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-    images, labels = zip(*self.records.read(keys[self.rows]))
+    return keys[self.rows]
+
+
+class _TrainBatch(_TrainRows):
+  """Step -> this host's rows of the step's global batch, augmented and normalised."""
+
+  def __init__(self, opened: OpenedData, **rows_kwargs):
+    super().__init__(opened, **rows_kwargs)
+    self.shape, self.preprocessing = opened.shape, opened.preprocessing
+
+  def __call__(self, step: int) -> Batch:
+    images, labels = zip(*self.records.read(self.host_keys(step)))
     pixels = transforms.train_images(list(images), self.preprocessing, self.shape,
                                      (self.seed, _AUGMENTATION_STREAM, int(step)),
                                      self.batch_size, self.rows)
     return {"image": transforms.normalise(pixels, self.preprocessing.mean,
                                           self.preprocessing.std),
             "label": np.asarray(labels, np.int32)}
+
+
+class _TokenTrainBatch(_TrainRows):
+  """Step -> this host's rows of the step's global batch of token sequences."""
+
+  def __call__(self, step: int) -> Batch:
+    return {"tokens": self.records.read(self.host_keys(step))}
+
+
+class _TokenEvalBatch:
+  """Batch number -> this host's rows of that global eval batch of token sequences; rows
+  past the end of the split are zeros with 'mask' False."""
+
+  def __init__(self, opened: OpenedText, split: str, *, batch_size: int, rows: slice):
+    self.records, self.split_rows = opened.rows(split)
+    self.batch_size, self.rows = batch_size, rows
+
+  def __call__(self, number: int) -> Batch:
+    positions = int(number) * self.batch_size + np.arange(self.rows.start, self.rows.stop)
+    mask = positions < len(self.split_rows)
+    tokens = np.zeros((len(positions), self.records.seq_len), np.int32)
+    tokens[mask] = self.records.read(self.split_rows[positions[mask]])
+    return {"tokens": tokens, "mask": mask}
 
 
 class _EvalBatch:
@@ -161,9 +199,10 @@ def _read(batches: grain.MapDataset, spec: DataSpec, workers: int) -> _Batches:
   return _Batches(dataset)
 
 
-def load_dataset_info(data_config: DataConfig) -> DatasetInfo:
+def load_dataset_info(data_config: DataConfig) -> DatasetInfo | TextInfo:
   """Classes, image shape, split sizes and preprocessing of the configured dataset (opens
-  it, reading one training image, and a sample of them where the statistics are unset)."""
+  it, reading one training image, and a sample of them where the statistics are unset);
+  for text data, sequence counts and the separator (tokenizing it on the first open)."""
   return dataset_info(as_spec(data_config))
 
 
@@ -192,7 +231,8 @@ def make_train_iterator(data_config: DataConfig, *, batch_size: int, seed: int,
     raise ValueError(f"batch_size {batch_size} exceeds the {len(opened.searched)} searched "
                      f"training examples of {spec.name}")
   rows = slice(process_index * host_size, (process_index + 1) * host_size)
-  batch = _TrainBatch(opened, batch_size=batch_size, seed=seed, rows=rows)
+  train_batch = _TokenTrainBatch if isinstance(opened, OpenedText) else _TrainBatch
+  batch = train_batch(opened, batch_size=batch_size, seed=seed, rows=rows)
   return _read(grain.MapDataset.range(start_step, _ENDLESS).map(batch), spec, spec.workers)
 
 
@@ -211,6 +251,7 @@ def make_eval_batches(data_config: DataConfig, split: str = "test", *, batch_siz
   host_size = host_batch_size(batch_size, process_index, process_count)
   opened = open_data(spec)
   rows = slice(process_index * host_size, (process_index + 1) * host_size)
-  batch = _EvalBatch(opened, split, batch_size=batch_size, rows=rows)
+  eval_batch = _TokenEvalBatch if isinstance(opened, OpenedText) else _EvalBatch
+  batch = eval_batch(opened, split, batch_size=batch_size, rows=rows)
   num_batches = -(-len(batch.split_rows) // batch_size)
   return _read(grain.MapDataset.range(num_batches).map(batch), spec, workers=0)

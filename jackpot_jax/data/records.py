@@ -9,7 +9,7 @@ and open their files lazily, so they travel to Grain's worker processes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Protocol
+from typing import Collection, Mapping, Protocol
 
 import numpy as np
 
@@ -47,6 +47,21 @@ class ArraySplit:
     return list(zip(self.images[indices], self.labels[indices].tolist()))
 
 
+def find_split(name: str, available: Collection[str], description: str) -> str:
+  """The split `name` reads among `available`: itself, or for 'test' a 'validation' /
+  'val' split where there is no test split.
+
+  Raises:
+    ValueError (one line): no such split, naming the ones there are.
+  """
+  for candidate in (name, *_SPLIT_ALIASES.get(name, ())):
+    if candidate in available:
+      return candidate
+  there = ", ".join(sorted(available)) or "none"
+  raise ValueError(f"{description} has no split {name!r} (it has {there}); set "
+                   "data.train_split / data.eval_split to one of them")
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceDataset:
   """The splits of one dataset, its class names, and how to name it in errors."""
@@ -55,18 +70,8 @@ class SourceDataset:
   class_names: tuple[str, ...]
 
   def split_name(self, name: str) -> str:
-    """The split `name` reads: itself, or for 'test' a 'validation' / 'val' split where
-    the dataset has no test split.
-
-    Raises:
-      ValueError (one line): no such split, naming the ones there are.
-    """
-    for candidate in (name, *_SPLIT_ALIASES.get(name, ())):
-      if candidate in self.splits:
-        return candidate
-    raise ValueError(f"{self.description} has no split {name!r} (it has "
-                     f"{', '.join(sorted(self.splits))}); set data.train_split / "
-                     "data.eval_split to one of them")
+    """The split `name` reads (see `find_split`)."""
+    return find_split(name, self.splits, self.description)
 
   def split(self, name: str) -> Split:
     return self.splits[self.split_name(name)]

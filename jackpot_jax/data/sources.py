@@ -1,6 +1,7 @@
 """Opens the dataset of a `DataSpec` once per process and derives what every pipeline
 needs of it: the searched and held-out rows, the batches' image shape, the
-preprocessing (channels, normalisation, augmentation), and the `DatasetInfo`."""
+preprocessing (channels, normalisation, augmentation), and the `DatasetInfo`. Text
+data opens through `text`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import functools
 
 import numpy as np
 
-from jackpot_jax.data import holdout, preprocessing as preprocessing_lib, transforms
-from jackpot_jax.data.config import DatasetInfo, DataSpec
+from jackpot_jax.data import holdout, preprocessing as preprocessing_lib, text, transforms
+from jackpot_jax.data.config import TEXT_KINDS, DatasetInfo, DataSpec
 from jackpot_jax.data.image_folder import open_image_folder
 from jackpot_jax.data.npz import load_npz
 from jackpot_jax.data.resolved_preprocessing import Preprocessing
@@ -100,18 +101,23 @@ def _open_cached(spec: DataSpec) -> OpenedData:
                     preprocessing)
 
 
-def open_data(spec: DataSpec) -> OpenedData:
+def open_data(spec: DataSpec) -> OpenedData | text.OpenedText:
   """The opened dataset of `spec`, shared by every pipeline of the process.
 
   The cache key drops the fields that only change how batches are produced, so a train
   iterator and an evaluation with other prefetch or worker settings share one opening.
   """
+  if spec.kind in TEXT_KINDS:
+    return text.open_text(spec)
   return _open_cached(dataclasses.replace(spec, prefetch=0, workers=0, eval_split="test",
                                           manual_dir=None))
 
 
-def dataset_info(spec: DataSpec) -> DatasetInfo:
-  """Classes, batch image shape and split sizes of `spec`'s dataset."""
+def dataset_info(spec: DataSpec) -> DatasetInfo | text.TextInfo:
+  """Classes, batch image shape and split sizes of `spec`'s dataset (sequence counts for
+  text data)."""
+  if spec.kind in TEXT_KINDS:
+    return text.text_info(spec)
   opened = open_data(spec)
   return DatasetInfo(
       name=spec.name,

@@ -87,10 +87,11 @@ IMAGE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def put_batch(local_batch: dict, mesh: Mesh, image_dtype: str = "float32") -> dict:
   """Assembles a global batch from this process's slice (multi-host ready), its images
-  cast to `image_dtype` (a key of `IMAGE_DTYPES`)."""
+  (if any: token batches have none) cast to `image_dtype` (a key of `IMAGE_DTYPES`)."""
   sharding = batch_sharding(mesh)
-  local_batch = {**local_batch,
-                 "image": np.asarray(local_batch["image"]).astype(IMAGE_DTYPES[image_dtype])}
+  if "image" in local_batch:
+    local_batch = {**local_batch, "image": np.asarray(local_batch["image"]).astype(
+        IMAGE_DTYPES[image_dtype])}
   if jax.process_count() == 1:
     return jax.device_put(local_batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

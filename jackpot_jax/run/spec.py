@@ -175,7 +175,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   if selected_on is None:
     selected_on = "holdout" if _evaluates_on_holdout(config) else "last_step"
   return RunSpec(config=ml_collections.FrozenConfigDict(config),
-                 data=resolve_spec(config.data), model=model,
+                 data=resolve_spec(config.data, config.model.checkpoint), model=model,
                  profile_steps=profiling.parse_profile_steps(config.profile_steps),
                  selected_on=selected_on)
 
