@@ -37,13 +37,14 @@ class DecoderBlock:
     path: its params path, e.g. ("model", "layers_0").
     module: the block as a standalone, unbound module (`module.apply({"params":
       params_at(params, path)}, hidden, None)` runs it).
-    projections: its maskable kernels' paths relative to `path`, in call order, e.g.
-      ("self_attn", "q_proj", "kernel").
+    input_groups: its maskable kernels' paths relative to `path`, in call order, grouped
+      by the tensor their modules read: ((q_proj, k_proj, v_proj), (o_proj,), (gate_proj,
+      up_proj), (down_proj,)) in Llama, each path ending in "kernel".
   """
 
   path: Path
   module: nn.Module
-  projections: tuple[Path, ...]
+  input_groups: tuple[tuple[Path, ...], ...]
 
 
 def block_path(kernel_path: Path) -> Path:
@@ -70,27 +71,40 @@ def decoder_blocks(model: nn.Module, params: PyTree, maskable: Maskable,
     maskable: `maskable(path, shape)`, the kernels to prune.
     tokens_shape: (batch, seq) of the calls to come (GPT-2 checks seq).
   """
-  projections: dict[Path, list[Path]] = {}
-  for path, leaf in traverse_util.flatten_dict(params).items():
-    if maskable(path, tuple(leaf.shape)):
-      block = block_path(path)
-      projections.setdefault(block, []).append(path[len(block):])
+  block_of = {path[:-1]: block_path(path)
+              for path, leaf in traverse_util.flatten_dict(params).items()
+              if maskable(path, tuple(leaf.shape))}
+  block_paths = set(block_of.values())
   modules: dict[Path, nn.Module] = {}
+  # Per block, [input tensor, kernel paths reading it]: holding the tensors keeps each
+  # distinct, where an identity of a freed one could be reused.
+  groups: dict[Path, list[tuple[Any, list[Path]]]] = {}
 
   def record(next_fun, args, kwargs, context):
     path = tuple(context.module.path)
-    if context.method_name == "__call__" and path in projections and path not in modules:
-      modules[path] = context.module.clone(parent=None, name=None)
+    if context.method_name == "__call__":
+      if path in block_paths and path not in modules:
+        modules[path] = context.module.clone(parent=None, name=None)
+      if path in block_of:
+        block = block_of[path]
+        readers = groups.setdefault(block, [])
+        same = [paths for tensor, paths in readers if tensor is args[0]]
+        if not same:
+          readers.append((args[0], []))
+          same = [readers[-1][1]]
+        same[0].append(path[len(block):] + ("kernel",))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
     jax.eval_shape(lambda p, t: model.apply({"params": p}, t), params,
                    jax.ShapeDtypeStruct(tokens_shape, jnp.int32))
-  uncalled = [path for path in projections if path not in modules]
+  called = {block + path for block, readers in groups.items()
+            for _, paths in readers for path in paths}
+  uncalled = [module + ("kernel",) for module in block_of if module + ("kernel",) not in called]
   if uncalled:
-    raise ValueError(f"{', '.join('/'.join(p) for p in uncalled)} holds maskable kernels but "
-                     "the model never calls it")
-  return tuple(DecoderBlock(path, module, tuple(projections[path]))
+    raise ValueError(f"{', '.join('/'.join(p) for p in uncalled)}: the model never calls "
+                     "this maskable module; one-shot pruning reads the inputs of its calls")
+  return tuple(DecoderBlock(path, module, tuple(tuple(paths) for _, paths in groups[path]))
                for path, module in modules.items())
 
 
@@ -132,11 +146,8 @@ def block_outputs(block: nn.Module, block_params: PyTree, hidden: jax.Array) -> 
 
 def projection_inputs(block: nn.Module, block_params: PyTree, hidden: jax.Array,
                       projections: tuple[Path, ...]) -> dict[Path, jax.Array]:
-  """The input each projection of the block receives when it runs on `hidden`.
-
-  Projections that read one tensor (Llama's q, k and v; gate and up) get the same array
-  object, so a caller can compute a statistic once per distinct input.
-  """
+  """The input each of `projections` (kernel paths relative to the block) receives when the
+  block runs on `hidden`."""
   inputs: dict[Path, jax.Array] = {}
 
   def record(next_fun, args, kwargs, context):
@@ -147,8 +158,4 @@ def projection_inputs(block: nn.Module, block_params: PyTree, hidden: jax.Array,
 
   with nn.intercept_methods(record):
     block_outputs(block, block_params, hidden)
-  missing = [p for p in projections if p not in inputs]
-  if missing:
-    raise ValueError(f"{', '.join('/'.join(p) for p in missing)} took no input when the block "
-                     "ran; one-shot pruning reads the input of each maskable module's call")
   return inputs

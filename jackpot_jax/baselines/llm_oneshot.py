@@ -24,9 +24,10 @@ Wanda and SparseGPT prune block by block, in the order of both papers' reference
      what the pruned blocks before it produce.
 Blocks run in float32 (bfloat16 params are cast up); every calibration token counts (no
 padding). Memory: the hidden states of all calibration sequences (float32, n x seq x
-hidden, split over the devices), one block's params in float32 and one statistic per
-projection (SparseGPT: in x in float32; projections reading one tensor, such as q, k and
-v, compute it once); projection inputs exist only inside one batch's compiled pass.
+hidden, split over the devices; each batch's outputs replace its inputs), one block's
+params in float32 and one statistic per tensor the block's projections read (SparseGPT:
+in x in float32; q, k and v share one, as do gate and up); projection inputs exist only
+inside one batch's compiled pass.
 Sharding: every batch is split over all the mesh's devices (`parallel.batch_sharding`) and
 the block's params are replicated, so the statistics are sums XLA all-reduces; the
 per-layer selection and SparseGPT's solve run replicated on every device.
@@ -156,22 +157,19 @@ def _embedded(outer_params, tokens, *, model, block_paths):
   return blocks_lib.embedded_tokens(model, outer_params, tokens, block_paths)
 
 
-def _batch_statistics(block_params, hidden, *, block, projections, statistic):
-  """{projection: statistic(its inputs)}, computed once per distinct input tensor."""
-  inputs = blocks_lib.projection_inputs(block, block_params, hidden, projections)
-  by_input: dict[int, jax.Array] = {}
-  for path in projections:
-    if id(inputs[path]) not in by_input:
-      by_input[id(inputs[path])] = statistic(inputs[path])
-  return {path: by_input[id(inputs[path])] for path in projections}
+def _batch_statistics(block_params, hidden, *, block, input_groups, statistic):
+  """statistic(the inputs) of one batch for each group of projections reading one tensor."""
+  readers = tuple(group[0] for group in input_groups)
+  inputs = blocks_lib.projection_inputs(block, block_params, hidden, readers)
+  return tuple(statistic(inputs[reader]) for reader in readers)
 
 
-@functools.partial(jax.jit, static_argnames=("block", "projections", "statistic"),
+@functools.partial(jax.jit, static_argnames=("block", "input_groups", "statistic"),
                    donate_argnums=0)
-def _accumulated(sums, block_params, hidden, *, block, projections, statistic):
-  batch = _batch_statistics(block_params, hidden, block=block, projections=projections,
+def _accumulated(sums, block_params, hidden, *, block, input_groups, statistic):
+  batch = _batch_statistics(block_params, hidden, block=block, input_groups=input_groups,
                             statistic=statistic)
-  return {path: sums[path] + batch[path] for path in projections}
+  return tuple(total + value for total, value in zip(sums, batch))
 
 
 @functools.partial(jax.jit, static_argnames=("block",))
@@ -181,13 +179,13 @@ def _block_outputs(block_params, hidden, *, block):
 
 def _calibration_sums(block: blocks_lib.DecoderBlock, block_params: PyTree,
                       hidden: list[jax.Array], statistic: Callable, mesh: Mesh
-                      ) -> dict[Path, jax.Array]:
-  """Each projection's statistic summed over every calibration batch (dense block)."""
-  static = dict(block=block.module, projections=block.projections, statistic=statistic)
+                      ) -> tuple[jax.Array, ...]:
+  """The statistic of each of the block's input groups, summed over every calibration
+  batch (the block dense)."""
+  static = dict(block=block.module, input_groups=block.input_groups, statistic=statistic)
   shapes = jax.eval_shape(functools.partial(_batch_statistics, **static), block_params,
                           hidden[0])
-  sums = {path: jnp.zeros(s.shape, s.dtype, device=parallel.replicated(mesh))
-          for path, s in shapes.items()}
+  sums = tuple(jnp.zeros(s.shape, s.dtype, device=parallel.replicated(mesh)) for s in shapes)
   for batch in hidden:
     sums = _accumulated(sums, block_params, batch, **static)
   return sums
@@ -228,15 +226,18 @@ def layer_by_layer(calibration: Calibration, statistic: Callable[[jax.Array], ja
     sums = _calibration_sums(block, block_params, hidden, statistic, mesh)
     flat = traverse_util.flatten_dict(block_params)
     stored_flat = traverse_util.flatten_dict(stored)
-    for projection in block.projections:
-      mask, kernel = prune_layer(flat[projection], sums.pop(projection), len(tokens))
-      masks[block.path + projection] = mask
-      if updates_weights:
-        kernels[block.path + projection] = kernel.astype(stored_flat[projection].dtype)
-        kernel = kernels[block.path + projection].astype(jnp.float32)
-      flat[projection] = kernel
+    for group, summed in zip(block.input_groups, sums):
+      for projection in group:
+        mask, kernel = prune_layer(flat[projection], summed, len(tokens))
+        masks[block.path + projection] = mask
+        if updates_weights:
+          kernels[block.path + projection] = kernel.astype(stored_flat[projection].dtype)
+          kernel = kernels[block.path + projection].astype(jnp.float32)
+        flat[projection] = kernel
+    del sums
     pruned_block = traverse_util.unflatten_dict(flat)
-    hidden = [_block_outputs(pruned_block, batch, block=block.module) for batch in hidden]
+    for index, batch in enumerate(hidden):  # each batch's inputs freed as it is replaced
+      hidden[index] = _block_outputs(pruned_block, batch, block=block.module)
   if updates_weights:
     params = traverse_util.unflatten_dict({**traverse_util.flatten_dict(params), **kernels})
   return OneShotResult(traverse_util.unflatten_dict(masks), params)

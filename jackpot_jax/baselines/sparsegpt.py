@@ -12,6 +12,7 @@ H_jj = 1 and weight 0), then blocks of `blocksize` columns from the first. In a 
     w^2 / U_jj^2 of the group's current weights;
 then column by column the pruned weights are zeroed and the error (w - q) / U_jj is spread
 over the block's later columns along U's row; after the block, over every later column.
+U_jj stands where the paper writes [H^-1]_jj, as in the reference code.
 Everything is float32 with full-precision matmuls (no TF32).
 """
 
@@ -49,9 +50,10 @@ def hessian(inputs_products: jax.Array, num_sequences: int) -> jax.Array:
 def inverse_hessian_factor(hessian_matrix: jax.Array, damping: float = DAMPING) -> jax.Array:
   """Upper-triangular U with U^T U = (H + damping * mean(diag H) * I)^-1.
 
-  The reference factors the inverse (Cholesky, inverse, Cholesky again); the same U is the
-  inverse of R in H = R R^T, R upper triangular, which is the lower Cholesky factor of H
-  with rows and columns reversed: one factorisation and one triangular solve.
+  The reference factors the inverse (Cholesky, inverse, Cholesky again); the same U is
+  R^-1 for the upper-triangular R with R R^T = the damped H, which is the lower Cholesky
+  factor of that matrix with rows and columns reversed, reversed back: one factorisation
+  and one triangular solve.
   """
   size = hessian_matrix.shape[0]
   identity = jnp.eye(size, dtype=jnp.float32)
