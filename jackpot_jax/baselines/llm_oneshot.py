@@ -28,9 +28,10 @@ hidden, split over the devices; each batch's outputs replace its inputs), one bl
 params in float32 and one statistic per tensor the block's projections read (SparseGPT:
 in x in float32; q, k and v share one, as do gate and up); projection inputs exist only
 inside one batch's compiled pass.
-Sharding: every batch is split over all the mesh's devices (`parallel.batch_sharding`) and
-the block's params are replicated, so the statistics are sums XLA all-reduces; the
-per-layer selection and SparseGPT's solve run replicated on every device.
+Sharding: every batch is split over all the mesh's devices (its leading axis over every
+mesh axis, as the search splits its batches) and the block's params are replicated, so
+the statistics are sums XLA all-reduces; the per-layer selection and SparseGPT's solve run
+replicated on every device.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jackpot_jax.baselines import decoder_blocks as blocks_lib
 from jackpot_jax.baselines.layer_masks import (Sparsity, check_sparsity, input_square_sums,
@@ -53,7 +54,6 @@ from jackpot_jax.baselines.sparsegpt import hessian, input_products, sparsegpt_p
 from jackpot_jax.models.wrapper import Maskable
 from jackpot_jax.pytorch.hf_decoders import decoder_spec
 from jackpot_jax.registry import Registry
-from jackpot_jax.run import parallel
 from jackpot_jax.search.masking import NMPattern
 
 PyTree = Any
@@ -123,7 +123,8 @@ def prune_decoder(baseline: str, model: nn.Module, params: PyTree,
     model, params, hf_config: what `import_hf_decoder` returns.
     tokens: int [n, seq] calibration sequences (magnitude reads none).
     sparsity: the fraction pruned in [0, 1), or an `NMPattern` such as NMPattern(2, 4).
-    mesh: the devices each calibration batch is split over; None: all (`make_mesh()`).
+    mesh: the devices each calibration batch is split over (any mesh, e.g. the search's
+      `run.parallel.make_mesh()`); None: every device.
     batch_size: sequences per pass, dividing n and a multiple of the mesh's devices; None:
       one sequence per device.
 
@@ -132,7 +133,7 @@ def prune_decoder(baseline: str, model: nn.Module, params: PyTree,
   """
   run = LLM_BASELINE_REGISTRY.get(baseline)
   check_sparsity(sparsity)
-  mesh = parallel.make_mesh() if mesh is None else mesh
+  mesh = Mesh(np.asarray(jax.devices()), ("data",)) if mesh is None else mesh
   batch_size = mesh.devices.size if batch_size is None else batch_size
   tokens = np.asarray(tokens)
   if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer) or not tokens.size:
@@ -141,7 +142,9 @@ def prune_decoder(baseline: str, model: nn.Module, params: PyTree,
   if batch_size < 1 or len(tokens) % batch_size:
     raise ValueError(f"batch_size {batch_size} does not divide the {len(tokens)} calibration "
                      "sequences; choose a divisor")
-  parallel.check_batch_size(batch_size, mesh)
+  if batch_size % mesh.devices.size:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.devices.size} "
+                     "devices of the mesh; choose a multiple of the device count")
   calibration = Calibration(model, params, decoder_spec(hf_config).maskable,
                             tokens.astype(np.int32), sparsity, mesh, batch_size)
   if isinstance(sparsity, NMPattern):
@@ -150,6 +153,15 @@ def prune_decoder(baseline: str, model: nn.Module, params: PyTree,
         raise ValueError(f"{'/'.join(path)} {tuple(kernel.shape)} has no whole groups of "
                          f"{sparsity.m} input channels for {sparsity}")
   return run(calibration)
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def _split_batch(mesh: Mesh) -> NamedSharding:
+  """The leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, PartitionSpec(mesh.axis_names))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "block_paths"))
@@ -185,7 +197,7 @@ def _calibration_sums(block: blocks_lib.DecoderBlock, block_params: PyTree,
   static = dict(block=block.module, input_groups=block.input_groups, statistic=statistic)
   shapes = jax.eval_shape(functools.partial(_batch_statistics, **static), block_params,
                           hidden[0])
-  sums = tuple(jnp.zeros(s.shape, s.dtype, device=parallel.replicated(mesh)) for s in shapes)
+  sums = tuple(jnp.zeros(s.shape, s.dtype, device=_replicated(mesh)) for s in shapes)
   for batch in hidden:
     sums = _accumulated(sums, block_params, batch, **static)
   return sums
@@ -212,10 +224,10 @@ def layer_by_layer(calibration: Calibration, statistic: Callable[[jax.Array], ja
   tokens, size = calibration.tokens, calibration.batch_size
   blocks = blocks_lib.decoder_blocks(model, params, calibration.maskable,
                                      (size, tokens.shape[1]))
-  replicated = parallel.replicated(mesh)
+  replicated = _replicated(mesh)
   outer = jax.device_put(blocks_lib.without_blocks(params, blocks), replicated)
   block_paths = tuple(block.path for block in blocks)
-  hidden = [_embedded(outer, jax.device_put(tokens[i:i + size], parallel.batch_sharding(mesh)),
+  hidden = [_embedded(outer, jax.device_put(tokens[i:i + size], _split_batch(mesh)),
                       model=model, block_paths=block_paths)
             for i in range(0, len(tokens), size)]
   masks, kernels = {}, {}
