@@ -65,7 +65,7 @@ def finished_report(config: ml_collections.ConfigDict, workdir: Path) -> dict | 
   report = workdir / "report.json"
   if not report.exists():
     return None
-  workdir_lib.prepare_workdir(spec_lib.resolve(config), workdir)
+  workdir_lib.prepare_workdir(spec_lib.resolve(config).config, workdir)
   return json.loads(report.read_text())
 
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m jackpot_jax {search,evaluate,export,apply-masks}` and `jackpot`.
+"""Command line: `python -m jackpot_jax {search,evaluate,export,apply-masks,baselines}` and
+`jackpot`.
 `jackpot --help` and `jackpot COMMAND --help` print what each takes (`cli_help`).
 
   search    --config=configs/<name>.py --workdir=DIR [--config.a.b=value ...] [--force]
@@ -6,6 +7,7 @@
   export    --workdir=DIR --output=FILE [--format=state_dict|prune|masks] [--clean_keys]
             [--config.mesh.num_devices=N ...]
   apply-masks --config=configs/<name>.py --masks=FILE --output=FILE
+  baselines --config=configs/<name>.py --workdir=DIR [--config.a.b=value ...] [--force]
 
 `evaluate` and `export` read the workdir's saved config; their --config.a.b overrides may
 change how they run (workdir.REEVALUATION_FIELDS), not what was searched. Bad input ends
@@ -20,7 +22,7 @@ from absl import flags
 
 from jackpot_jax import entrypoint, errors
 
-COMMANDS = ("search", "evaluate", "export", "apply-masks")
+COMMANDS = ("search", "evaluate", "export", "apply-masks", "baselines")
 # Commands that take --config.a.b=value overrides of a workdir's saved config.
 _WORKDIR_COMMANDS = ("evaluate", "export")
 
@@ -31,7 +33,8 @@ flags.DEFINE_string("output", None, "export: file to write")
 flags.DEFINE_enum("format", "state_dict", ["state_dict", "prune", "masks"], "export format")
 flags.DEFINE_bool("clean_keys", False, "export: plain keys instead of the source's wrapper/prefix")
 flags.DEFINE_string("masks", None, "apply-masks: a masks file written by `export --format=masks`")
-flags.DEFINE_bool("force", False, "search: reuse a workdir whose saved config differs")
+flags.DEFINE_bool("force", False, "search, baselines: reuse a workdir whose saved config "
+                  "differs")
 flags.DEFINE_bool("distributed", False, "initialise jax.distributed (TPU pods, SLURM, or the "
                   "explicit coordinator flags below) before anything touches a device")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for hand launches")
@@ -53,12 +56,17 @@ def _workdir_overrides() -> dict:
 
 def _run_command(command: str) -> None:
   # Imported here so `--help` and usage errors stay fast.
-  from jackpot_jax.run import job, workdir_export
+  from jackpot_jax.run import job, lm_baselines, lm_report, workdir_export
   if command == "search":
     if FLAGS.config is None:
       raise ValueError("--config is required for search, e.g. --config=configs/default.py")
     report = job.search_and_evaluate(FLAGS.config, _require("workdir"), force=FLAGS.force)
     print(summary_line(report, FLAGS.workdir))
+  elif command == "baselines":
+    if FLAGS.config is None:
+      raise ValueError("--config is required for baselines, e.g. --config=llm_tiny")
+    report = lm_baselines.run_baselines(FLAGS.config, _require("workdir"), force=FLAGS.force)
+    print(lm_report.summary_line(report, FLAGS.workdir))
   elif command == "evaluate":
     report = job.evaluate_workdir(_require("workdir"), _workdir_overrides())
     print(summary_line(report, FLAGS.workdir))
@@ -131,11 +139,14 @@ def _print_help(argv: list[str]) -> None:
   with errors.exit_on_user_error("jackpot"):
     if command is not None:
       _check_command(command)
-    config = config_files.load_config(files[-1] if files else entrypoint.DEFAULT_CONFIG)
+    shipped = cli_help.HELP_CONFIGS.get(command)
+    default = entrypoint.DEFAULT_CONFIG if shipped is None else shipped
+    config = config_files.load_config(files[-1] if files else default)
     if command is None:
       print(cli_help.overview(config))
     else:
-      name = files[-1] if files else "the built-in default config"
+      name = files[-1] if files else (
+          "the built-in default config" if shipped is None else f"the shipped {shipped} config")
       print(cli_help.command_help(command, config, every_field=bool(files), config_name=name))
   sys.exit(0)
 

@@ -31,6 +31,10 @@ COMMANDS = {
                "layout, or the masks alone", ("workdir", "output", "format", "clean_keys")),
     "apply-masks": ("apply a masks file (export --format=masks) to a checkpoint",
                     ("config", "masks", "output")),
+    "baselines": ("language models: perplexity of a decoder dense and under the one-shot "
+                  "baselines (magnitude, Wanda, SparseGPT with and without its weight update) "
+                  "at search.pattern or search.sparsity, written to report.json",
+                  ("config", "workdir", "force")),
 }
 
 EXAMPLES = {
@@ -40,7 +44,13 @@ EXAMPLES = {
     "export": "jackpot export --workdir=workdirs/default --output=jackpot.pth",
     "apply-masks": "jackpot apply-masks --config=configs/default.py --masks=masks.safetensors "
                    "--output=pruned.pth",
+    "baselines": "jackpot baselines --config=llm_tiny --workdir=workdirs/llm_tiny_24\n"
+                 "jackpot baselines --config=llm_tiny --workdir=workdirs/llm_tiny_50 \\\n"
+                 "    --config.search.pattern=unstructured --config.search.sparsity=0.5",
 }
+
+# The config a command's --help shows without --config, where it is not the default.
+HELP_CONFIGS = {"baselines": "llm_tiny"}
 
 # The fields most runs change, shown by `jackpot --help` and `jackpot search --help`.
 COMMON_FIELDS = (
@@ -48,6 +58,12 @@ COMMON_FIELDS = (
     "search.pattern", "search.sparsity_plan", "search.num_epochs", "search.batch_size",
     "search.learning_rate", "search.score_init", "search.distill_weight", "tune.num_epochs",
     "eval.every_epochs", "mesh.num_devices",
+)
+# The fields `jackpot baselines --help` shows.
+BASELINES_FIELDS = (
+    "model.checkpoint", "data.name", "data.seq_len", "data.tokenizer", "search.pattern",
+    "search.sparsity", "baselines.methods", "baselines.calibration_sequences",
+    "baselines.seed", "baselines.batch_size", "eval.perplexity_batch_size", "mesh.num_devices",
 )
 
 # Fields whose values are registered names: the module and function listing them. Imported
@@ -57,6 +73,7 @@ REGISTERED_NAMES = {
     "search.score_init": ("jackpot_jax.search.scores", "score_init_names"),
     "search.sparsity_plan": ("jackpot_jax.search.sparsity", "plan_names"),
     "data.augment": ("jackpot_jax.data.transforms", "augmentation_names"),
+    "baselines.methods": ("jackpot_jax.baselines.llm_oneshot", "llm_baseline_names"),
 }
 
 _WIDTH = 100
@@ -137,8 +154,9 @@ def command_help(command: str, config: ml_collections.ConfigDict, every_field: b
   doc, flag_names = COMMANDS[command]
   lines = [f"usage: jackpot {command} [flags] [--config.a.b=value ...]", ""]
   lines += textwrap.wrap(doc, _WIDTH) + ["", "flags:"] + _flag_lines(flag_names)
-  if command in ("search", "evaluate"):
-    keys = config_keys(config) if every_field else COMMON_FIELDS
+  if command in ("search", "evaluate", "baselines"):
+    common = BASELINES_FIELDS if command == "baselines" else COMMON_FIELDS
+    keys = config_keys(config) if every_field else common
     which = "every config field" if every_field else "the most-used config fields"
     lines += ["", f"{which} of {config_name} (override any with --config.a.b=value):"]
     lines += _field_lines(config, keys)

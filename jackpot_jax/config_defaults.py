@@ -156,8 +156,16 @@ FIELDS: list[tuple[str, Any, str]] = [
      "(whole search batches); 0: skip"),
     ("eval.perplexity_batch_size", 8, "language models: sequences per perplexity batch "
      "(rounded up to the device count)"),
-    ("eval.calibration_sequences", 128, "language models: searched training sequences the "
-     "pruning baselines calibrate on (jackpot_jax.data.text.calibration_sequences)"),
+
+    ("baselines.methods", ("magnitude", "wanda", "sparsegpt"), "language models: the "
+     "one-shot baselines `jackpot baselines` measures, registered names "
+     "(jackpot_jax.baselines.llm_oneshot.llm_baseline_names())"),
+    ("baselines.calibration_sequences", 128, "language models: searched training sequences "
+     "the one-shot baselines calibrate on (Wanda's and SparseGPT's 128; "
+     "jackpot_jax.data.text.calibration_sequences)"),
+    ("baselines.seed", 0, "seed of the draw of those calibration sequences"),
+    ("baselines.batch_size", 8, "calibration sequences per pass through a decoder block: a "
+     "divisor of baselines.calibration_sequences and a multiple of the device count"),
 
     ("checkpoint.every_steps", 500, "save a checkpoint this often"),
     ("checkpoint.keep", 3, "checkpoints kept per stage"),

@@ -60,7 +60,7 @@ def test_a_misspelt_command_is_one_line_naming_the_closest_and_exit_2():
   assert result.returncode == 2 and result.stdout == ""
   assert result.stderr.strip().splitlines() == [
       "jackpot: error: unknown command 'serch' (did you mean 'search'?); commands: search, "
-      "evaluate, export, apply-masks (jackpot --help)"]
+      "evaluate, export, apply-masks, baselines (jackpot --help)"]
 
 
 def test_a_misspelt_config_field_or_model_name_gets_the_closest_valid_name():

@@ -52,8 +52,20 @@ def test_the_default_config_finds_its_shipped_checkpoint_from_any_directory(tmp_
   assert Path(config.model.checkpoint).is_file()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.py")),
-                         ids=lambda path: path.stem)
+def test_the_llm_config_names_the_shipped_llama_and_text_from_any_directory(tmp_path,
+                                                                           monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = config_files.load_config("llm_tiny")
+  assert config.model.checkpoint == str(REPO / "pretrained" / "llm_tiny")
+  assert config.data.name == f"text:{REPO / 'pretrained' / 'llm_tiny_text'}"
+
+
+# The shipped configs of image classifiers (language-model configs read text).
+IMAGE_CONFIGS = [path for path in sorted((REPO / "configs").rglob("*.py"))
+                 if not config_files.load_config(path).data.name.startswith(("text:", "tokens:"))]
+
+
+@pytest.mark.parametrize("path", IMAGE_CONFIGS, ids=lambda path: path.stem)
 def test_shipped_configs_leave_the_preprocessing_to_their_dataset(path):
   """No config sets its dataset's standard statistics or augmentation: another data.name
   on the command line then brings its own. The ViT keeps its narrower crop padding."""
@@ -88,7 +100,7 @@ def test_an_unknown_config_name_is_refused_with_the_closest_name_and_the_shipped
     config_files.config_path("vit_fashon_mnist")
   message = str(error.value)
   assert "did you mean 'vit_fashion_mnist'?" in message and "\n" not in message
-  assert "default, paper/mobilenet_v1_imagenet_s90_e30," in message
+  assert "default, llm_tiny, paper/mobilenet_v1_imagenet_s90_e30," in message
   with pytest.raises(ValueError, match="neither a file nor a shipped config; pass a .py"):
     config_files.config_path("zzz")
 

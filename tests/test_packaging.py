@@ -101,7 +101,7 @@ def test_requirements_install_and_pin_within_range_what_the_cpu_prepare_and_test
 
 
 # Run with the installed package only (cwd and PYTHONPATH: the install): the default config
-# by name, its checkpoint, and a paper config.
+# by name, its checkpoint, a paper config, and the tiny Llama's folder.
 _INSTALLED_SNIPPET = """
 import json, os
 import jackpot_jax
@@ -110,7 +110,8 @@ config = config_files.load_config("default")
 print(json.dumps({"package": jackpot_jax.__file__, "default": entrypoint.DEFAULT_CONFIG,
                   "checkpoint": config.model.checkpoint,
                   "checkpoint_exists": os.path.isfile(config.model.checkpoint),
-                  "paper": config_files.config_path("paper/resnet50_imagenet_s90_e30")}))
+                  "paper": config_files.config_path("paper/resnet50_imagenet_s90_e30"),
+                  "llm": config_files.load_config("llm_tiny").model.checkpoint}))
 """
 
 
@@ -130,8 +131,10 @@ def test_the_wheel_ships_configs_and_checkpoints_and_a_named_config_resolves_aft
 
   names = set(zipfile.ZipFile(wheel).namelist())
   assert {f"jackpot_jax/configs/{name}.py" for name in config_files.shipped_config_names()} <= names
-  checkpoints = (REPO / "pretrained").glob("*.pth")
-  assert {f"jackpot_jax/pretrained/{path.name}" for path in checkpoints} <= names
+  assets = [*(REPO / "pretrained").glob("*.pth"),
+            *(path for folder in ("llm_tiny", "llm_tiny_text")
+              for path in (REPO / "pretrained" / folder).rglob("*") if path.is_file())]
+  assert {f"jackpot_jax/{path.relative_to(REPO).as_posix()}" for path in assets} <= names
   packages = {path.parent.relative_to(REPO).as_posix()
               for path in (REPO / "jackpot_jax").rglob("__init__.py")}
   shipped = {package for package in packages if f"{package}/__init__.py" in names}
@@ -153,4 +156,5 @@ def test_the_wheel_ships_configs_and_checkpoints_and_a_named_config_resolves_aft
                    "default": str(package / "configs" / "default.py"),
                    "checkpoint": str(package / "pretrained" / "resnet20_fashion_mnist.pth"),
                    "checkpoint_exists": True,
-                   "paper": str(package / "configs" / "paper" / "resnet50_imagenet_s90_e30.py")}
+                   "paper": str(package / "configs" / "paper" / "resnet50_imagenet_s90_e30.py"),
+                   "llm": str(package / "pretrained" / "llm_tiny")}

@@ -223,7 +223,7 @@ def calibration_sequences(data_config: DataSpec | Mapping[str, Any], count: int,
   if not 0 <= count <= len(searched):
     raise ValueError(f"{count} calibration sequences asked for, but {spec.name} has "
                      f"{len(searched)} searched training sequences of {spec.seq_len} tokens; "
-                     "ask for fewer (eval.calibration_sequences) or lower data.seq_len")
+                     "ask for fewer (baselines.calibration_sequences) or lower data.seq_len")
   drawn = np.random.default_rng([_CALIBRATION_STREAM, seed]).choice(len(searched), count,
                                                                       replace=False)
   return records.read(np.sort(searched[drawn]))

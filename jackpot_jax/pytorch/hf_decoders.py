@@ -193,6 +193,11 @@ def export_hf_decoder(folder_in: str | os.PathLike, params: PyTree, masks: PyTre
   return folder_out
 
 
+def decoder_model_types() -> tuple[str, ...]:
+  """The config.json model_types `import_hf_decoder` reads: "llama", "qwen2", "gpt2"."""
+  return tuple(_FAMILIES)
+
+
 def decoder_spec(hf_config: Mapping[str, Any]) -> ModelSpec:
   """The registered model of a config.json (its `maskable` selects the default masks)."""
   return get_model_spec(_family(hf_config).model_name)

@@ -131,7 +131,7 @@ def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pat
       return {"stopped_at": step}; the same call resumes.
   """
   spec = spec_lib.resolve(config)
-  workdir = workdir_lib.prepare_workdir(spec, workdir, force=force)
+  workdir = workdir_lib.prepare_workdir(spec.config, workdir, force=force)
   setup = setup_search(spec)
   workdir_lib.save_workdir_config(spec.config, workdir)
   evaluator, holdout = evaluation.Evaluator(setup), holdout_evaluator(setup)

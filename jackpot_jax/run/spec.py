@@ -17,7 +17,7 @@ import dataclasses
 import ml_collections
 
 from jackpot_jax import fileio, models
-from jackpot_jax.run import compilation_cache, parallel, profiling
+from jackpot_jax.run import compilation_cache, lm_spec, parallel, profiling
 from jackpot_jax.search import masking, optim, scores, sparsity, steps
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 from jackpot_jax.pytorch import hf_folder
@@ -164,12 +164,9 @@ def with_folder_model(config: ml_collections.ConfigDict) -> ml_collections.Confi
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   """Validates `config` once and freezes it with its resolved data and model specs (a
   checkpoint folder's model filled in, see `with_folder_model`)."""
+  lm_spec.check_not_language_model(config)
   config = with_folder_model(config)
   model = models.get_model_spec(config.model.name)
-  if model.inputs != "images":
-    raise ValueError(f"model.name={model.name!r} is a language model; the search runs image "
-                     "classifiers (language models load with "
-                     "jackpot_jax.pytorch.hf_decoders.import_hf_decoder)")
   _check(config)
   selected_on = config.search.selected_on
   if selected_on is None:

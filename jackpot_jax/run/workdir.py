@@ -1,7 +1,8 @@
 """The run directory: its saved config, and the rule for which config changes may resume.
 
-A workdir belongs to one experiment. `search` on a workdir saved with a different config
-is refused (unless --force), except for fields that only change how the run executes.
+A workdir belongs to one experiment. `search` (or `baselines`) on a workdir saved with a
+different config is refused (unless --force), except for fields that only change how the
+run executes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import jax
 import ml_collections
 
 from jackpot_jax import config_defaults, config_files, fileio
-from jackpot_jax.run.spec import RunSpec
 
 CONFIG_FILE = "config.json"
 # Fields that change how a run executes, not what it computes: a run may resume with
@@ -47,8 +47,10 @@ def _with_defaults(saved: dict, defaults: dict | None = None) -> dict:
   return merged
 
 
-def prepare_workdir(spec: RunSpec, workdir: str | os.PathLike, force: bool = False) -> Path:
-  """Creates the workdir and refuses to mix runs of different configs in it.
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                    force: bool = False) -> Path:
+  """Creates the workdir and refuses to mix runs of different configs (`config`, the
+  resolved one a run saves) in it.
 
   It only checks: `save_workdir_config` records the config once the run's inputs have
   loaded, so a run that stops on bad input leaves no config behind to refuse the fix.
@@ -73,7 +75,7 @@ def prepare_workdir(spec: RunSpec, workdir: str | os.PathLike, force: bool = Fal
     except ValueError as error:
       raise ValueError(f"{saved} is not valid JSON ({error}); restore it, or pass --force "
                        "to replace it") from error
-    changed = sorted(k for k in _diff_keys(previous, config_to_json(spec.config))
+    changed = sorted(k for k in _diff_keys(previous, config_to_json(config))
                      if not config_files.within(k, RUNTIME_FIELDS))
     if changed:
       raise ValueError(f"workdir {workdir} holds a run with a different config (changed: "

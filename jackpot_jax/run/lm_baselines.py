@@ -1,0 +1,135 @@
+"""`jackpot baselines`: a decoder language model's perplexity dense and under each one-shot
+baseline (magnitude, Wanda, SparseGPT) at the config's target, reported.
+
+  report = run_baselines(config_files.load_config("llm_tiny"), "workdirs/llm_tiny_24")
+
+Each baseline's masks are measured on the original weights; a baseline that also updates
+the weights (SparseGPT) is measured a second time with them. Every input is checked before
+the first pruning, each in one line (`lm_spec`, the text, the model's vocabulary); nothing
+is written until every figure is in, then config.json, report.json and report.md, each
+atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from jackpot_jax.baselines.llm_oneshot import prune_decoder
+from jackpot_jax.data import text
+from jackpot_jax.pytorch.hf_decoders import decoder_spec, import_hf_decoder
+from jackpot_jax.run import (compilation_cache, lm_report, lm_spec, parallel,
+                             perplexity as perplexity_lib, workdir as workdir_lib)
+from jackpot_jax.run.lm_spec import BaselinesSpec
+
+CALIBRATION_SPLIT = "search"
+
+
+def _timed(compute: Callable[[], Any]) -> tuple[Any, float]:
+  """compute()'s value and the wall seconds until its arrays were ready."""
+  start = time.perf_counter()
+  value = compute()
+  jax.block_until_ready(value)
+  return value, time.perf_counter() - start
+
+
+def calibration_batch_size(batch_size: int, devices: int) -> int:
+  """baselines.batch_size, checked against the mesh: each pass splits it over every device."""
+  if batch_size % devices:
+    raise ValueError(f"baselines.batch_size={batch_size} is not divisible by the {devices} "
+                     f"devices; choose a multiple of {devices} (dividing "
+                     "baselines.calibration_sequences) or set mesh.num_devices")
+  return batch_size
+
+
+def _cpu_name() -> str:
+  """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def environment(load_at_start: float) -> dict:
+  """The report's devices (run/report.py's keys and the device kind), machine and JAX."""
+  return {"devices": {"count": jax.device_count(), "platform": jax.default_backend(),
+                      "processes": jax.process_count(), "kind": jax.devices()[0].device_kind},
+          "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+                      "architecture": platform.machine(),
+                      "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}},
+          "jax_version": jax.__version__}
+
+
+def _measure_method(spec: BaselinesSpec, name: str, model, params, tokens,
+                    measure: Callable[..., perplexity_lib.Perplexity], mesh,
+                    batch_size: int) -> lm_report.MethodOutcome:
+  """One baseline pruned at the target, counted, and measured on the original weights
+  (and with its updated weights where it returns others)."""
+  def prune():
+    result = prune_decoder(name, model, params, spec.hf_config, tokens, spec.target,
+                           mesh=mesh, batch_size=batch_size)
+    return result.masks, result.params
+
+  (masks, pruned_params), prune_seconds = _timed(prune)
+  seconds = {"prune": prune_seconds}
+  mask_alone, seconds["perplexity"] = _timed(lambda: measure(params, masks=masks))
+  updated = None
+  if pruned_params is not params:  # OneShotResult: the input params unless updated
+    updated, seconds["perplexity_updated"] = _timed(
+        lambda: measure(pruned_params, masks=masks))
+  counted = lm_report.count_masks(params, jax.device_get(masks),
+                                  decoder_spec(spec.hf_config).maskable, spec.target)
+  return lm_report.MethodOutcome(perplexity=mask_alone, updated=updated, counted=counted,
+                                 seconds=seconds)
+
+
+def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                  force: bool = False) -> dict:
+  """The `baselines` command: returns the report, also written to workdir/report.json
+  and report.md beside the resolved config.json.
+
+  Args:
+    force: reuse a workdir whose saved config differs (as `search --force`).
+  """
+  load_at_start, started = os.getloadavg()[0], time.perf_counter()
+  spec = lm_spec.resolve(config)
+  workdir = workdir_lib.prepare_workdir(spec.config, workdir, force=force)
+  compilation_cache.enable(spec.config.compilation_cache_dir)
+  baselines = spec.config.baselines
+  mesh = parallel.make_mesh(spec.config.mesh.model, spec.config.mesh.num_devices)
+  batch_size = calibration_batch_size(baselines.batch_size, mesh.devices.size)
+  text.text_info(spec.data)  # the text, its splits and the tokenizer, checked
+  (model, params, hf_config), import_seconds = _timed(lambda: import_hf_decoder(spec.folder))
+  text.check_model_fit(spec.data, model.vocab_size, getattr(model, "n_positions", None))
+  tokens = text.calibration_sequences(spec.data, baselines.calibration_sequences,
+                                      seed=baselines.seed)
+  measure = functools.partial(perplexity_lib.perplexity, model, data_config=spec.data,
+                              batch_size=spec.config.eval.perplexity_batch_size, mesh=mesh)
+  dense, dense_seconds = _timed(lambda: measure(params))
+  outcomes = {name: _measure_method(spec, name, model, params, tokens, measure, mesh,
+                                    batch_size) for name in spec.methods}
+  report = lm_report.build_report(
+      model=lm_report.describe_model(spec.config.model.name, hf_config, params,
+                                     decoder_spec(hf_config).maskable),
+      checkpoint=str(spec.folder), dataset=spec.data.name, target=spec.target, dense=dense,
+      outcomes=outcomes, protocol=perplexity_lib.describe(spec.data),
+      calibration={"sequences": int(tokens.shape[0]), "seq_len": spec.data.seq_len,
+                   "tokens": int(tokens.size), "seed": baselines.seed,
+                   "split": CALIBRATION_SPLIT, "batch_size": batch_size},
+      seconds={"import": import_seconds, "dense": dense_seconds,
+               "total": time.perf_counter() - started},
+      environment=environment(load_at_start))
+  if jax.process_index() == 0:
+    workdir_lib.save_workdir_config(spec.config, workdir)
+    lm_report.write_reports(workdir, report)
+  return report

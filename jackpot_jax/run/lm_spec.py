@@ -1,0 +1,184 @@
+"""A language-model config validated once: the decoder folder, its text data, the pruning
+target and the one-shot baselines to run (`jackpot baselines`).
+
+`resolve(config)` checks everything that needs neither the weights nor the text, each in
+one line naming the field and the fix, before anything heavy loads (the text and the
+tokenizer are checked when the job opens them, the vocabulary once the model is built).
+`check_not_language_model(config)` is how the image search refuses these configs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jackpot_jax import fileio, models
+from jackpot_jax.baselines.layer_masks import Sparsity
+from jackpot_jax.baselines.llm_oneshot import LLM_BASELINE_REGISTRY
+from jackpot_jax.data.config import TEXT_KINDS, DataSpec, resolve_spec
+from jackpot_jax.pytorch import hf_folder
+from jackpot_jax.pytorch.hf_decoders import CONFIG, decoder_model_types, decoder_spec
+from jackpot_jax.run import compilation_cache
+from jackpot_jax.search import masking
+
+_FOLDER = "a Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json)"
+_BASELINES_COMMAND = ("`jackpot baselines --config=... --workdir=DIR` measures a language "
+                      "model's one-shot baselines (magnitude, Wanda, SparseGPT)")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselinesSpec:
+  """What `jackpot baselines` computes.
+
+  Attributes:
+    config: the frozen config, model.name resolved to the folder's registered decoder.
+    data: the text data's spec (the tokenizer resolved: data.tokenizer or the folder).
+    folder: the decoder folder (model.checkpoint).
+    hf_config: its config.json.
+    target: the fraction of every maskable projection pruned (search.sparsity), or the
+      N:M pattern (search.pattern).
+    methods: the registered baselines to run, in order.
+  """
+
+  config: ml_collections.FrozenConfigDict
+  data: DataSpec
+  folder: Path
+  hf_config: dict[str, Any]
+  target: Sparsity
+  methods: tuple[str, ...]
+
+
+def _decoder_model_type(path: fileio.AnyPath) -> str | None:
+  """config.json's model_type where `path` is a folder of a decoder this package reads."""
+  if not (path / CONFIG).is_file():
+    return None
+  model_type = hf_folder.read_config(path).get("model_type")
+  return model_type if model_type in decoder_model_types() else None
+
+
+def check_not_language_model(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError (one line, pointing to `jackpot baselines`) when `config` names a
+  language model: a registered decoder as model.name, or a decoder folder as
+  model.checkpoint. The image search calls it first."""
+  name = config.model.name
+  if name in models.model_names() and models.get_model_spec(name).inputs == "tokens":
+    raise ValueError(f"model.name={name!r} is a language model; `jackpot search` runs image "
+                     f"classifiers, and {_BASELINES_COMMAND}")
+  checkpoint = config.model.checkpoint
+  path = fileio.as_path(checkpoint, "model.checkpoint") if checkpoint else None
+  if path is not None and hf_folder.is_model_folder(path):
+    model_type = _decoder_model_type(path)
+    if model_type is not None:
+      raise ValueError(f"model.checkpoint {checkpoint} holds a {model_type} language model; "
+                       f"`jackpot search` runs image classifiers, and {_BASELINES_COMMAND}")
+
+
+def _folder(checkpoint: str) -> Path:
+  """model.checkpoint as a local decoder folder with a config.json."""
+  if not checkpoint:
+    raise ValueError(f"model.checkpoint is empty; pass --config.model.checkpoint=DIR, {_FOLDER}")
+  if fileio.is_cloud(checkpoint):
+    raise ValueError(f"model.checkpoint {checkpoint} is in a bucket; language models are read "
+                     "from local disk: copy the folder there")
+  folder = Path(checkpoint).expanduser()
+  if not folder.is_dir():
+    raise ValueError(f"model.checkpoint {folder} is not a folder; `jackpot baselines` reads "
+                     f"{_FOLDER}")
+  if not (folder / CONFIG).is_file():
+    raise ValueError(f"model.checkpoint {folder} has no {CONFIG}; `jackpot baselines` reads "
+                     f"{_FOLDER}")
+  return folder
+
+
+def _model_type_checked(folder: Path, hf_config: dict[str, Any]) -> str:
+  """The registered decoder's name; an unsupported model_type is a one-line error."""
+  model_type = hf_config.get("model_type")
+  if model_type not in decoder_model_types():
+    raise ValueError(f"model.checkpoint {folder}: config.json's model_type {model_type!r} is "
+                     f"not a language model this package reads; supported: "
+                     f"{', '.join(decoder_model_types())}")
+  return decoder_spec(hf_config).name
+
+
+def _target(search: ml_collections.ConfigDict) -> Sparsity:
+  """search.pattern's N:M pattern, else search.sparsity (unstructured)."""
+  pattern = masking.parse_pattern(search.pattern)
+  if pattern is not None:
+    return pattern
+  sparsity = search.sparsity
+  if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (
+      0.0 <= sparsity < 1.0):
+    raise ValueError(f"search.sparsity must be in [0, 1), got {sparsity!r}")
+  return float(sparsity)
+
+
+def _methods(methods: Any) -> tuple[str, ...]:
+  """baselines.methods: registered names, at least one, each once."""
+  names = (methods,) if isinstance(methods, str) else tuple(methods or ())
+  if not names:
+    raise ValueError("baselines.methods is empty; name at least one of "
+                     f"{', '.join(LLM_BASELINE_REGISTRY.names())}")
+  for name in names:
+    try:
+      LLM_BASELINE_REGISTRY.check(name)
+    except ValueError as error:
+      raise ValueError(f"baselines.methods: {error}") from error
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    raise ValueError(f"baselines.methods names {', '.join(repeated)} more than once")
+  return names
+
+
+def _positive(value: Any, field: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{field} must be a positive whole number, got {value!r}")
+  return value
+
+
+def _check_counts(config: ml_collections.ConfigDict) -> None:
+  baselines = config.baselines
+  sequences = _positive(baselines.calibration_sequences, "baselines.calibration_sequences")
+  batch_size = _positive(baselines.batch_size, "baselines.batch_size")
+  if sequences % batch_size:
+    raise ValueError(f"baselines.batch_size={batch_size} does not divide the {sequences} "
+                     "calibration sequences (baselines.calibration_sequences); choose a divisor")
+  if isinstance(baselines.seed, bool) or not isinstance(baselines.seed, int):
+    raise ValueError(f"baselines.seed must be a whole number, got {baselines.seed!r}")
+  _positive(config.eval.perplexity_batch_size, "eval.perplexity_batch_size")
+
+
+def resolve(config: ml_collections.ConfigDict) -> BaselinesSpec:
+  """Validates a language-model config for `jackpot baselines` and freezes it.
+
+  Raises:
+    ValueError (one line): model.checkpoint is not a local folder with a config.json, its
+      model_type is not a decoder this package reads, model.name names another model,
+      data.name is not text data, or a target, method or count no run could use.
+  """
+  folder = _folder(config.model.checkpoint)
+  hf_config = hf_folder.read_config(folder)
+  name = _model_type_checked(folder, hf_config)
+  if config.model.name not in (hf_folder.AUTO, name):
+    raise ValueError(f"model.name={config.model.name!r} but model.checkpoint {folder} holds a "
+                     f"{hf_config['model_type']} decoder; set --config.model.name="
+                     f"{hf_folder.AUTO} to take the folder's")
+  if config.model.dtype != "float32":
+    raise ValueError(f"model.dtype={config.model.dtype!r}: the language-model baselines run "
+                     "in float32; set --config.model.dtype=float32")
+  target = _target(config.search)
+  methods = _methods(config.baselines.methods)
+  _check_counts(config)
+  compilation_cache.check(config.compilation_cache_dir)
+  data = resolve_spec(config.data, str(folder))
+  if data.kind not in TEXT_KINDS:
+    raise ValueError(f"data.name={config.data.name} is not text; the language-model baselines "
+                     "read data.name=text:<dir> or tokens:<dir>")
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.name = name
+  return BaselinesSpec(config=ml_collections.FrozenConfigDict(config), data=data,
+                       folder=folder, hf_config=hf_config, target=target, methods=methods)
