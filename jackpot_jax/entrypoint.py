@@ -31,7 +31,7 @@ def define_config_flag() -> flags.FlagHolder:
   with `--config.a.b=value` overrides of any field."""
   return config_flags.DEFINE_config_file(
       "config", None, "configs/<name>.py, or a shipped config's name (default, "
-      "vit_fashion_mnist, paper/resnet50_imagenet_s90_e30, ...)", lock_config=True)
+      "vit_fashion_mnist, llm_tiny, paper/resnet50_imagenet_s90_e30, ...)", lock_config=True)
 
 
 def program_name() -> str:
