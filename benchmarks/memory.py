@@ -18,25 +18,43 @@ no second copy of the weights (the frozen weights are an argument, never in the 
   python benchmarks/memory.py --model=resnet50 --image_size=224 --batch_size=32 \
       --num_classes=1000 [--config.model.dtype=bfloat16]
 
+`--model=llm` measures a causal language model instead: a Hugging Face decoder folder
+(`--checkpoint`, imported in `--config.model.dtype`, activations following), random
+tokens, `--batch_size` sequences of `--seq_len`. The search kind trains a score per
+weight of every decoder-block projection through the straight-through masks on the
+next-token loss (`steps.search_step`'s update with that loss); dense trains every
+weight with the same optimizer. Each kind also reports `compiled_temp_bytes` (XLA's
+temporaries: activations and the step's transients) and `state_bytes_per_param` (over
+the masked parameters for the search, all of them for dense). The `--config.search.*`
+overrides apply (e.g. `--config.search.momentum=0`, `--config.search.pattern=2:4`).
+
+  python benchmarks/memory.py --model=llm --checkpoint=pretrained/llm_tiny \
+      --batch_size=4 --seq_len=128 [--config.model.dtype=bfloat16]
+
 The last line of stdout is one JSON object.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import flags
+from ml_collections import config_flags
 
+from jackpot_jax.models.wrapper import MASKS
 from jackpot_jax.run import parallel
-from jackpot_jax.search import optim
+from jackpot_jax.search import masking, optim, scores as scores_lib, sparsity, steps
 
 import common
 
@@ -46,8 +64,11 @@ flags.DEFINE_integer("channels", 3, "input channels")
 flags.DEFINE_integer("steps", 3, "steps each kind runs (the first compiles)")
 flags.DEFINE_enum("kind", None, ["search", "dense"], "measure one kind in this process "
                   "(the parent runs each in a child)")
+flags.DEFINE_string("checkpoint", None, "--model=llm: a Hugging Face decoder folder")
+flags.DEFINE_integer("seq_len", 128, "--model=llm: tokens per sequence")
 
 _KINDS = ("search", "dense")
+LLM = "llm"
 
 
 def _tree_bytes(tree) -> int:
@@ -58,20 +79,37 @@ def _peak_rss() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _compiled_bytes(jitted, *args) -> int | None:
-  """Bytes XLA's memory analysis attributes to one call of the compiled step."""
+def _compiled_bytes(jitted, *args) -> tuple[int | None, int | None]:
+  """(bytes XLA's memory analysis attributes to one call of the compiled step, of which
+  temporaries), or Nones where the backend does not analyse."""
   analysis = jitted.lower(*args).compile().memory_analysis()
   if analysis is None:
-    return None
-  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return None, None
+  return (int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+              + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes),
+          int(analysis.temp_size_in_bytes))
+
+
+def _settings():
+  """The benchmark's config; a language model's plan pools its decoder-block projections
+  (hidden dense layers) unless --config.search.hidden_dense says otherwise."""
+  config = common.settings()
+  if config.model.name != LLM:
+    return config
+  if not FLAGS.checkpoint:
+    raise ValueError("--model=llm needs --checkpoint=<a Hugging Face decoder folder>")
+  if "search.hidden_dense" not in config_flags.get_override_values(FLAGS["config"]):
+    config.search.hidden_dense = "plan"
+  return config
 
 
 def _measure(kind: str) -> dict:
   """Builds and runs one kind in this process; returns its figures."""
   jax.devices()
   baseline = _peak_rss()
-  config = common.settings()
+  config = _settings()
+  if config.model.name == LLM:
+    return _measure_llm(kind, config, baseline)
   shape = (config.search.batch_size, FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.normal(size=shape).astype(np.float32)).astype(
@@ -88,7 +126,13 @@ def _measure(kind: str) -> dict:
                                         optim.make_optimizer(config.search, 1000))
     del params, batch_stats  # dense training trains its own copy; keep only that one
     frozen = None
-  compiled = _compiled_bytes(step, frozen, state, batch)
+  figures, _ = _run_steps(step, frozen, state, batch, baseline)
+  return figures
+
+
+def _run_steps(step, frozen, state, batch, baseline: int) -> tuple[dict, int | None]:
+  """Runs `--steps` steps; returns (the figures every kind reports, XLA's temporaries)."""
+  compiled, temp = _compiled_bytes(step, frozen, state, batch)
   state_bytes = _tree_bytes(state)
   for _ in range(FLAGS.steps):
     state, metrics = step(frozen, state, batch)
@@ -97,7 +141,83 @@ def _measure(kind: str) -> dict:
   return {"peak_rss_bytes": _peak_rss(), "added_rss_bytes": _peak_rss() - baseline,
           "device_peak_bytes": stats.get("peak_bytes_in_use"),
           "compiled_bytes": compiled, "state_bytes": state_bytes,
-          "frozen_bytes": _tree_bytes(frozen) if frozen is not None else 0}
+          "frozen_bytes": _tree_bytes(frozen) if frozen is not None else 0}, temp
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """Mean cross-entropy of every token after the first, predicted from those before."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits[:, :-1].astype(jnp.float32), tokens[:, 1:]))
+
+
+def lm_search_step(params, state: steps.SearchState, batch: dict, *, model, keep_counts, tx,
+                   rank_by_magnitude: bool = False) -> tuple[steps.SearchState, dict]:
+  """One score update of a causal LM: `steps.search_step`'s update (straight-through
+  masks, the optimizer on the scores, new masks) with the next-token loss."""
+
+  def loss_fn(scores):
+    masks = jax.tree.map(masking.straight_through,
+                         masking.ranking_values(scores, rank_by_magnitude), state.masks)
+    return next_token_loss(model.apply({"params": params, MASKS: masks}, batch["tokens"]),
+                           batch["tokens"])
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.scores)
+  updates, opt_state = tx.update(grads, state.opt_state, state.scores)
+  scores = optax.apply_updates(state.scores, updates)
+  masks = masking.compute_masks(scores, keep_counts, rank_by_magnitude)
+  return (state.replace(step=state.step + 1, scores=scores, masks=masks, opt_state=opt_state),
+          {"loss": loss, "mask_flips": masking.count_flips(state.masks, masks)})
+
+
+def lm_dense_step(_, state: steps.TuneState, batch: dict, *, model,
+                  tx) -> tuple[steps.TuneState, dict]:
+  """Dense training of every weight of a causal LM on the next-token loss."""
+
+  def loss_fn(params):
+    return next_token_loss(model.apply({"params": params}, batch["tokens"]), batch["tokens"])
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return (state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state), {"loss": loss})
+
+
+def _decoder(config):
+  """(model, params, hf_config, plan) of --checkpoint, its params in config.model.dtype."""
+  from jackpot_jax.pytorch import hf_decoders  # imports torch, which the image kinds skip
+
+  model, params, hf_config = hf_decoders.import_hf_decoder(FLAGS.checkpoint,
+                                                           dtype=config.model.dtype)
+  plan = sparsity.plan_for(params, config.search, hf_decoders.decoder_spec(hf_config))
+  return model, params, hf_config, plan
+
+
+def _measure_llm(kind: str, config, baseline: int) -> dict:
+  """`_measure` for --model=llm: a decoder's search or dense training on random tokens."""
+  model, params, hf_config, plan = _decoder(config)
+  tokens = np.random.default_rng(0).integers(0, hf_config["vocab_size"],
+                                             (config.search.batch_size, FLAGS.seq_len))
+  batch = {"tokens": jnp.asarray(tokens, jnp.int32)}
+  tx = optim.make_optimizer(config.search, 1000)
+  if kind == "search":
+    by_magnitude = scores_lib.ranks_by_magnitude(config.search.score_init)
+    keep_counts = plan.keep_counts()
+    scores = scores_lib.init_scores(params, plan, config.search.score_init,
+                                    jax.random.PRNGKey(0))
+    state = steps.init_search_state(scores, keep_counts, {}, tx, by_magnitude)
+    step = jax.jit(functools.partial(lm_search_step, model=model, keep_counts=keep_counts,
+                                     tx=tx, rank_by_magnitude=by_magnitude),
+                   donate_argnums=(1,))
+    frozen, trained = params, sum(layer.size for layer in plan.masked_layers)
+  else:
+    state = steps.TuneState(step=jnp.zeros((), jnp.int32), params=params,
+                            opt_state=tx.init(params), batch_stats={})
+    step = jax.jit(functools.partial(lm_dense_step, model=model, tx=tx), donate_argnums=(1,))
+    frozen, trained = None, sum(x.size for x in jax.tree.leaves(params))
+    del params  # dense training trains the imported weights themselves
+  figures, temp = _run_steps(step, frozen, state, batch, baseline)
+  return {**figures, "compiled_temp_bytes": temp, "trained_params": int(trained),
+          "state_bytes_per_param": round(figures["state_bytes"] / trained, 4)}
 
 
 def _child(kind: str) -> dict:
@@ -114,15 +234,30 @@ def _gib(value) -> str:
   return "n/a" if value is None else f"{value / 2**30:7.3f} GiB"
 
 
+def _llm_description(config, measured: dict) -> dict:
+  """What an --model=llm run measured: the folder, its sizes (as the children counted
+  them: dense trains every parameter, the search scores the masked ones) and the search
+  settings."""
+  hf_config = json.loads((Path(FLAGS.checkpoint) / "config.json").read_text())
+  return {"model": LLM, "checkpoint": FLAGS.checkpoint, "model_type": hf_config["model_type"],
+          "batch_size": config.search.batch_size, "seq_len": FLAGS.seq_len,
+          "params": measured["dense"]["trained_params"],
+          "masked_params": measured["search"]["trained_params"],
+          "pattern": config.search.pattern, "sparsity": config.search.sparsity,
+          "optimizer": config.search.optimizer, "momentum": config.search.momentum}
+
+
 def main(argv):
   del argv
   if FLAGS.kind is not None:
     print(json.dumps(_measure(FLAGS.kind)))
     return
-  config = common.settings()
+  config = _settings()
   measured = {kind: _child(kind) for kind in _KINDS}
-  result = {"model": config.model.name, "batch_size": config.search.batch_size,
-            "input": [FLAGS.image_size, FLAGS.image_size, FLAGS.channels],
+  described = (_llm_description(config, measured) if config.model.name == LLM else
+               {"model": config.model.name, "batch_size": config.search.batch_size,
+                "input": [FLAGS.image_size, FLAGS.image_size, FLAGS.channels]})
+  result = {**described,
             "dtype": config.model.dtype, "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", **measured}
@@ -135,7 +270,9 @@ def main(argv):
     print(f"{kind:>6}: peak RSS {_gib(m['peak_rss_bytes'])} ({_gib(m['added_rss_bytes'])} "
           f"above the runtime's), device peak "
           f"{_gib(m['device_peak_bytes'])}, compiled step {_gib(m['compiled_bytes'])}, "
-          f"trained state {_gib(m['state_bytes'])}, frozen {_gib(m['frozen_bytes'])}")
+          f"trained state {_gib(m['state_bytes'])}, frozen {_gib(m['frozen_bytes'])}"
+          + (f", {m['state_bytes_per_param']} state bytes per trained parameter"
+             if "state_bytes_per_param" in m else ""))
   print(f"search/dense: peak RSS {result['search_over_dense_peak_rss']} (above the runtime's "
         f"{result['search_over_dense_added_rss']}), device peak "
         f"{result['search_over_dense_device_peak']}, compiled "
