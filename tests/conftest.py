@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import gc
 import os
@@ -110,16 +111,31 @@ def random_kernel_masks(params, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory) -> Path:
-  """Real Fashion-MNIST prepared offline from Debian's files, once per session.
+  """Real Fashion-MNIST prepared offline from Debian's files, once per session (the first
+  worker to ask prepares it; the others wait on a lock).
 
   Prepared in a child process: preparation is the one step that uses TensorFlow, and the
   test process stays as free of it as the search processes it stands for.
   $JACKPOT_TEST_TFDS_DIR names a directory to prepare in (once) instead, so repeated runs
   (scripts/stress.sh) skip the preparation.
   """
-  data_dir = os.environ.get("JACKPOT_TEST_TFDS_DIR") or tmp_path_factory.mktemp("tfds")
-  subprocess.run([sys.executable, "-m", "jackpot_jax.data.prepare", f"--data_dir={data_dir}"],
-                 check=True, capture_output=True, cwd=REPO)
+  def prepare(data_dir) -> None:
+    subprocess.run([sys.executable, "-m", "jackpot_jax.data.prepare", f"--data_dir={data_dir}"],
+                   check=True, capture_output=True, cwd=REPO)
+
+  if os.environ.get("JACKPOT_TEST_TFDS_DIR"):
+    data_dir = Path(os.environ["JACKPOT_TEST_TFDS_DIR"])
+    prepare(data_dir)
+    return data_dir
+  # The session's folder, which its xdist workers share: the first to ask prepares it.
+  root = tmp_path_factory.getbasetemp()
+  root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+  data_dir, prepared = root / "tfds", root / "tfds.prepared"
+  with open(root / "tfds.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not prepared.exists():
+      prepare(data_dir)
+      prepared.touch()
   return data_dir
 
 

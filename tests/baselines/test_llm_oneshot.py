@@ -13,6 +13,7 @@ import pytest
 import torch
 from flax import traverse_util
 
+from tiny_decoders import random_causal_lm
 from jackpot_jax.baselines import llm_oneshot
 from jackpot_jax.baselines.decoder_blocks import decoder_blocks
 from jackpot_jax.baselines.layer_masks import magnitude_mask, wanda_mask
@@ -233,17 +234,6 @@ def test_sparsegpt_reconstructs_the_calibration_outputs_best():
 
 # ---- whole decoders ---------------------------------------------------------------------
 
-def _hf_model(config):
-  torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      param.normal_(0.0, 0.2)
-      if param.dim() == 1 and ("norm" in name or "ln_" in name):
-        param.add_(1.0)
-  return model.eval()
-
-
 CONFIGS = {
     "llama-gqa": lambda: transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -257,7 +247,7 @@ CONFIGS = {
 def _imported(name, tmp_path_factory):
   """(folder, model, params, hf_config) of a tiny random decoder saved by transformers."""
   folder = tmp_path_factory.mktemp(name)
-  _hf_model(CONFIGS[name]()).save_pretrained(folder)
+  random_causal_lm(CONFIGS[name]()).save_pretrained(folder)
   return (folder, *import_hf_decoder(folder))
 
 

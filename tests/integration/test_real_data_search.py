@@ -15,13 +15,13 @@ def test_short_search_beats_the_magnitude_pruned_mask(fashion_mnist_dir, tmp_pat
   config = config_files.load_config(REPO / "configs" / "default.py")
   config.model.checkpoint = str(REPO / "pretrained" / "resnet20_fashion_mnist.pth")
   config.data.data_dir = str(fashion_mnist_dir)
-  # 80 steps of 128 of the 55,000 images not held out.
-  config.search.num_epochs = 80 / ((60_000 - 5_000) // 128)
+  # 40 steps of 128 of the 55,000 images not held out.
+  config.search.num_epochs = 40 / ((60_000 - 5_000) // 128)
   config.eval.every_epochs = 0.0
   config.progress_bar = False
   report = job.search_and_evaluate(config, tmp_path)
   accuracy = report["accuracy"]
-  assert report["search"]["steps"] == 80
+  assert report["search"]["steps"] == 40
   assert abs(report["sparsity"]["conv"] - 0.9) < 0.001
   assert accuracy["dense"] > 0.88  # the shipped checkpoint is a real pre-trained model
   assert accuracy["jackpot"] > accuracy["magnitude"] + 0.01, accuracy

@@ -27,8 +27,7 @@ from jackpot_jax.run import (checkpointing, progress, report as report_lib, setu
 from jackpot_jax.search import steps
 from jackpot_jax.pytorch import export_torch
 
-from conftest import (final_search_state, setup_of, tiny_config, tiny_overrides,
-                      without_shared_compilation_cache)
+from conftest import final_search_state, setup_of, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "jackpot_jax"
@@ -42,10 +41,6 @@ def _search_command(job: Path, workdir: Path, *extra: str) -> list[str]:
 
 def _env() -> dict:
   return dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
-
-
-def _killable_env() -> dict:
-  return without_shared_compilation_cache(_env())
 
 
 def _steps_on_disk(directory: Path) -> list[int]:
@@ -83,49 +78,47 @@ def test_five_kills_mid_step_and_mid_save_end_bitwise_equal_to_an_uninterrupted_
   """SIGKILL five times: even kills at a seeded-random moment after a save completed
   (mostly inside a step), odd ones as soon as a save is under way (inside the save).
 
-  The uninterrupted run is the same command, run alongside: this test process
-  simulates 8 CPU devices, whose XLA programs round differently from a 1-device process.
+  The uninterrupted run is the same command (this test process simulates 8 CPU devices,
+  whose XLA programs round differently from a 1-device process), run first into a
+  compilation cache of its own that the killed runs then read: they find every program
+  compiled, so a kill cannot cut a cache entry mid-write (one a killed run compiled anew
+  would only be compiled again by the next run, with a warning).
   """
   # 32 steps, a checkpoint after each: kills land in steps, saves and evaluations.
   extra = ("--config.search.num_epochs=8", "--config.checkpoint.every_steps=1")
-  straight = subprocess.Popen(_search_command(tiny_job, tmp_path / "straight", *extra),
-                              cwd=REPO, env=_killable_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+  env = dict(_env(), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "compilation_cache"))
+  straight = subprocess.run(_search_command(tiny_job, tmp_path / "straight", *extra), cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
+  assert straight.returncode == 0, straight.stderr[-3000:]
   workdir = tmp_path / "killed"
   checkpoints = workdir / "checkpoints"
   command = _search_command(tiny_job, workdir, *extra)
   rng = random.Random(0)
   interrupted_saves, logs = 0, []
-  try:
-    for kill in range(5):
-      log = tmp_path / f"run{kill}.log"
-      with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=_killable_env(),
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
-      try:
-        resumed_from = max(_steps_on_disk(checkpoints), default=0)
-        _wait_for(lambda: max(_steps_on_disk(checkpoints), default=0) > resumed_from, process,
-                  "a new checkpoint")
-        if kill % 2:
-          _wait_for(lambda: _unfinished(checkpoints), process, "a save under way")
-        else:
-          time.sleep(rng.uniform(0.0, 0.5))
-        process.send_signal(signal.SIGKILL)
-      finally:
-        process.kill()
-        process.wait()
-      assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
-      interrupted_saves += bool(_unfinished(checkpoints))
-      logs.append(log)
-    assert max(_steps_on_disk(checkpoints)) < 32, "the run ended before the fifth kill"
-    assert interrupted_saves >= 1, "no kill landed inside a save"
+  for kill in range(5):
+    log = tmp_path / f"run{kill}.log"
+    with open(log, "w") as stderr:
+      process = subprocess.Popen(command, cwd=REPO, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+      resumed_from = max(_steps_on_disk(checkpoints), default=0)
+      _wait_for(lambda: max(_steps_on_disk(checkpoints), default=0) > resumed_from, process,
+                "a new checkpoint")
+      if kill % 2:
+        _wait_for(lambda: _unfinished(checkpoints), process, "a save under way")
+      else:
+        time.sleep(rng.uniform(0.0, 0.5))
+      process.send_signal(signal.SIGKILL)
+    finally:
+      process.kill()
+      process.wait()
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    interrupted_saves += bool(_unfinished(checkpoints))
+    logs.append(log)
+  assert max(_steps_on_disk(checkpoints)) < 32, "the run ended before the fifth kill"
+  assert interrupted_saves >= 1, "no kill landed inside a save"
 
-    final = subprocess.run(command, cwd=REPO, env=_killable_env(), capture_output=True, text=True,
-                           timeout=300)
-    _, straight_stderr = straight.communicate(timeout=300)
-  finally:
-    straight.kill()
-  assert straight.returncode == 0, straight_stderr[-3000:]
+  final = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert final.returncode == 0, final.stderr[-3000:]
   assert "Traceback" not in final.stderr
   stderrs = [log.read_text() for log in logs[1:]] + [final.stderr]

@@ -18,6 +18,7 @@ import torch
 from flax import traverse_util
 from safetensors.torch import load_file, save_file
 
+from tiny_decoders import random_causal_lm
 from jackpot_jax import config_defaults
 from jackpot_jax.run import spec as spec_lib
 from jackpot_jax.errors import CheckpointMismatchError
@@ -57,21 +58,8 @@ def _gpt2_config(**overrides):
   return transformers.GPT2Config(**values)
 
 
-def _hf_model(config):
-  """A causal LM with every parameter random: weights and biases around 0, norm scales
-  around 1."""
-  torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      param.normal_(0.0, 0.2)
-      if param.dim() == 1 and ("norm" in name or "ln_" in name):
-        param.add_(1.0)
-  return model.eval()
-
-
 def _save(config, folder, dtype=torch.float32, **save_kwargs):
-  _hf_model(config).to(dtype).save_pretrained(folder, **save_kwargs)
+  random_causal_lm(config).to(dtype).save_pretrained(folder, **save_kwargs)
   return folder
 
 
