@@ -13,20 +13,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from jackpot_jax import cli, config_files, errors
 from jackpot_jax.pytorch.hf_decoders import import_hf_decoder
 from jackpot_jax.run import (lm_baselines, lm_spec, parallel, perplexity as perplexity_lib,
                              spec as spec_lib)
 
-# transformers would import TensorFlow (installed for TFDS) for its TF models: unused.
-os.environ.setdefault("USE_TF", "0")
-os.environ.setdefault("USE_FLAX", "0")
-import transformers  # noqa: E402
-
-from conftest import REPO  # noqa: E402
-from tiny_text import documents, write_text_folder, write_tokenizer  # noqa: E402
+from conftest import REPO
+from tiny_decoders import random_causal_lm
+from tiny_text import documents, write_text_folder, write_tokenizer
+import transformers  # noqa: E402  (after tiny_decoders, which keeps TensorFlow out of it)
 
 SEQ_LEN = 16
 TRAIN, TEST = documents(20, seed=0), documents(5, seed=1)
@@ -44,12 +40,7 @@ def _save_llama(folder, vocab_size: int = 300):
                                     num_hidden_layers=2, num_attention_heads=4,
                                     num_key_value_heads=2, max_position_embeddings=64,
                                     eos_token_id=0)
-  torch.manual_seed(0)
-  model = transformers.LlamaForCausalLM(config)
-  with torch.no_grad():
-    for param in model.parameters():
-      param.add_(torch.randn_like(param) * 0.2)
-  model.save_pretrained(folder)
+  random_causal_lm(config).save_pretrained(folder)
   return folder
 
 
