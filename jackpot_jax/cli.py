@@ -4,8 +4,8 @@
 
   search    --config=configs/<name>.py --workdir=DIR [--config.a.b=value ...] [--force]
   evaluate  --workdir=DIR [--config.eval.batch_size=N --config.data.data_dir=DIR ...]
-  export    --workdir=DIR --output=FILE [--format=state_dict|prune|masks] [--clean_keys]
-            [--config.mesh.num_devices=N ...]
+  export    --workdir=DIR --output=FILE [--format=state_dict|prune|masks|hf] [--method=NAME]
+            [--clean_keys] [--config.mesh.num_devices=N ...]
   apply-masks --config=configs/<name>.py --masks=FILE --output=FILE
   baselines --config=configs/<name>.py --workdir=DIR [--config.a.b=value ...] [--force]
 
@@ -30,7 +30,10 @@ FLAGS = flags.FLAGS
 entrypoint.define_config_flag()
 flags.DEFINE_string("workdir", None, "run directory: checkpoints, reports, TensorBoard logs")
 flags.DEFINE_string("output", None, "export: file to write")
-flags.DEFINE_enum("format", "state_dict", ["state_dict", "prune", "masks"], "export format")
+flags.DEFINE_enum("format", "state_dict", ["state_dict", "prune", "masks", "hf"],
+                  "export format (hf: a language model's Hugging Face folder)")
+flags.DEFINE_string("method", None, "export --format=hf: whose masks (a baseline the "
+                    "workdir keeps, e.g. sparsegpt)")
 flags.DEFINE_bool("clean_keys", False, "export: plain keys instead of the source's wrapper/prefix")
 flags.DEFINE_string("masks", None, "apply-masks: a masks file written by `export --format=masks`")
 flags.DEFINE_bool("force", False, "search, baselines: reuse a workdir whose saved config "
@@ -73,7 +76,7 @@ def _run_command(command: str) -> None:
   elif command == "export":
     path = workdir_export.export_workdir(_require("workdir"), _require("output"), FLAGS.format,
                                          clean_keys=FLAGS.clean_keys,
-                                         overrides=_workdir_overrides())
+                                         overrides=_workdir_overrides(), method=FLAGS.method)
     print(f"wrote {path}")
   else:
     if FLAGS.config is None:

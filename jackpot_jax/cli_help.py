@@ -28,7 +28,9 @@ COMMANDS = {
                  ("workdir",)),
     "export": ("write the jackpot (W * M, re-estimated BN statistics) back to PyTorch: a "
                "state_dict in the checkpoint's own key layout, torch.nn.utils.prune's "
-               "layout, or the masks alone", ("workdir", "output", "format", "clean_keys")),
+               "layout, or the masks alone; a language model's baseline masks (--method) as a "
+               "Hugging Face folder (--format=hf)",
+               ("workdir", "output", "format", "method", "clean_keys")),
     "apply-masks": ("apply a masks file (export --format=masks) to a checkpoint",
                     ("config", "masks", "output")),
     "baselines": ("language models: perplexity of a decoder dense and under the one-shot "
@@ -41,7 +43,9 @@ EXAMPLES = {
     "search": "jackpot search --config=configs/default.py --workdir=workdirs/default \\\n"
               "    --config.search.sparsity=0.95 --config.search.num_epochs=1",
     "evaluate": "jackpot evaluate --workdir=workdirs/default --config.eval.batch_size=250",
-    "export": "jackpot export --workdir=workdirs/default --output=jackpot.pth",
+    "export": "jackpot export --workdir=workdirs/default --output=jackpot.pth\n"
+              "jackpot export --workdir=workdirs/llm_tiny_24 --format=hf --method=sparsegpt "
+              "--output=llm_tiny_24_sparsegpt",
     "apply-masks": "jackpot apply-masks --config=configs/default.py --masks=masks.safetensors "
                    "--output=pruned.pth",
     "baselines": "jackpot baselines --config=llm_tiny --workdir=workdirs/llm_tiny_24\n"

@@ -6,8 +6,8 @@ baseline (magnitude, Wanda, SparseGPT) at the config's target, reported.
 Each baseline's masks are measured on the original weights; a baseline that also updates
 the weights (SparseGPT) is measured a second time with them. Every input is checked before
 the first pruning, each in one line (`lm_spec`, the text, the model's vocabulary); nothing
-is written until every figure is in, then config.json, report.json and report.md, each
-atomically.
+is written until every figure is in, then config.json, each method's masks (`lm_masks`, for
+`jackpot export --format=hf --method=NAME`), report.json and report.md, each atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import ml_collections
 from jackpot_jax.baselines.llm_oneshot import prune_decoder
 from jackpot_jax.data import text
 from jackpot_jax.pytorch.hf_decoders import decoder_spec, import_hf_decoder
-from jackpot_jax.run import (compilation_cache, lm_report, lm_spec, parallel,
+from jackpot_jax.run import (compilation_cache, lm_masks, lm_report, lm_spec, parallel,
                              perplexity as perplexity_lib, workdir as workdir_lib)
 from jackpot_jax.run.lm_spec import BaselinesSpec
 
@@ -72,9 +72,9 @@ def environment(load_at_start: float) -> dict:
 
 def _measure_method(spec: BaselinesSpec, name: str, model, params, tokens,
                     measure: Callable[..., perplexity_lib.Perplexity], mesh,
-                    batch_size: int) -> lm_report.MethodOutcome:
+                    batch_size: int) -> tuple[lm_report.MethodOutcome, Any]:
   """One baseline pruned at the target, counted, and measured on the original weights
-  (and with its updated weights where it returns others)."""
+  (and with its updated weights where it returns others); with its masks."""
   def prune():
     result = prune_decoder(name, model, params, spec.hf_config, tokens, spec.target,
                            mesh=mesh, batch_size=batch_size)
@@ -87,10 +87,11 @@ def _measure_method(spec: BaselinesSpec, name: str, model, params, tokens,
   if pruned_params is not params:  # OneShotResult: the input params unless updated
     updated, seconds["perplexity_updated"] = _timed(
         lambda: measure(pruned_params, masks=masks))
-  counted = lm_report.count_masks(params, jax.device_get(masks),
-                                  decoder_spec(spec.hf_config).maskable, spec.target)
+  masks = jax.device_get(masks)
+  counted = lm_report.count_masks(params, masks, decoder_spec(spec.hf_config).maskable,
+                                  spec.target)
   return lm_report.MethodOutcome(perplexity=mask_alone, updated=updated, counted=counted,
-                                 seconds=seconds)
+                                 seconds=seconds), masks
 
 
 def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -116,8 +117,9 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   measure = functools.partial(perplexity_lib.perplexity, model, data_config=spec.data,
                               batch_size=spec.config.eval.perplexity_batch_size, mesh=mesh)
   dense, dense_seconds = _timed(lambda: measure(params))
-  outcomes = {name: _measure_method(spec, name, model, params, tokens, measure, mesh,
+  measured = {name: _measure_method(spec, name, model, params, tokens, measure, mesh,
                                     batch_size) for name in spec.methods}
+  outcomes = {name: outcome for name, (outcome, _) in measured.items()}
   report = lm_report.build_report(
       model=lm_report.describe_model(spec.config.model.name, hf_config, params,
                                      decoder_spec(hf_config).maskable),
@@ -131,5 +133,7 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
       environment=environment(load_at_start))
   if jax.process_index() == 0:
     workdir_lib.save_workdir_config(spec.config, workdir)
+    for name, (_, masks) in measured.items():
+      lm_masks.save_masks(workdir, name, masks)
     lm_report.write_reports(workdir, report)
   return report

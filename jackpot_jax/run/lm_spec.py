@@ -60,21 +60,33 @@ def _decoder_model_type(path: fileio.AnyPath) -> str | None:
   return model_type if model_type in decoder_model_types() else None
 
 
-def check_not_language_model(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError (one line, pointing to `jackpot baselines`) when `config` names a
-  language model: a registered decoder as model.name, or a decoder folder as
-  model.checkpoint. The image search calls it first."""
+def _language_model(config: ml_collections.ConfigDict) -> str | None:
+  """Why `config` names a language model (a registered decoder as model.name, or a decoder
+  folder as model.checkpoint), or None where it does not."""
   name = config.model.name
   if name in models.model_names() and models.get_model_spec(name).inputs == "tokens":
-    raise ValueError(f"model.name={name!r} is a language model; `jackpot search` runs image "
-                     f"classifiers, and {_BASELINES_COMMAND}")
+    return f"model.name={name!r} is a language model"
   checkpoint = config.model.checkpoint
   path = fileio.as_path(checkpoint, "model.checkpoint") if checkpoint else None
   if path is not None and hf_folder.is_model_folder(path):
     model_type = _decoder_model_type(path)
     if model_type is not None:
-      raise ValueError(f"model.checkpoint {checkpoint} holds a {model_type} language model; "
-                       f"`jackpot search` runs image classifiers, and {_BASELINES_COMMAND}")
+      return f"model.checkpoint {checkpoint} holds a {model_type} language model"
+  return None
+
+
+def is_language_model(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` names a decoder language model (by name or by checkpoint folder)."""
+  return _language_model(config) is not None
+
+
+def check_not_language_model(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError (one line, pointing to `jackpot baselines`) when `config` names a
+  language model. The image search calls it first."""
+  reason = _language_model(config)
+  if reason is not None:
+    raise ValueError(f"{reason}; `jackpot search` runs image classifiers, and "
+                     f"{_BASELINES_COMMAND}")
 
 
 def _folder(checkpoint: str) -> Path:

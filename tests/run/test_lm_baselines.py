@@ -13,15 +13,16 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from jackpot_jax import cli, config_files, errors
 from jackpot_jax.pytorch.hf_decoders import import_hf_decoder
-from jackpot_jax.run import (lm_baselines, lm_spec, parallel, perplexity as perplexity_lib,
-                             spec as spec_lib)
+from jackpot_jax.run import (lm_baselines, lm_masks, lm_spec, parallel,
+                             perplexity as perplexity_lib, spec as spec_lib, workdir_export)
 
 from conftest import REPO
 from tiny_decoders import random_causal_lm
-from tiny_text import documents, write_text_folder, write_tokenizer
+from tiny_text import documents, packed, write_text_folder, write_tokenizer
 import transformers  # noqa: E402  (after tiny_decoders, which keeps TensorFlow out of it)
 
 SEQ_LEN = 16
@@ -197,3 +198,40 @@ def test_the_shipped_config_resolves_to_the_shipped_llama_and_text():
   assert spec.folder == SHIPPED and spec.config.model.name == "llama"
   assert spec.data.kind == "text" and spec.data.tokenizer == str(SHIPPED)
   assert str(spec.target) == "2:4" and spec.methods == METHODS
+
+
+def test_export_hf_writes_a_folder_transformers_loads_at_the_reported_perplexity(run_24, folders,
+                                                                                  tmp_path):
+  """`export --format=hf --method=wanda`: every projection of the written folder keeps at
+  most 2 of each 4 weights along its input dimension, the rest of the model is the
+  checkpoint's, and transformers evaluates it to the report's perplexity."""
+  workdir, report = run_24
+  assert lm_masks.saved_methods(workdir) == tuple(sorted(METHODS))
+  output = workdir_export.export_workdir(workdir, tmp_path / "wanda", "hf", method="wanda")
+  model = transformers.AutoModelForCausalLM.from_pretrained(output).eval()
+  source = transformers.AutoModelForCausalLM.from_pretrained(folders[0]).eval()
+  projections = 0
+  for (name, weight), (_, original) in zip(model.named_parameters(), source.named_parameters()):
+    if name.endswith("_proj.weight"):
+      projections += 1
+      groups = weight.detach().numpy().reshape(weight.shape[0], -1, 4)
+      assert ((groups != 0).sum(-1) <= 2).all(), name
+    else:
+      assert torch.equal(weight, original), name
+  assert projections == 2 * 7
+  tokens = torch.from_numpy(packed(folders[0], TEST, SEQ_LEN)).long()
+  with torch.no_grad():
+    logits = model(tokens).logits[:, :-1].double()
+  nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                          tokens[:, 1:].reshape(-1))
+  assert math.exp(nll.item()) == pytest.approx(report["perplexity"]["wanda"], rel=1e-4)
+
+
+def test_export_format_and_method_must_fit_the_workdir(run_24, tmp_path):
+  workdir, _ = run_24
+  with pytest.raises(ValueError, match="use --format=hf") as error:
+    workdir_export.export_workdir(workdir, tmp_path / "out.pth", "state_dict")
+  assert "\n" not in str(error.value)
+  with pytest.raises(ValueError, match="keeps the masks of magnitude, sparsegpt, wanda"):
+    workdir_export.export_workdir(workdir, tmp_path / "out", "hf", method="jackpot")
+  assert not (tmp_path / "out").exists()
