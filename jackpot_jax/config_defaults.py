@@ -67,7 +67,7 @@ FIELDS: list[tuple[str, Any, str]] = [
      "BN statistics stay float32)"),
 
     ("data.name", "cifar10", "TFDS name (or tfds:<name>), image_folder:<root>, npz:<file>; "
-     "language models: text:<dir> or tokens:<dir>"),
+     "language models: text:<dir>, tokens:<dir> or tfds_text:<TFDS name>"),
     ("data.mean", _Unset(tuple), "per-channel mean on the [0, 1] scale; None: a known "
      "dataset's standard one (fashion_mnist, cifar10, cifar100, imagenet2012), else "
      "estimated from up to 5,000 training images"),
@@ -103,6 +103,8 @@ FIELDS: list[tuple[str, Any, str]] = [
      "search for its evaluations; None: min(5000, 10%); 0: none"),
     ("data.token_cache_dir", "auto", "text data: folder of the token stores (each split "
      "tokenized once); auto: $XDG_CACHE_HOME (~/.cache)/jackpot_jax/tokens"),
+    ("data.text_feature", "text", "tfds_text data: the string feature holding a document "
+     "(one document per example)"),
 
     ("search.sparsity", 0.9, "target sparsity over the weights the plan pools (the "
      "convs by default; every hidden Linear too with hidden_dense=plan)"),

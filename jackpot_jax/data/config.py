@@ -4,7 +4,8 @@ The fields and their defaults are declared in `config_defaults` (data.*). Names:
 TFDS dataset with an image and a label feature ('tfds:<name>' or the bare name, e.g.
 'fashion_mnist', 'cifar10', 'imagenet2012'), 'image_folder:<root>' (root/train/<class>/...
 plus root/val/ or root/test/) or 'npz:<file>' (uint8 x_train, y_train, x_test, y_test);
-for language models 'text:<dir>' or 'tokens:<dir>' (see `text`).
+for language models 'text:<dir>', 'tokens:<dir>' or 'tfds_text:<name>' (a prepared TFDS
+dataset's string feature data.text_feature, one document per example; see `text`).
 Preprocessing fields left None (mean/std, augment, channels, image_size) follow the data;
 `preprocessing` resolves them once the dataset is open.
 """
@@ -31,7 +32,8 @@ STANDARD_AUGMENTATION = {
 }
 _TFDS_PREFIX = "tfds:"
 # The kinds whose records are token sequences (`text`), and the prefixes naming them.
-TEXT_KINDS = ("text", "tokens")
+TEXT_KINDS = ("text", "tokens", "tfds_text")
+_TFDS_NAME = r"[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?"
 
 
 def __getattr__(name: str) -> Any:
@@ -63,12 +65,13 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """A validated data config: `kind` is 'tfds', 'npz', 'image_folder', 'text' or
-  'tokens'; `source` is the TFDS name, npz file or folder root; `workers` is the number
+  """A validated data config: `kind` is 'tfds', 'npz', 'image_folder', 'text', 'tokens'
+  or 'tfds_text'; `source` is the TFDS name, npz file or folder root; `workers` is the number
   of Grain worker processes (0: threads of the calling process). mean/std, augment,
   image_size and channels are what the config set; None follows the data (see
   `preprocessing`). seq_len, tokenizer, holdout_sequences and token_cache_dir are the
-  text kinds' (`tokenizer` resolved to a folder for them, None for images)."""
+  text kinds' (`tokenizer` resolved to a folder for them, None for images); text_feature
+  the 'tfds_text' kind's."""
   name: str
   kind: str
   source: str
@@ -90,6 +93,7 @@ class DataSpec:
   tokenizer: str | None = None
   holdout_sequences: int | None = None
   token_cache_dir: str = "auto"
+  text_feature: str = "text"
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
@@ -114,13 +118,19 @@ def _parse_name(name: str) -> tuple[str, str]:
   for kind in ("image_folder", "npz", *TEXT_KINDS):
     prefix = kind + ":"
     if name.startswith(prefix) and len(name) > len(prefix):
-      return kind, os.path.expanduser(name[len(prefix):])
+      source = name[len(prefix):]
+      if kind == "tfds_text":
+        if re.fullmatch(_TFDS_NAME, source):
+          return kind, source
+        break
+      return kind, os.path.expanduser(source)
   tfds_name = name.removeprefix(_TFDS_PREFIX)
-  if re.fullmatch(r"[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?", tfds_name):
+  if re.fullmatch(_TFDS_NAME, tfds_name):
     return "tfds", tfds_name
   raise ValueError(f"unknown dataset name {name!r}; use a TFDS name (e.g. fashion_mnist, "
                    "cifar10, imagenet2012, or tfds:<name>), 'image_folder:<root>', "
-                   "'npz:<file>', or for language models 'text:<dir>' or 'tokens:<dir>'")
+                   "'npz:<file>', or for language models 'text:<dir>', 'tokens:<dir>' or "
+                   "'tfds_text:<TFDS name>'")
 
 
 def _optional_floats(value: Any) -> tuple[float, ...] | None:
@@ -174,7 +184,10 @@ def _text_fields(data_config: Mapping[str, Any], field: Callable[[str], Any], ki
         raise ValueError(f"{what} {path} is in a bucket; text data, tokenizers and token "
                          "stores are read from local disk: copy them there")
     tokenizer = os.path.expanduser(str(tokenizer))
-  return dict(seq_len=seq_len, tokenizer=tokenizer,
+  text_feature = field("text_feature")
+  if not isinstance(text_feature, str) or not text_feature:
+    raise ValueError(f"data.text_feature must be a feature name, got {text_feature!r}")
+  return dict(seq_len=seq_len, tokenizer=tokenizer, text_feature=text_feature,
               holdout_sequences=_optional_int(data_config.get("holdout_sequences"),
                                               "data.holdout_sequences"),
               token_cache_dir=os.path.expanduser(cache_dir))
@@ -223,7 +236,7 @@ def resolve_spec(data_config: Mapping[str, Any] | ml_collections.ConfigDict,
       raise ValueError(f"{what} {path} is in a bucket; TFDS's array_record reader reads local "
                        "files only: copy the dataset to local disk or mount the bucket "
                        "(gcsfuse); image folders and npz files may be gs:// paths")
-  if kind != "tfds":
+  if kind not in ("tfds", "tfds_text"):
     fileio.as_path(source, "data.name")  # refuses URLs of schemes other than gs://
   return DataSpec(
       name=name,

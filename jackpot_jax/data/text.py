@@ -1,4 +1,5 @@
-"""Text data for language models: `text:<dir>` and `tokens:<dir>`, as packed sequences.
+"""Text data for language models: `text:<dir>`, `tokens:<dir>` and `tfds_text:<name>`,
+as packed sequences.
 
   text:<dir>    <dir>/train and <dir>/test (or validation, val), each a .txt file (one
                 document) or a folder of .txt files (one document per file, in the order
@@ -7,6 +8,11 @@
   tokens:<dir>  <dir>/train.npy and <dir>/test.npy (or validation.npy, val.npy): 1-D
                 integer arrays of token ids, documents already joined by the tokenizer's
                 end-of-text id; read as they are (memory-mapped).
+  tfds_text:<name>  a TFDS dataset prepared in data.data_dir (array_record files, read
+                without TensorFlow as the image datasets are): one example is one
+                document, the string feature data.text_feature (default 'text'), in the
+                order of the prepared files. Each split is tokenized once into a token
+                store keyed by its shard files, as a text folder's split by its files.
 
 A split's tokens are its documents' ids with the end-of-text token between documents,
 cut into non-overlapping data.seq_len-token sequences, the remainder dropped. Those
@@ -48,7 +54,7 @@ class OpenedText:
 
   spec: DataSpec
   description: str
-  entries: dict[str, Path]
+  entries: dict[str, Any]
   train_split: str
   searched: np.ndarray
   held_out: np.ndarray
@@ -101,8 +107,12 @@ def _documents(entry: Path) -> list[tuple[str, Path]]:
           for path in sorted(entry.rglob("*" + TEXT_SUFFIX)) if path.is_file()]
 
 
-def _entries(spec: DataSpec) -> dict[str, Path]:
-  """Split name -> its file or folder in the data folder."""
+def _entries(spec: DataSpec) -> dict[str, Any]:
+  """Split name -> its file or folder in the data folder (a `tfds_source.TextSplit` for
+  a TFDS dataset)."""
+  if spec.kind == "tfds_text":
+    from jackpot_jax.data.tfds_source import open_tfds_text  # pylint: disable=import-outside-toplevel
+    return open_tfds_text(spec)
   root = Path(spec.source)
   if not root.is_dir():
     raise ValueError(f"data.name={spec.name}: {root} is not a folder; {_layout(spec)}")
@@ -123,6 +133,9 @@ def _entries(spec: DataSpec) -> dict[str, Path]:
 
 
 def _layout(spec: DataSpec) -> str:
+  if spec.kind == "tfds_text":
+    return (f"a TFDS dataset prepared in data.data_dir whose string feature "
+            f"{spec.text_feature!r} (data.text_feature) holds one document per example")
   if spec.kind == "text":
     return ("a text folder holds train/ and test/, folders of .txt files with one "
             "document each, or train.txt and test.txt")
@@ -134,6 +147,13 @@ def _text_split(entry: Path, spec: DataSpec, tokenizer: TextTokenizer) -> Packed
   if not documents:
     raise ValueError(f"data.name={spec.name}: {entry} holds no {TEXT_SUFFIX} file")
   path = token_store(documents, tokenizer, cache_dir(spec.token_cache_dir))
+  return PackedSequences(str(path), spec.seq_len, len(mapped_tokens(str(path))))
+
+
+def _tfds_text_split(entry: Any, spec: DataSpec, tokenizer: TextTokenizer) -> PackedSequences:
+  """A TFDS split's documents, tokenized into a store keyed by its shard files."""
+  path = token_store(entry.key_files(), tokenizer, cache_dir(spec.token_cache_dir),
+                     texts=entry.documents)
   return PackedSequences(str(path), spec.seq_len, len(mapped_tokens(str(path))))
 
 
@@ -160,13 +180,13 @@ def _tokenizer(folder: str) -> TextTokenizer:
 
 
 @functools.lru_cache(maxsize=16)
-def _sequences(spec: DataSpec, name: str, entry: Path) -> PackedSequences:
+def _sequences(spec: DataSpec, name: str, entry: Any) -> PackedSequences:
   """Split `name`'s packed sequences, at least one.
 
   Raises:
     ValueError (one line): the split has fewer tokens than one sequence.
   """
-  read = _text_split if spec.kind == "text" else _tokens_split
+  read = {"text": _text_split, "tfds_text": _tfds_text_split}.get(spec.kind, _tokens_split)
   sequences = read(entry, spec, _tokenizer(spec.tokenizer))
   if not len(sequences):
     raise ValueError(f"data.name={spec.name}: the {name} split has {sequences.token_count} "

@@ -1,4 +1,5 @@
-"""Prepared TFDS datasets, opened as random-access splits of (image, label) records.
+"""Prepared TFDS datasets, opened as random-access splits of (image, label) records, or
+(`open_tfds_text`) as the documents of a string feature for the `tfds_text:` kind.
 
 Examples are read with `tfds.data_source` from array_record files, which needs no
 TensorFlow: the search, evaluation and export processes never import it (TensorFlow
@@ -14,10 +15,12 @@ touch the network by accident.
 from __future__ import annotations
 
 from concurrent import futures
+import dataclasses
 import logging
 import os
+from pathlib import Path
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -65,10 +68,11 @@ def prepared_builder(spec: DataSpec) -> tfds.core.DatasetBuilder:
   except tfds.core.registered.DatasetNotFoundError as error:
     closest = errors.did_you_mean(spec.source.split(":")[0],
                                   tfds.list_builders(with_community_datasets=False))
+    others = ("'text:<dir>' or 'tokens:<dir>'" if spec.kind == "tfds_text"
+              else "'image_folder:<root>' or 'npz:<file>'")
     raise ValueError(f"unknown dataset name {spec.source!r}{closest}: TFDS has no such "
                      "dataset; give a TFDS name (prepared once with `python -m "
-                     "jackpot_jax.data.prepare --dataset=<name>`), 'image_folder:<root>' or "
-                     "'npz:<file>'") from error
+                     f"jackpot_jax.data.prepare --dataset=<name>`), {others}") from error
   data_dir = os.fspath(builder.data_dir_root)
   if not builder.is_prepared():
     how = ("offline, from Debian's dataset-fashion-mnist files" if spec.source == "fashion_mnist"
@@ -203,3 +207,73 @@ def open_tfds(spec: DataSpec) -> SourceDataset:
                              cached)
   return SourceDataset(f"TFDS dataset {spec.source}", splits,
                        tuple(features[label_key].names))
+
+
+def _check_string_feature(features: Any, wanted: str, source: str) -> None:
+  """Raises ValueError (one line) unless `wanted` is a scalar string feature."""
+  if wanted not in features:
+    raise ValueError(f"TFDS dataset {source} has no feature {wanted!r} (it has "
+                     f"{', '.join(sorted(features))}); set data.text_feature to the string feature "
+                     "that holds a document")
+  feature = features[wanted]
+  if not (isinstance(feature, tfds.features.Tensor) and tuple(feature.shape) == ()
+          and np.dtype(feature.np_dtype).kind in "OSU"):
+    raise ValueError(f"TFDS dataset {source}'s feature {wanted!r} is a "
+                     f"{type(feature).__name__}, not a string; set data.text_feature to a "
+                     "string feature (tfds.features.Text) that holds one document per example")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSplit:
+  """A split of a prepared TFDS dataset whose string feature `feature` holds one document
+  per example; `files` are its array_record shards, which key its token store."""
+
+  source: str
+  dataset_dir: str
+  split: str
+  feature: str
+  count: int
+  files: tuple[Path, ...]
+
+  def key_files(self) -> list[tuple[str, Path]]:
+    """(name, path) of the shards as `token_store` keys them: by feature and shard."""
+    return [(f"tfds:{self.feature}:{path.name}", path) for path in self.files]
+
+  def documents(self) -> Iterator[str]:
+    """The examples' documents in the order of the prepared files, read in chunks."""
+    source = tfds.builder_from_directory(self.dataset_dir).as_data_source(
+        split=self.split, file_format=FILE_FORMAT)
+    for start in range(0, self.count, _DECODE_CHUNK):
+      indices = list(range(start, min(start + _DECODE_CHUNK, self.count)))
+      for index, example in zip(indices, source.__getitems__(indices)):
+        value = example[self.feature]
+        if isinstance(value, str):
+          yield value
+          continue
+        try:
+          yield bytes(value).decode("utf-8")
+        except UnicodeDecodeError as error:
+          raise ValueError(f"TFDS dataset {self.source}, {self.split} example {index}: "
+                           f"{self.feature!r} is not UTF-8 text ({error.reason} at byte "
+                           f"{error.start})") from error
+
+
+def open_tfds_text(spec: DataSpec) -> dict[str, TextSplit]:
+  """Split name -> `TextSplit` of the prepared TFDS dataset of `spec` (data.text_feature),
+  without reading an example; like the image splits, read from array_record files
+  without TensorFlow.
+
+  Raises:
+    ValueError (one line): see `array_record_builder`, or the dataset has no such
+      feature (naming those it has), or it is not a string.
+  """
+  builder = array_record_builder(spec)
+  _check_string_feature(builder.info.features, spec.text_feature, spec.source)
+  dataset_dir = os.fspath(builder.data_dir)
+  splits = {}
+  for name, info in builder.info.splits.items():
+    template = info.filename_template.replace(filetype_suffix=FILE_FORMAT)
+    files = tuple(Path(os.fspath(path)) for path in template.sharded_filepaths(info.num_shards))
+    splits[name] = TextSplit(spec.source, dataset_dir, name, spec.text_feature,
+                             info.num_examples, files)
+  return splits

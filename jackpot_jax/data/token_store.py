@@ -18,7 +18,7 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from absl import logging
 import numpy as np
@@ -67,13 +67,11 @@ def _read_text(path: Path) -> str:
                      "save the document as UTF-8") from error
 
 
-def _encoded(documents: Sequence[tuple[str, Path]], tokenizer: TextTokenizer
-             ) -> Iterator[np.ndarray]:
+def _encoded(texts: Iterable[str], tokenizer: TextTokenizer) -> Iterator[np.ndarray]:
   """Each document's token ids, in order, encoded in batches of about _ENCODE_BYTES."""
   batch: list[str] = []
   size = 0
-  for _, path in documents:
-    text = _read_text(path)
+  for text in texts:
     batch.append(text)
     size += len(text)
     if size >= _ENCODE_BYTES:
@@ -84,14 +82,23 @@ def _encoded(documents: Sequence[tuple[str, Path]], tokenizer: TextTokenizer
 
 
 def token_store(documents: Sequence[tuple[str, Path]], tokenizer: TextTokenizer,
-                directory: Path) -> Path:
+                directory: Path, texts: Callable[[], Iterable[str]] | None = None) -> Path:
   """The store of `documents` ((name, path) in order), tokenized now unless `directory`
-  already holds it."""
+  already holds it.
+
+  `texts`, where given, yields the documents' texts in order, and the files of
+  `documents` are the ones that hold them (a TFDS split's shards, named so that no text
+  file's name is one of theirs); the store is keyed by those files as by text files."""
   path = directory / f"{store_key(documents, tokenizer)}.npy"
   if path.is_file():
     return path
-  logging.info("tokenizing %d documents into %s", len(documents), path)
-  tokens = join_documents(_encoded(documents, tokenizer), tokenizer.eos_id)
+  if texts is None:
+    logging.info("tokenizing %d documents into %s", len(documents), path)
+    read = (_read_text(file) for _, file in documents)
+  else:
+    logging.info("tokenizing the documents of %d files into %s", len(documents), path)
+    read = texts()
+  tokens = join_documents(_encoded(read, tokenizer), tokenizer.eos_id)
   with fileio.atomic_path(path) as temporary, open(temporary, "wb") as file:
     np.save(file, tokens)
   return path
