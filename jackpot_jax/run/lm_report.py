@@ -140,7 +140,8 @@ def build_report(*, model: dict, checkpoint: str, dataset: str, target: Sparsity
       "checkpoint": checkpoint,
       "dataset": dataset,
       "target": target_description(target),
-      "perplexity": {**perplexity, "protocol": protocol},
+      # No mask is searched here: the jackpot's perplexity is the language-model search's.
+      "perplexity": {**perplexity, "jackpot": None, "protocol": protocol},
       "masks": {name: outcome.counted for name, outcome in outcomes.items()},
       "calibration": calibration,
       "wall_seconds": {**seconds, **{name: outcome.seconds for name, outcome in outcomes.items()}},

@@ -77,7 +77,8 @@ def test_the_report_holds_every_key_and_is_what_the_workdir_holds(run_24):
   workdir, report = run_24
   assert set(report) == REPORT_KEYS
   assert json.loads((workdir / "report.json").read_text()) == json.loads(json.dumps(report))
-  assert set(report["perplexity"]) == {*PERPLEXITIES, "protocol"}
+  assert set(report["perplexity"]) == {*PERPLEXITIES, "jackpot", "protocol"}
+  assert report["perplexity"]["jackpot"] is None  # no search ran
   assert report["perplexity"]["protocol"]["protocol"] == "packed"
   assert report["target"] == {"pattern": "2:4", "sparsity": 0.5}
   assert set(report["masks"]) == set(METHODS)
