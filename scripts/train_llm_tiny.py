@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import math
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -51,6 +50,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from jackpot_jax import entrypoint, fileio
 from jackpot_jax.models import llama
+from jackpot_jax.run import report
 from jackpot_jax.pytorch.hf_decoders import export_hf_decoder, import_hf_decoder
 
 # transformers would import TensorFlow (installed for TFDS) for its TF models: unused here.
@@ -393,13 +393,8 @@ def save_model_folder(out: Path, config: transformers.LlamaConfig,
 
 
 def cpu_model() -> str:
-  """/proc/cpuinfo's model name (platform's processor elsewhere) and the core count."""
-  try:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-  except (OSError, StopIteration):
-    name = platform.processor() or "unknown CPU"
-  return f"{name}, {os.cpu_count()} cores"
+  """The CPU's model name and the core count."""
+  return f"{report.cpu_name()}, {os.cpu_count()} cores"
 
 
 def folder_bytes(folder: Path) -> int:

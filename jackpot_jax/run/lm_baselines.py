@@ -25,7 +25,8 @@ from jackpot_jax.baselines.llm_oneshot import prune_decoder
 from jackpot_jax.data import text
 from jackpot_jax.pytorch.hf_decoders import decoder_spec, import_hf_decoder
 from jackpot_jax.run import (compilation_cache, lm_masks, lm_report, lm_spec, parallel,
-                             perplexity as perplexity_lib, workdir as workdir_lib)
+                             perplexity as perplexity_lib, report as report_lib,
+                             workdir as workdir_lib)
 from jackpot_jax.run.lm_spec import BaselinesSpec
 
 CALIBRATION_SPLIT = "search"
@@ -48,23 +49,10 @@ def calibration_batch_size(batch_size: int, devices: int) -> int:
   return batch_size
 
 
-def _cpu_name() -> str:
-  """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def environment(load_at_start: float) -> dict:
   """The report's devices (run/report.py's keys and the device kind), machine and JAX."""
-  return {"devices": {"count": jax.device_count(), "platform": jax.default_backend(),
-                      "processes": jax.process_count(), "kind": jax.devices()[0].device_kind},
-          "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+  return {"devices": {**report_lib.devices(), "kind": jax.devices()[0].device_kind},
+          "machine": {"cpu": report_lib.cpu_name(), "cores": os.cpu_count(),
                       "architecture": platform.machine(),
                       "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}},
           "jax_version": jax.__version__}

@@ -3,6 +3,7 @@ for people)."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,26 @@ def build_report(setup: SearchSetup, state: Any, meta: dict, baseline: dict,
                           "kept": setup.plan.keep_count(l), "size": l.size}
                  for l in setup.plan.layers},
       "source_sha256": setup.imported.source_sha256,
-      "devices": {"count": jax.device_count(), "platform": jax.default_backend(),
-                  "processes": jax.process_count()},
+      "devices": devices(),
   }
+
+
+def devices() -> dict:
+  """report.json's `devices`: how many, which platform, how many processes."""
+  return {"count": jax.device_count(), "platform": jax.default_backend(),
+          "processes": jax.process_count()}
+
+
+def cpu_name() -> str:
+  """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def _selection(selected_on: str, last_step: int, meta: dict) -> tuple[dict, float | None]:
