@@ -15,6 +15,13 @@ many steps per round, ResNet-50 at 224x224 one, and the default run finishes in 
   python benchmarks/step_speed.py --model=resnet50 --image_size=224 --batch_size=32 \
       --num_classes=1000 [--config.model.dtype=bfloat16] [--torch --torch_device=cuda]
   python benchmarks/step_speed.py --model=vgg19 --batch_size=128 --torch
+  python benchmarks/step_speed.py --decoder=pretrained/llm_tiny --config=configs/llm_tiny.py \
+      --batch_size=16 --seq_len=128
+
+With --decoder (a Hugging Face decoder folder) the steps are the language-model search's
+(2:4 or unstructured from --config, scores started at the magnitude mask), with and without
+distillation from the dense decoder, against dense training of the decoder's weights with
+the same optimizer, on one batch of random token ids.
 
 The search settings come from --config (see benchmarks/common.py); `model.dtype` sets the
 activation dtype of the JAX steps (PyTorch runs float32). The last line of stdout is one
@@ -54,6 +61,9 @@ flags.DEFINE_integer("steps_per_round", 0, "steps per timed round; 0 sizes round
 flags.DEFINE_float("round_seconds", 2.0, "target length of one round when steps_per_round=0")
 flags.DEFINE_bool("torch", False, "also time the PyTorch search and dense steps")
 flags.DEFINE_string("torch_device", "cpu", "device of the PyTorch steps: cpu | cuda")
+flags.DEFINE_string("decoder", None, "a Hugging Face decoder folder: time the language-model "
+                    "search instead of an image model's")
+flags.DEFINE_integer("seq_len", 128, "--decoder: tokens per sequence")
 
 
 def _step_once(rounds: dict) -> dict:
@@ -100,6 +110,53 @@ def jax_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
     jax.block_until_ready(metrics)
 
   return {"jax_search": search_round, "jax_dense": dense_round}
+
+
+def decoder_rounds(config, folder: str, tokens: np.ndarray) -> tuple[dict, dict]:
+  """The language-model search step (plain and distilling) and dense training of the
+  decoder, on one batch of tokens; with the decoder's description."""
+  from jackpot_jax.baselines.llm_oneshot import prune_decoder
+  from jackpot_jax.pytorch.hf_decoders import import_hf_decoder
+  from jackpot_jax.run import lm_spec
+  from jackpot_jax.search import lm_steps, masking, optim, steps
+  from jackpot_jax.search.scores import MAGNITUDE_KEPT, MAGNITUDE_PRUNED
+  model, params, _ = import_hf_decoder(folder)
+  hf_config = json.loads((Path(folder) / "config.json").read_text())
+  target = lm_spec.search_target(config.search)
+  start = prune_decoder("magnitude", model, params, hf_config, tokens[:1], target).masks
+  rules = jax.tree.map(lambda mask: target if isinstance(target, masking.NMPattern)
+                       else int(np.count_nonzero(mask)), start)
+  scores = jax.tree.map(lambda m: jnp.where(m, MAGNITUDE_KEPT, MAGNITUDE_PRUNED), start)
+  tx = optim.make_optimizer(config.search, 1000)
+  batch = {"tokens": jnp.asarray(tokens)}
+  statics = dict(model=model, keep_counts=rules, tx=tx)
+  kinds = {"jax_search": jax.jit(functools.partial(lm_steps.lm_search_step, **statics),
+                                 donate_argnums=(1,)),
+           "jax_search_distill": jax.jit(functools.partial(
+               lm_steps.lm_search_step, distill_weight=0.5, distill_temperature=1.0,
+               **statics), donate_argnums=(1,)),
+           "jax_dense": jax.jit(functools.partial(lm_steps.lm_train_step, model=model, tx=tx),
+                                donate_argnums=(1,))}
+  # Each kind its own copy: the steps donate their state.
+  states = {name: steps.init_search_state(jax.tree.map(jnp.copy, scores), rules, {}, tx)
+            for name in kinds}
+  states["jax_dense"] = steps.TuneState(step=jnp.zeros((), jnp.int32),
+                                        params=jax.tree.map(jnp.copy, params),
+                                        opt_state=tx.init(params), batch_stats={})
+  frozen = {"jax_search": params, "jax_search_distill": params, "jax_dense": None}
+
+  def round_of(name):
+    def run_round(count: int):
+      for _ in range(count):
+        states[name], metrics = kinds[name](frozen[name], states[name], batch)
+      jax.block_until_ready(metrics)
+    return run_round
+
+  size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+  masked = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(start))
+  return {name: round_of(name) for name in kinds}, {
+      "decoder": folder, "model_type": hf_config.get("model_type"), "parameters": size,
+      "masked_parameters": masked, "target": str(target)}
 
 
 def _torch_model(name: str, num_classes: int):
@@ -160,9 +217,38 @@ def torch_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:
   return {"torch_search": search_round, "torch_dense": dense_round}
 
 
+def decoder_main(config) -> None:
+  """--decoder: the language-model search's step over dense training, sequences/s."""
+  batch_size = config.search.batch_size
+  hf_config = json.loads((Path(FLAGS.decoder) / "config.json").read_text())
+  tokens = np.random.default_rng(0).integers(
+      0, hf_config["vocab_size"], (batch_size, FLAGS.seq_len)).astype(np.int32)
+  rounds, described = decoder_rounds(config, FLAGS.decoder, tokens)
+  seconds, per_round = _median_step_seconds(rounds)
+  result = {**described, "batch_size": batch_size, "seq_len": FLAGS.seq_len,
+            "optimizer": config.search.optimizer,
+            "jax_backend": jax.default_backend(), "jax_device": jax.devices()[0].device_kind,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "load_average": round(os.getloadavg()[0], 2),
+            "repeats": FLAGS.repeats, "steps_per_round": per_round,
+            "step_ms": {k: round(v * 1e3, 2) for k, v in seconds.items()},
+            "tokens_per_s": {k: round(batch_size * FLAGS.seq_len / v, 1)
+                             for k, v in seconds.items()},
+            "jax_search_over_dense": round(seconds["jax_search"] / seconds["jax_dense"], 4),
+            "jax_distill_search_over_dense": round(
+                seconds["jax_search_distill"] / seconds["jax_dense"], 4)}
+  for name, value in seconds.items():
+    print(f"{name:>18}: {value * 1e3:10.1f} ms/step  {batch_size * FLAGS.seq_len / value:9.1f} "
+          "tokens/s")
+  print(json.dumps(result))
+
+
 def main(argv):
   del argv
   config = common.settings()
+  if FLAGS.decoder:
+    decoder_main(config)
+    return
   batch_size, num_classes = config.search.batch_size, config.model.num_classes
   rng = np.random.default_rng(0)
   shape = (batch_size, FLAGS.image_size, FLAGS.image_size, FLAGS.channels)

@@ -33,7 +33,7 @@ flags.DEFINE_string("output", None, "export: file to write")
 flags.DEFINE_enum("format", "state_dict", ["state_dict", "prune", "masks", "hf"],
                   "export format (hf: a language model's Hugging Face folder)")
 flags.DEFINE_string("method", None, "export --format=hf: whose masks (a baseline the "
-                    "workdir keeps, e.g. sparsegpt)")
+                    "workdir keeps, e.g. sparsegpt; a search workdir's default: jackpot)")
 flags.DEFINE_bool("clean_keys", False, "export: plain keys instead of the source's wrapper/prefix")
 flags.DEFINE_string("masks", None, "apply-masks: a masks file written by `export --format=masks`")
 flags.DEFINE_bool("force", False, "search, baselines: reuse a workdir whose saved config "
@@ -92,7 +92,11 @@ def _pct(fraction: float | None) -> str:
 def summary_line(report: dict, workdir: str) -> str:
   """The last line a search or evaluate prints: the figures a person reads first (the
   jackpot against dense and the magnitude baselines, at the sparsity counted from the
-  masks); report.json beside it is the machine-readable whole."""
+  masks; a language model's perplexities); report.json beside it is the machine-readable
+  whole."""
+  if "perplexity" in report:
+    from jackpot_jax.run import lm_report  # pylint: disable=import-outside-toplevel
+    return lm_report.summary_line(report, workdir)
   accuracy, counted = report["accuracy"], report["sparsity"]
   which = "linear" if counted.get("conv", 0) == 0 and counted.get("linear") else "conv"
   parts = [f"jackpot {_pct(accuracy['jackpot'])} top-1 at {100 * counted[which]:.1f}% "

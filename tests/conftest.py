@@ -101,6 +101,18 @@ class TinySearch:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def assert_refused_in_one_line(run, workdir: Path, capsys, message: str) -> None:
+  """`run()` (a command's job writing into `workdir`) ends as the command line would: one
+  line on stderr matching `message`, exit status 2, and no report or config written."""
+  from jackpot_jax import errors  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit) as exit_:
+    with errors.exit_on_user_error("jackpot"):
+      run()
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert exit_.value.code == 2 and len(lines) == 1 and re.search(message, lines[0]), lines
+  assert not (workdir / "report.json").exists() and not (workdir / "config.json").exists()
+
+
 def random_kernel_masks(params, seed: int = 0):
   """A random bool mask (about half kept) for every kernel of a params tree."""
   rng = np.random.default_rng(seed)

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 
 from jackpot_jax import fileio
-from jackpot_jax.run import (checkpointing, evaluation, loop, parallel, report as report_lib,
-                             spec as spec_lib, workdir as workdir_lib)
+from jackpot_jax.run import (checkpointing, evaluation, lm_search, lm_spec, loop, parallel,
+                             report as report_lib, spec as spec_lib, workdir as workdir_lib)
 from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
 from jackpot_jax.run.setup import (SearchSetup, initial_search_state, initial_tune_state,
                                    setup_search, teacher)
@@ -125,11 +125,14 @@ def holdout_evaluator(setup: SearchSetup) -> evaluation.Evaluator | None:
 def search_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                         force: bool = False, stop_after: int | None = None) -> dict:
   """The `search` command: returns the report (also written to workdir/report.{json,md}).
+  A decoder language model goes to `lm_search.search_language_model`.
 
   Args:
     stop_after: stop after this search step (tests use it to simulate a crash) and
       return {"stopped_at": step}; the same call resumes.
   """
+  if lm_spec.is_language_model(config):
+    return lm_search.search_language_model(config, workdir, force=force, stop_after=stop_after)
   spec = spec_lib.resolve(config)
   workdir = workdir_lib.prepare_workdir(spec.config, workdir, force=force)
   setup = setup_search(spec)
@@ -194,6 +197,9 @@ def evaluate_workdir(workdir: str | os.PathLike, overrides: dict | None = None) 
   """The `evaluate` command: re-evaluates the selected jackpot of the latest checkpoint and
   rewrites the reports."""
   workdir = fileio.as_path(workdir, "--workdir")
+  config = workdir_lib.load_workdir_config(workdir, overrides)
+  if lm_spec.is_language_model(config):
+    return lm_search.search_language_model(config, workdir, force=True, evaluate_only=True)
   setup, state, meta = load_workdir(workdir, overrides)
   evaluator = evaluation.Evaluator(setup)
   baseline = evaluation.baseline(setup, evaluator, workdir, holdout_evaluator(setup))

@@ -32,7 +32,7 @@ from jackpot_jax.run.lm_spec import BaselinesSpec
 CALIBRATION_SPLIT = "search"
 
 
-def _timed(compute: Callable[[], Any]) -> tuple[Any, float]:
+def timed(compute: Callable[[], Any]) -> tuple[Any, float]:
   """compute()'s value and the wall seconds until its arrays were ready."""
   start = time.perf_counter()
   value = compute()
@@ -58,7 +58,7 @@ def environment(load_at_start: float) -> dict:
           "jax_version": jax.__version__}
 
 
-def _measure_method(spec: BaselinesSpec, name: str, model, params, tokens,
+def measure_method(spec: BaselinesSpec, name: str, model, params, tokens,
                     measure: Callable[..., perplexity_lib.Perplexity], mesh,
                     batch_size: int) -> tuple[lm_report.MethodOutcome, Any]:
   """One baseline pruned at the target, counted, and measured on the original weights
@@ -68,18 +68,25 @@ def _measure_method(spec: BaselinesSpec, name: str, model, params, tokens,
                            mesh=mesh, batch_size=batch_size)
     return result.masks, result.params
 
-  (masks, pruned_params), prune_seconds = _timed(prune)
+  (masks, pruned_params), prune_seconds = timed(prune)
   seconds = {"prune": prune_seconds}
-  mask_alone, seconds["perplexity"] = _timed(lambda: measure(params, masks=masks))
+  mask_alone, seconds["perplexity"] = timed(lambda: measure(params, masks=masks))
   updated = None
   if pruned_params is not params:  # OneShotResult: the input params unless updated
-    updated, seconds["perplexity_updated"] = _timed(
+    updated, seconds["perplexity_updated"] = timed(
         lambda: measure(pruned_params, masks=masks))
   masks = jax.device_get(masks)
   counted = lm_report.count_masks(params, masks, decoder_spec(spec.hf_config).maskable,
                                   spec.target)
   return lm_report.MethodOutcome(perplexity=mask_alone, updated=updated, counted=counted,
                                  seconds=seconds), masks
+
+
+def calibration_description(spec: BaselinesSpec, tokens: Any, batch_size: int) -> dict:
+  """The report's calibration: sequences, seq_len, tokens, seed, split and batch_size."""
+  return {"sequences": int(tokens.shape[0]), "seq_len": spec.data.seq_len,
+          "tokens": int(tokens.size), "seed": spec.config.baselines.seed,
+          "split": CALIBRATION_SPLIT, "batch_size": batch_size}
 
 
 def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -98,14 +105,14 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   mesh = parallel.make_mesh(spec.config.mesh.model, spec.config.mesh.num_devices)
   batch_size = calibration_batch_size(baselines.batch_size, mesh.devices.size)
   text.text_info(spec.data)  # the text, its splits and the tokenizer, checked
-  (model, params, hf_config), import_seconds = _timed(lambda: import_hf_decoder(spec.folder))
+  (model, params, hf_config), import_seconds = timed(lambda: import_hf_decoder(spec.folder))
   text.check_model_fit(spec.data, model.vocab_size, getattr(model, "n_positions", None))
   tokens = text.calibration_sequences(spec.data, baselines.calibration_sequences,
                                       seed=baselines.seed)
   measure = functools.partial(perplexity_lib.perplexity, model, data_config=spec.data,
                               batch_size=spec.config.eval.perplexity_batch_size, mesh=mesh)
-  dense, dense_seconds = _timed(lambda: measure(params))
-  measured = {name: _measure_method(spec, name, model, params, tokens, measure, mesh,
+  dense, dense_seconds = timed(lambda: measure(params))
+  measured = {name: measure_method(spec, name, model, params, tokens, measure, mesh,
                                     batch_size) for name in spec.methods}
   outcomes = {name: outcome for name, (outcome, _) in measured.items()}
   report = lm_report.build_report(
@@ -113,9 +120,7 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                                      decoder_spec(hf_config).maskable),
       checkpoint=str(spec.folder), dataset=spec.data.name, target=spec.target, dense=dense,
       outcomes=outcomes, protocol=perplexity_lib.describe(spec.data),
-      calibration={"sequences": int(tokens.shape[0]), "seq_len": spec.data.seq_len,
-                   "tokens": int(tokens.size), "seed": baselines.seed,
-                   "split": CALIBRATION_SPLIT, "batch_size": batch_size},
+      calibration=calibration_description(spec, tokens, batch_size),
       seconds={"import": import_seconds, "dense": dense_seconds,
                "total": time.perf_counter() - started},
       environment=environment(load_at_start))

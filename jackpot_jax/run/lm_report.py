@@ -1,10 +1,12 @@
-"""The language-model baselines' report: report.json (machine-readable, its keys a
-contract), report.md (a table for people) and the summary line, built by pure functions
-from what `lm_baselines` measured.
+"""The language-model report of `jackpot baselines` and `jackpot search`: report.json
+(machine-readable, its keys a contract), report.md (a table for people) and the summary
+line, built by pure functions from what `lm_baselines` and `lm_search` measured.
 
 report.json's `perplexity` holds `dense`, each method's mask on the original weights
-under its name, and `<name>_updated` for a method that also updates the weights
-(SparseGPT), with the protocol they were measured by.
+under its name, `<name>_updated` for a method that also updates the weights (SparseGPT),
+and `jackpot`, the searched mask's (null from `baselines`), with the protocol they were
+measured by. A search's report also has `search` (its start, settings, held-out history
+and selected step) and the jackpot's masks counted under `masks.jackpot`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from jackpot_jax.search.masking import NMPattern
 
 PyTree = Any
 UPDATED = "_updated"
+JACKPOT = "jackpot"
 # How the summary line and report.md name a registered method; others go by their name.
 LABELS = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
 
@@ -45,6 +48,23 @@ class MethodOutcome:
   updated: Perplexity | None
   counted: dict
   seconds: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class JackpotOutcome:
+  """The searched masks' measurements.
+
+  Attributes:
+    perplexity: the selected jackpot on the original weights.
+    counted: `count_masks` of its masks.
+    seconds: wall seconds of the "search" and the "perplexity".
+    search: the report's `search` section (`lm_search`).
+  """
+
+  perplexity: Perplexity
+  counted: dict
+  seconds: dict[str, float]
+  search: dict
 
 
 def target_description(target: Sparsity) -> dict:
@@ -117,8 +137,9 @@ def count_masks(params: PyTree, masks: PyTree, maskable: Maskable, target: Spars
 
 def build_report(*, model: dict, checkpoint: str, dataset: str, target: Sparsity,
                  dense: Perplexity, outcomes: Mapping[str, MethodOutcome], protocol: dict,
-                 calibration: dict, seconds: Mapping[str, float], environment: dict) -> dict:
-  """report.json's content.
+                 calibration: dict, seconds: Mapping[str, float], environment: dict,
+                 jackpot: JackpotOutcome | None = None) -> dict:
+  """report.json's content (a search's with `jackpot`).
 
   Args:
     model: `describe_model`'s description.
@@ -127,26 +148,36 @@ def build_report(*, model: dict, checkpoint: str, dataset: str, target: Sparsity
     calibration: {"sequences", "seq_len", "tokens", "seed", "split", "batch_size"}.
     seconds: wall seconds of the steps outside the methods ("import", "dense", "total").
     environment: {"devices", "machine", "jax_version"}.
+    jackpot: the searched masks' outcome; None for `jackpot baselines`.
   """
   perplexity = {"dense": dense.perplexity}
   for name, outcome in outcomes.items():
     perplexity[name] = outcome.perplexity.perplexity
     if outcome.updated is not None:
       perplexity[name + UPDATED] = outcome.updated.perplexity
-  return {
-      "command": "baselines",
+  masks = {name: outcome.counted for name, outcome in outcomes.items()}
+  wall_seconds = {**seconds, **{name: outcome.seconds for name, outcome in outcomes.items()}}
+  report = {
+      "command": "baselines" if jackpot is None else "search",
       "model": model["name"],
       "model_description": model,
       "checkpoint": checkpoint,
       "dataset": dataset,
       "target": target_description(target),
-      # No mask is searched here: the jackpot's perplexity is the language-model search's.
-      "perplexity": {**perplexity, "jackpot": None, "protocol": protocol},
-      "masks": {name: outcome.counted for name, outcome in outcomes.items()},
+      # Without a search (`jackpot baselines`) there is no jackpot to measure.
+      "perplexity": {**perplexity,
+                     "jackpot": None if jackpot is None else jackpot.perplexity.perplexity,
+                     "protocol": protocol},
+      "masks": masks,
       "calibration": calibration,
-      "wall_seconds": {**seconds, **{name: outcome.seconds for name, outcome in outcomes.items()}},
+      "wall_seconds": wall_seconds,
       **environment,
   }
+  if jackpot is not None:
+    masks[JACKPOT] = jackpot.counted
+    wall_seconds[JACKPOT] = jackpot.seconds
+    report["search"] = jackpot.search
+  return report
 
 
 def _label(name: str) -> str:
@@ -164,6 +195,13 @@ def _rows(report: dict) -> list[tuple[str, str, dict | None, str]]:
   rows = []
   for name, counted in report["masks"].items():
     seconds = report["wall_seconds"][name]
+    if name == JACKPOT:
+      search = report["search"]
+      rows.append((f"jackpot (searched from {_label(search['score_init'])}, "
+                   f"{search['steps']} steps"
+                   f"{', distilled' if search['distill_weight'] > 0 else ''})", name, counted,
+                   f"{seconds['search']:.1f} + {seconds['perplexity']:.1f}"))
+      continue
     updates = name + UPDATED in report["perplexity"]
     rows.append((f"{_label(name)}{' (mask alone)' if updates else ''}", name, counted,
                  f"{seconds['prune']:.1f} + {seconds['perplexity']:.1f}"))
@@ -185,7 +223,8 @@ def render_markdown(report: dict) -> str:
   protocol, calibration = report["perplexity"]["protocol"], report["calibration"]
   devices = report["devices"]
   lines = [
-      f"# One-shot baselines: {model['name']} at {_target_label(target)}",
+      f"# {'One-shot baselines' if report['command'] == 'baselines' else 'Jackpot search'}: "
+      f"{model['name']} at {_target_label(target)}",
       "",
       f"- checkpoint: `{report['checkpoint']}` ({model['model_type']}, "
       f"{model['parameters']:,} parameters, {model['maskable_parameters']:,} in the "
@@ -201,7 +240,8 @@ def render_markdown(report: dict) -> str:
       f"{report['machine']['cpu']}, {report['machine']['cores']} cores; "
       f"{report['wall_seconds']['total']:.1f} s in all",
       "",
-      "| weights | perplexity | sparsity (counted) | at the target | wall s (prune + perplexity) |",
+      "| weights | perplexity | sparsity (counted) | at the target | wall s (prune or "
+      "search + perplexity) |",
       "|---|---|---|---|---|",
       f"| dense | {report['perplexity']['dense']:.3f} | 0.00% | - | "
       f"{report['wall_seconds']['dense']:.1f} |",

@@ -3,8 +3,9 @@ target and the one-shot baselines to run (`jackpot baselines`).
 
 `resolve(config)` checks everything that needs neither the weights nor the text, each in
 one line naming the field and the fix, before anything heavy loads (the text and the
-tokenizer are checked when the job opens them, the vocabulary once the model is built).
-`check_not_language_model(config)` is how the image search refuses these configs.
+tokenizer are checked when the job opens them, the vocabulary once the model is built);
+`resolve_search(config)` also checks the search's fields (`jackpot search` on a decoder).
+`is_language_model(config)` is how `jackpot search` tells the two searches apart.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from jackpot_jax.baselines.llm_oneshot import LLM_BASELINE_REGISTRY
 from jackpot_jax.data.config import TEXT_KINDS, DataSpec, resolve_spec
 from jackpot_jax.pytorch import hf_folder
 from jackpot_jax.pytorch.hf_decoders import CONFIG, decoder_model_types, decoder_spec
-from jackpot_jax.run import compilation_cache
-from jackpot_jax.search import masking
+from jackpot_jax.run import compilation_cache, profiling
+from jackpot_jax.search import masking, optim, steps
 
 _FOLDER = "a Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json)"
 _BASELINES_COMMAND = ("`jackpot baselines --config=... --workdir=DIR` measures a language "
@@ -81,12 +82,12 @@ def is_language_model(config: ml_collections.ConfigDict) -> bool:
 
 
 def check_not_language_model(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError (one line, pointing to `jackpot baselines`) when `config` names a
-  language model. The image search calls it first."""
+  """Raises ValueError (one line) when `config` names a language model: the image
+  search's set-up calls it first, so a decoder never reaches the image path."""
   reason = _language_model(config)
   if reason is not None:
-    raise ValueError(f"{reason}; `jackpot search` runs image classifiers, and "
-                     f"{_BASELINES_COMMAND}")
+    raise ValueError(f"{reason}; the image search cannot run it: `jackpot search` runs it "
+                     f"through the language-model search, and {_BASELINES_COMMAND}")
 
 
 def _folder(checkpoint: str) -> Path:
@@ -116,7 +117,7 @@ def _model_type_checked(folder: Path, hf_config: dict[str, Any]) -> str:
   return decoder_spec(hf_config).name
 
 
-def _target(search: ml_collections.ConfigDict) -> Sparsity:
+def search_target(search: ml_collections.ConfigDict) -> Sparsity:
   """search.pattern's N:M pattern, else search.sparsity (unstructured)."""
   pattern = masking.parse_pattern(search.pattern)
   if pattern is not None:
@@ -181,7 +182,7 @@ def resolve(config: ml_collections.ConfigDict) -> BaselinesSpec:
   if config.model.dtype != "float32":
     raise ValueError(f"model.dtype={config.model.dtype!r}: the language-model baselines run "
                      "in float32; set --config.model.dtype=float32")
-  target = _target(config.search)
+  target = search_target(config.search)
   methods = _methods(config.baselines.methods)
   _check_counts(config)
   compilation_cache.check(config.compilation_cache_dir)
@@ -194,3 +195,75 @@ def resolve(config: ml_collections.ConfigDict) -> BaselinesSpec:
     config.model.name = name
   return BaselinesSpec(config=ml_collections.FrozenConfigDict(config), data=data,
                        folder=folder, hf_config=hf_config, target=target, methods=methods)
+
+
+# search.selected_on's choices, as the image search's.
+SELECTIONS = ("holdout", "last_step")
+# Image-search fields with no meaning for a decoder: set to anything but their default,
+# the search refuses rather than ignore them.
+_IMAGE_ONLY = {"search.sparsity_plan": "l1", "search.bn_mode": "recalibrate",
+               "search.bn_statistics": "running", "search.label_smoothing": 0.0,
+               "tune.num_epochs": 0.0, "eval.stop_within_dense": 0.0}
+
+
+def _evaluates_on_holdout(config: ml_collections.ConfigDict) -> bool:
+  holdout = config.data.holdout_sequences
+  return (holdout is None or holdout > 0) and config.eval.every_epochs > 0
+
+
+def selected_on(config: ml_collections.ConfigDict) -> str:
+  """search.selected_on resolved: None is holdout when the search evaluates itself on
+  held-out training sequences, else last_step."""
+  chosen = config.search.selected_on
+  if chosen is None:
+    return "holdout" if _evaluates_on_holdout(config) else "last_step"
+  return chosen
+
+
+def selects_on_holdout(config: ml_collections.ConfigDict) -> bool:
+  return selected_on(config) == "holdout"
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  return profiling.parse_profile_steps(config.profile_steps)
+
+
+def _check_search(config: ml_collections.ConfigDict) -> None:
+  """The search's own fields, each in one line naming the field and the fix."""
+  search = config.search
+  for key, default in _IMAGE_ONLY.items():
+    section, field = key.split(".")
+    if config[section][field] != default:
+      raise ValueError(f"{key}={config[section][field]!r} has no meaning for a language "
+                       f"model's search; leave it at {default!r}")
+  if search.layer_overrides:
+    raise ValueError("search.layer_overrides: a language model's search prunes every block "
+                     "projection at search.sparsity or search.pattern; drop the overrides")
+  if search.score_init not in LLM_BASELINE_REGISTRY.names():
+    raise ValueError(f"search.score_init={search.score_init!r}: a language model's search "
+                     f"starts from a one-shot mask; choose one of "
+                     f"{', '.join(LLM_BASELINE_REGISTRY.names())}")
+  optim.check_section(search, "search")
+  if search.num_epochs <= 0:
+    raise ValueError(f"search.num_epochs must be positive, got {search.num_epochs}")
+  steps.check_distillation(search)
+  if search.selected_on is not None and search.selected_on not in SELECTIONS:
+    raise ValueError(f"search.selected_on={search.selected_on!r}: choose one of "
+                     f"{', '.join(SELECTIONS)}")
+  if search.selected_on == "holdout" and not _evaluates_on_holdout(config):
+    raise ValueError("search.selected_on=holdout picks the jackpot by held-out perplexity, "
+                     f"but data.holdout_sequences={config.data.holdout_sequences} and "
+                     f"eval.every_epochs={config.eval.every_epochs} make no evaluation; set "
+                     "both > 0, or search.selected_on=last_step")
+  if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
+    raise ValueError("checkpoint.every_steps and checkpoint.keep must be positive")
+  if config.log_every_steps < 1:
+    raise ValueError(f"log_every_steps must be positive, got {config.log_every_steps}")
+  profile_steps(config)
+
+
+def resolve_search(config: ml_collections.ConfigDict) -> BaselinesSpec:
+  """`resolve`, and the search's fields checked: what `jackpot search` on a decoder runs.
+  search.score_init names the one-shot baseline whose mask the scores start from."""
+  _check_search(config)
+  return resolve(config)

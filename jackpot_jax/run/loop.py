@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jackpot_jax import data as data_lib, dispatch
+from jackpot_jax.data.text import TextInfo
 from jackpot_jax.run import checkpointing, nonfinite, parallel
 from jackpot_jax.run import profiling, progress
 from jackpot_jax.run.spec import RunSpec
@@ -29,7 +30,9 @@ class Evaluation:
   """Evaluations during a stage: of its first state (step 0, on a fresh start), every
   `every_steps` steps and at the last planned one.
 
-  `measure(state)` returns (accuracy, scalars for TensorBoard); reaching `goal` at a step
+  `measure(state)` returns (the figure, scalars for TensorBoard): held-out accuracy for an
+  image search, held-out perplexity (`lower_is_better`) for a language model's; each
+  evaluation's figure goes into the history under `metric`. Reaching `goal` at a step
   after the first ends the stage early, and a rerun does not go on. With `keep`, the
   stage selects: `keep(state)` of the best-measured state (ties go to the later one, the
   first state included) is checkpointed and returned beside the last state.
@@ -39,6 +42,12 @@ class Evaluation:
   measure: Callable[[Any], tuple[float, dict]]
   goal: float | None = None
   keep: Callable[[Any], Any] | None = None
+  metric: str = "jackpot_accuracy"
+  lower_is_better: bool = False
+  selected_key: str = "accuracy"  # meta["selected"]'s name for the figure
+
+  def at_least_as_good(self, value: float, than: float) -> bool:
+    return value <= than if self.lower_is_better else value >= than
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +129,12 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
     batches = opened.enter_context(contextlib.closing(data_lib.make_train_iterator(
         spec.data, batch_size=section.batch_size, seed=stage.seed, start_step=start,
         process_index=jax.process_index(), process_count=jax.process_count())))
+    info = data_lib.load_dataset_info(spec.data)
     logger = opened.enter_context(progress.ProgressLogger(
         workdir, stage.total_steps, start, config.progress_bar, phase=stage.name,
         batch_size=section.batch_size, learning_rate=lambda s: stage.learning_rate(s - 1),
-        header=progress.data_header(data_lib.load_dataset_info(spec.data))))
+        header=progress.data_header(info),
+        examples="sequences" if isinstance(info, TextInfo) else "images"))
     profiler = opened.enter_context(profiling.StepProfiler(workdir / "profile",
                                                            stage.profile_steps))
     last_saved, logged_at = ckpts.latest_step(), start
@@ -138,10 +149,11 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
       accuracy, scalars = evaluation.measure(state)
       logger.scalars(step, scalars)
       meta["history"].append({"step": step, "epoch": step / stage.steps_per_epoch,
-                              "jackpot_accuracy": accuracy})
+                              evaluation.metric: accuracy})
       best = meta.get("selected")
-      if keep is not None and (best is None or accuracy >= best["accuracy"]):
-        meta["selected"] = {"step": step, "accuracy": accuracy}
+      if keep is not None and (best is None or evaluation.at_least_as_good(
+          accuracy, best[evaluation.selected_key])):
+        meta["selected"] = {"step": step, evaluation.selected_key: accuracy}
         # A copy: the next step donates `state`, and with it these buffers.
         selected = jax.tree.map(jnp.copy, keep(state))
       return accuracy
@@ -168,7 +180,8 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
         logged_at = step
       if eval_now:
         accuracy = evaluate(step)
-        if evaluation.goal is not None and accuracy >= evaluation.goal:
+        if evaluation.goal is not None and evaluation.at_least_as_good(accuracy,
+                                                                       evaluation.goal):
           logging.info("accuracy %.4f reached the goal %.4f at step %d; the %s ends",
                        accuracy, evaluation.goal, step, stage.name)
           meta["goal_reached_at"] = step

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from jackpot_jax import fileio
 from jackpot_jax.data import DatasetInfo, resolved_preprocessing
+from jackpot_jax.data.text import TextInfo
 
 # The file-version record TensorBoard expects first in every event file.
 _FILE_VERSION = "brain.Event:2"
@@ -33,13 +34,18 @@ _FILE_VERSION = "brain.Event:2"
 # What the progress bar shows: (label, metric, format).
 _SHOWN = (("loss", "loss", "{:.3f}"), ("acc", "accuracy", "{:.3f}"),
           ("flips", "mask_flips", "{:.0f}"), ("img/s", "images_per_second", "{:.0f}"),
+          ("seq/s", "sequences_per_second", "{:.0f}"),
           ("wait", "input_wait_fraction", "{:.2f}"))
 
 _add = jax.jit(lambda total, metrics: jax.tree.map(jnp.add, total, metrics))
 
 
-def data_header(info: DatasetInfo) -> str:
-  """The header line: the dataset, its batches' image shape and their preprocessing."""
+def data_header(info: DatasetInfo | TextInfo) -> str:
+  """The header line: the dataset, its batches' image shape and their preprocessing (text:
+  its sequences)."""
+  if isinstance(info, TextInfo):
+    return (f"data {info.name}: {info.num_train:,} searched sequences of {info.seq_len} "
+            f"tokens ({info.num_holdout:,} held out)")
   height, width, channels = info.image_shape
   line = f"data {info.name}: {height}x{width}x{channels} images"
   if info.preprocessing is None:
@@ -52,17 +58,20 @@ class ProgressLogger:
 
   def __init__(self, workdir: Path, total: int, start: int, enabled: bool, *,
                phase: str = "search", batch_size: int = 0,
-               learning_rate: Callable[[int], Any] | None = None, header: str = ""):
+               learning_rate: Callable[[int], Any] | None = None, header: str = "",
+               examples: str = "images"):
     """
     Args:
       phase: tag prefix and progress-bar label.
-      batch_size: global batch, for images/s.
+      batch_size: global batch, for images/s (sequences/s).
       learning_rate: the optimizer's schedule, step -> rate.
       header: a line written above the progress bar (`data_header`).
+      examples: what a batch holds, "images" or "sequences": the speed's name.
     """
     self.is_writer = jax.process_index() == 0
     self.directory = workdir / "tensorboard"
     self.phase, self.batch_size, self.learning_rate = phase, batch_size, learning_rate
+    self.speed_key = f"{examples}_per_second"
     self.bar = None
     self.writer = None
     self._window_sums, self._window_steps, self._input_seconds = None, 0, 0.0
@@ -99,9 +108,9 @@ class ProgressLogger:
     if self._window_steps:
       values = {key: float(value) / self._window_steps
                 for key, value in jax.device_get(self._window_sums).items()}
-      values.update(steps_per_second=self._window_steps / wall,
-                    images_per_second=self._window_steps * self.batch_size / wall,
-                    input_wait_fraction=min(self._input_seconds / wall, 1.0))
+      values.update({"steps_per_second": self._window_steps / wall,
+                     self.speed_key: self._window_steps * self.batch_size / wall,
+                     "input_wait_fraction": min(self._input_seconds / wall, 1.0)})
     if self.learning_rate is not None:
       values["learning_rate"] = float(self.learning_rate(step))
     self._window_sums, self._window_steps, self._input_seconds = None, 0, 0.0

@@ -43,21 +43,6 @@ def _choice(value, allowed, field: str) -> None:
     raise ValueError(f"unknown {field} {value!r}; choose one of {', '.join(map(str, allowed))}")
 
 
-def _check_training_section(config: ml_collections.ConfigDict, section: str) -> None:
-  part = config[section]
-  if part.batch_size < 1:
-    raise ValueError(f"{section}.batch_size must be positive, got {part.batch_size}")
-  if part.num_epochs < 0:
-    raise ValueError(f"{section}.num_epochs must be >= 0, got {part.num_epochs}")
-  if part.learning_rate <= 0:
-    raise ValueError(f"{section}.learning_rate must be positive, got {part.learning_rate}")
-  try:  # builds the optax chain only: names and arguments are checked, nothing runs
-    optim.make_optimizer(part, 1)
-  except TypeError as error:
-    raise ValueError(f"{section}.optimizer_kwargs do not fit {section}.optimizer "
-                     f"{part.optimizer!r}: {error}") from error
-
-
 def _check(config: ml_collections.ConfigDict) -> None:
   """Rejects values no run could use, naming the field and what to do."""
   if not config.model.checkpoint:
@@ -89,17 +74,12 @@ def _check(config: ml_collections.ConfigDict) -> None:
   if search.bn_statistics == "reestimated" and config.eval.recalibration_images <= 0:
     raise ValueError("search.bn_statistics=reestimated re-estimates on "
                      "eval.recalibration_images training images; set it > 0 (default 2048)")
-  if not 0.0 <= search.distill_weight <= 1.0:
-    raise ValueError(f"search.distill_weight must be in [0, 1] (0: no distillation), got "
-                     f"{search.distill_weight}")
-  if search.distill_temperature <= 0:
-    raise ValueError(f"search.distill_temperature must be positive, got "
-                     f"{search.distill_temperature}")
+  steps.check_distillation(search)
   _choice(search.classifier, sparsity.LAYER_POLICIES, "search.classifier")
   _choice(search.first_layer, sparsity.LAYER_POLICIES, "search.first_layer")
   _choice(search.hidden_dense, sparsity.LAYER_POLICIES, "search.hidden_dense")
   for section in ("search", "tune"):
-    _check_training_section(config, section)
+    optim.check_section(config[section], section)
   if config.eval.batch_size < 1:
     raise ValueError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
   if config.eval.stop_within_dense < 0:

@@ -22,12 +22,14 @@ CONFIG_FILE = "config.json"
 # Fields that change how a run executes, not what it computes: a run may resume with
 # other values (e.g. a checkpoint written on 8 devices resumes on 1).
 RUNTIME_FIELDS = ("mesh", "checkpoint", "progress_bar", "log_every_steps", "profile_steps",
-                  "eval.batch_size", "data.prefetch", "data.workers", "compilation_cache_dir",
+                  "eval.batch_size", "eval.perplexity_batch_size", "baselines.batch_size",
+                  "data.prefetch", "data.workers", "compilation_cache_dir",
                   "data.token_cache_dir")
 # What `evaluate` and `export` may change in a finished run's config: how it runs, and
 # where its data lives (a dataset copied to another disk or machine).
-REEVALUATION_FIELDS = ("eval.batch_size", "data.data_dir", "data.prefetch", "data.workers",
-                       "mesh", "progress_bar", "compilation_cache_dir", "data.token_cache_dir")
+REEVALUATION_FIELDS = ("eval.batch_size", "eval.perplexity_batch_size", "data.data_dir",
+                       "data.prefetch", "data.workers", "mesh", "progress_bar",
+                       "compilation_cache_dir", "data.token_cache_dir")
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:

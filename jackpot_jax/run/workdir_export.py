@@ -11,7 +11,7 @@ import jax
 from jackpot_jax import fileio
 from jackpot_jax.pytorch import apply_masks_file, export_torch, import_torch
 from jackpot_jax.pytorch.hf_decoders import export_hf_decoder, import_hf_decoder
-from jackpot_jax.run import job, lm_masks, lm_spec, spec as spec_lib, workdir as workdir_lib
+from jackpot_jax.run import job, lm_masks, lm_search, lm_spec, spec as spec_lib, workdir as workdir_lib
 
 HF_FORMAT = "hf"
 
@@ -61,10 +61,13 @@ def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike
 
 
 def export_language_model(config, workdir, output, method: str | None) -> Path:
-  """The checkpoint folder written again with W * M for `method`'s masks: a new folder that
-  transformers' `from_pretrained` loads (config and tokenizer files copied)."""
+  """The checkpoint folder written again with W * M for `method`'s masks (None: a search
+  workdir's jackpot): a new folder that transformers' `from_pretrained` loads (config and
+  tokenizer files copied)."""
   if fileio.is_cloud(output):
     raise ValueError(f"--output={output}: --format=hf writes a local folder; give a local path")
+  if method is None and lm_search.JACKPOT in lm_masks.saved_methods(workdir):
+    method = lm_search.JACKPOT
   masks = lm_masks.load_masks(workdir, method)
   folder = lm_spec.resolve(config).folder
   _, params, _ = import_hf_decoder(folder)

@@ -57,3 +57,19 @@ def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformatio
       raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or an optax optimizer name")
     parts.append(factory(schedule, **kwargs))
   return optax.chain(*parts)
+
+
+def check_section(part: Any, section: str) -> None:
+  """Raises ValueError (one line) for a search or tune section no run could train with:
+  its batch size, epochs, learning rate, or an optimizer its arguments do not fit."""
+  if part.batch_size < 1:
+    raise ValueError(f"{section}.batch_size must be positive, got {part.batch_size}")
+  if part.num_epochs < 0:
+    raise ValueError(f"{section}.num_epochs must be >= 0, got {part.num_epochs}")
+  if part.learning_rate <= 0:
+    raise ValueError(f"{section}.learning_rate must be positive, got {part.learning_rate}")
+  try:  # builds the optax chain only: names and arguments are checked, nothing runs
+    make_optimizer(part, 1)
+  except TypeError as error:
+    raise ValueError(f"{section}.optimizer_kwargs do not fit {section}.optimizer "
+                     f"{part.optimizer!r}: {error}") from error

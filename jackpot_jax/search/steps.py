@@ -125,6 +125,17 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   return temperature ** 2 * jnp.mean(kl)
 
 
+def check_distillation(search: Any) -> None:
+  """Raises ValueError (one line) for search.distill_weight outside [0, 1] or a
+  search.distill_temperature that is not positive."""
+  if not 0.0 <= search.distill_weight <= 1.0:
+    raise ValueError(f"search.distill_weight must be in [0, 1] (0: no distillation), got "
+                     f"{search.distill_weight}")
+  if search.distill_temperature <= 0:
+    raise ValueError(f"search.distill_temperature must be positive, got "
+                     f"{search.distill_temperature}")
+
+
 def teacher_forward(teacher: Teacher, images: jax.Array, *, model: nn.Module) -> jax.Array:
   """The dense pre-trained network's logits: no masks, BN in eval mode with the pre-trained
   statistics, no gradient (the teacher is a constant of the step)."""

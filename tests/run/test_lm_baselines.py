@@ -15,14 +15,14 @@ import sys
 import pytest
 import torch
 
-from jackpot_jax import cli, config_files, errors
+from jackpot_jax import cli, config_files
 from jackpot_jax.pytorch.hf_decoders import import_hf_decoder
 from jackpot_jax.run import (lm_baselines, lm_masks, lm_spec, parallel,
                              perplexity as perplexity_lib, spec as spec_lib, workdir_export)
 
-from conftest import REPO
-from tiny_decoders import random_causal_lm
-from tiny_text import documents, packed, write_text_folder, write_tokenizer
+from conftest import REPO, assert_refused_in_one_line
+from tiny_decoders import llm_overrides, transformers_perplexity, save_tiny_llama, write_llama_folders
+from tiny_text import documents, write_tokenizer
 import transformers  # noqa: E402  (after tiny_decoders, which keeps TensorFlow out of it)
 
 SEQ_LEN = 16
@@ -35,31 +35,14 @@ REPORT_KEYS = {"command", "model", "model_description", "checkpoint", "dataset",
 SHIPPED = REPO / "pretrained" / "llm_tiny"
 
 
-def _save_llama(folder, vocab_size: int = 300):
-  """A random Llama (grouped-query attention) whose blocks' inputs fit 2:4."""
-  config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
-                                    num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, max_position_embeddings=64,
-                                    eos_token_id=0)
-  random_causal_lm(config).save_pretrained(folder)
-  return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
   """(model folder with its tokenizer, text folder, token cache)."""
-  root = tmp_path_factory.mktemp("llm")
-  model_folder = _save_llama(write_tokenizer(root / "model", TRAIN))
-  text_folder = write_text_folder(root / "text", {"train": TRAIN, "test": TEST})
-  return model_folder, text_folder, root / "cache"
+  return write_llama_folders(tmp_path_factory.mktemp("llm"), TRAIN, TEST)
 
 
 def _overrides(folders, **changes) -> dict:
-  model_folder, text_folder, cache = folders
-  return {"model.checkpoint": str(model_folder), "data.name": f"text:{text_folder}",
-          "data.token_cache_dir": str(cache), "data.seq_len": SEQ_LEN,
-          "baselines.calibration_sequences": 4, "baselines.batch_size": 2,
-          "eval.perplexity_batch_size": 4, "mesh.num_devices": 1, **changes}
+  return llm_overrides(folders, SEQ_LEN, **changes)
 
 
 def _config(folders, **changes):
@@ -151,7 +134,7 @@ def _broken(case: str, folders, tmp_path) -> dict:
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     return {"model.checkpoint": str(folder)}
   if case == "vocabulary":
-    folder = _save_llama(write_tokenizer(tmp_path / "small", TRAIN), vocab_size=200)
+    folder = save_tiny_llama(write_tokenizer(tmp_path / "small", TRAIN), vocab_size=200)
     return {"model.checkpoint": str(folder)}
   return {"data.seq_len": 100_000}
 
@@ -168,17 +151,15 @@ def test_bad_input_is_one_line_with_exit_status_2_and_writes_nothing(folders, tm
                                                                       case, message):
   config = _config(folders, **_broken(case, folders, tmp_path))
   workdir = tmp_path / "w"
-  with pytest.raises(SystemExit) as exit_:
-    with errors.exit_on_user_error("jackpot"):
-      lm_baselines.run_baselines(config, workdir)
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert exit_.value.code == 2 and len(lines) == 1 and re.search(message, lines[0]), lines
-  assert not (workdir / "report.json").exists() and not (workdir / "config.json").exists()
+  assert_refused_in_one_line(lambda: lm_baselines.run_baselines(config, workdir), workdir,
+                             capsys, message)
 
 
-def test_the_search_refuses_a_language_model_and_points_to_baselines(folders):
-  with pytest.raises(ValueError, match=r"holds a llama language model; `jackpot search` runs "
-                                       r"image classifiers, and `jackpot baselines"):
+def test_the_image_search_set_up_refuses_a_language_model(folders):
+  """A decoder config never reaches the image path: `jackpot search` sends it to the
+  language-model search before, and the image set-up says so if called directly."""
+  with pytest.raises(ValueError, match=r"holds a llama language model; the image search "
+                                       r"cannot run it: `jackpot search` runs it through"):
     spec_lib.resolve(_config(folders))
 
 
@@ -220,12 +201,8 @@ def test_export_hf_writes_a_folder_transformers_loads_at_the_reported_perplexity
     else:
       assert torch.equal(weight, original), name
   assert projections == 2 * 7
-  tokens = torch.from_numpy(packed(folders[0], TEST, SEQ_LEN)).long()
-  with torch.no_grad():
-    logits = model(tokens).logits[:, :-1].double()
-  nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                          tokens[:, 1:].reshape(-1))
-  assert math.exp(nll.item()) == pytest.approx(report["perplexity"]["wanda"], rel=1e-4)
+  assert transformers_perplexity(model, folders[0], TEST, SEQ_LEN) == pytest.approx(
+      report["perplexity"]["wanda"], rel=1e-4)
 
 
 def test_export_format_and_method_must_fit_the_workdir(run_24, tmp_path):
