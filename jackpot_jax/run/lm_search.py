@@ -123,6 +123,11 @@ def _measured_methods(spec: BaselinesSpec) -> tuple[str, ...]:
   return spec.methods + (() if start in spec.methods else (start,))
 
 
+def config_start(setup: LMSetup) -> str:
+  """The one-shot method the scores start from (search.score_init)."""
+  return setup.config.search.score_init
+
+
 def _perplexity_of(saved: dict | None) -> Perplexity | None:
   return None if saved is None else Perplexity(**saved)
 
@@ -141,10 +146,12 @@ def _outcome_json(outcome: lm_report.MethodOutcome) -> dict:
 
 def measure_baselines(setup: LMSetup, workdir: Path) -> dict:
   """Dense perplexity and every one-shot baseline (the start's included), once per workdir
-  and inputs: {"dense", "outcomes", "calibration", "seconds"} (see lm_report.build_report).
+  and inputs: {"dense", "outcomes", "calibration", "seconds"} (see lm_report.build_report)
+  and "start", the masks of search.score_init's method.
 
   Each method's masks are written to masks/<method>.npz before baselines.json, so a saved
-  measurement always has its masks."""
+  measurement always has its masks; a fresh one hands the start's over in memory (every
+  process has them, whichever process writes)."""
   path = workdir / BASELINES_FILE
   inputs = _baseline_inputs(setup)
   if path.exists():
@@ -153,7 +160,8 @@ def measure_baselines(setup: LMSetup, workdir: Path) -> dict:
         m in lm_masks.saved_methods(workdir) for m in inputs["methods"]):
       return {"dense": Perplexity(**saved["dense"]),
               "outcomes": {m: _outcome_of(o) for m, o in saved["outcomes"].items()},
-              "calibration": saved["calibration"], "seconds": saved["seconds"]}
+              "calibration": saved["calibration"], "seconds": saved["seconds"],
+              "start": lm_masks.load_masks(workdir, config_start(setup))}
   config = setup.config
   batch_size = config.baselines.batch_size
   tokens = text.calibration_sequences(setup.spec.data, config.baselines.calibration_sequences,
@@ -162,16 +170,18 @@ def measure_baselines(setup: LMSetup, workdir: Path) -> dict:
                               data_config=setup.spec.data,
                               batch_size=config.eval.perplexity_batch_size, mesh=setup.mesh)
   dense, dense_seconds = lm_baselines.timed(lambda: measure(setup.params))
-  outcomes = {}
+  outcomes, start = {}, None
   for name in inputs["methods"]:
     outcomes[name], masks = lm_baselines.measure_method(
         setup.spec, name, setup.model, setup.params, tokens, measure, setup.mesh, batch_size)
     if jax.process_index() == 0:
       lm_masks.save_masks(workdir, name, masks)
+    if name == config_start(setup):
+      start = masks
   measured = {"dense": dense, "outcomes": outcomes,
               "calibration": lm_baselines.calibration_description(
                   setup.spec, tokens, batch_size),
-              "seconds": {"dense": dense_seconds}}
+              "seconds": {"dense": dense_seconds}, "start": start}
   if jax.process_index() == 0:
     fileio.write_json(path, {"inputs": inputs, "dense": dataclasses.asdict(dense),
                              "outcomes": {m: _outcome_json(o) for m, o in outcomes.items()},
@@ -262,7 +272,7 @@ def search_language_model(config: ml_collections.ConfigDict, workdir: str | os.P
   setup, import_seconds = lm_baselines.timed(lambda: setup_language_model(spec))
   workdir_lib.save_workdir_config(spec.config, workdir)
   measured = measure_baselines(setup, workdir)
-  start = lm_masks.load_masks(workdir, spec.config.search.score_init)
+  start = measured["start"]
   if evaluate_only:
     with checkpointing.SearchCheckpoints(workdir / SEARCH_CHECKPOINTS,
                                          spec.config.checkpoint.keep) as ckpts:
