@@ -12,6 +12,8 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 import transformers  # noqa: E402
 
+from tiny_text import packed, write_text_folder, write_tokenizer  # noqa: E402
+
 
 def random_causal_lm(config: transformers.PretrainedConfig) -> transformers.PreTrainedModel:
   """A causal LM with every parameter random: weights and biases around 0, norm scales
@@ -44,7 +46,6 @@ def save_tiny_llama(folder, vocab_size: int = 300, hidden_size: int = 32,
 def write_llama_folders(root, train: list[str], test: list[str], **sizes):
   """(model folder with its tokenizer, text folder, token cache folder) under `root`: a
   `save_tiny_llama` (of `sizes`) whose tokenizer is trained on `train`, and the text."""
-  from tiny_text import write_text_folder, write_tokenizer  # pylint: disable=import-outside-toplevel
   model_folder = save_tiny_llama(write_tokenizer(root / "model", train), **sizes)
   text_folder = write_text_folder(root / "text", {"train": train, "test": test})
   return model_folder, text_folder, root / "cache"
@@ -64,7 +65,6 @@ def transformers_perplexity(model: transformers.PreTrainedModel, tokenizer_folde
                             texts: list[str], seq_len: int) -> float:
   """Perplexity of a transformers causal LM over `texts` by the packed protocol (the
   tokenizer of `tokenizer_folder`, seq_len-token sequences), in float64."""
-  from tiny_text import packed  # pylint: disable=import-outside-toplevel
   tokens = torch.from_numpy(packed(tokenizer_folder, texts, seq_len)).long()
   with torch.no_grad():
     logits = model(tokens).logits[:, :-1].double()

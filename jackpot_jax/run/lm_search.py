@@ -33,9 +33,9 @@ from jackpot_jax import fileio
 from jackpot_jax.data import text
 from jackpot_jax.data.text import TextInfo
 from jackpot_jax.pytorch.hf_decoders import decoder_spec, import_hf_decoder
-from jackpot_jax.run import (checkpointing, compilation_cache, lm_baselines, lm_masks, lm_report, lm_spec,
-                             loop, parallel, perplexity as perplexity_lib,
-                             workdir as workdir_lib)
+from jackpot_jax.run import (checkpointing, compilation_cache, lm_baselines, lm_masks,
+                             lm_report, lm_spec, loop, parallel,
+                             perplexity as perplexity_lib, workdir as workdir_lib)
 from jackpot_jax.run.lm_spec import BaselinesSpec
 from jackpot_jax.run.perplexity import Perplexity
 from jackpot_jax.search import lm_steps, optim, steps

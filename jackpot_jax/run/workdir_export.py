@@ -11,7 +11,8 @@ import jax
 from jackpot_jax import fileio
 from jackpot_jax.pytorch import apply_masks_file, export_torch, import_torch
 from jackpot_jax.pytorch.hf_decoders import export_hf_decoder, import_hf_decoder
-from jackpot_jax.run import job, lm_masks, lm_search, lm_spec, spec as spec_lib, workdir as workdir_lib
+from jackpot_jax.run import (job, lm_masks, lm_search, lm_spec, spec as spec_lib,
+                             workdir as workdir_lib)
 
 HF_FORMAT = "hf"
 

@@ -133,3 +133,30 @@ def test_time_to_jackpot_runs_each_recipe_on_each_budget_and_reuses_finished_run
   again = _script("time_to_jackpot.py", *args)  # every run finished: reused, not re-run
   assert again.returncode == 0, again.stderr[-2000:]
   assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+
+
+def test_lm_jackpots_measures_the_baselines_once_and_tabulates_every_run(tmp_path):
+  """Two searches of a tiny decoder (with and without distillation): the second reuses the
+  first's baseline measurement, the table has both against SparseGPT's gap, and a rerun
+  reuses both reports."""
+  # Imported here: tiny_decoders imports transformers, which no other test here needs.
+  from tiny_decoders import llm_overrides, write_llama_folders
+  from tiny_text import documents
+  folders = write_llama_folders(tmp_path / "llm", documents(40, seed=0), documents(5, seed=1))
+  sets = [f"--config.{key}={value}" for key, value in llm_overrides(folders, 16, **{
+      "search.batch_size": 4, "data.holdout_sequences": 8, "progress_bar": False}).items()]
+  args = ("lm_jackpots.py", "--config=configs/llm_tiny.py", f"--output={tmp_path / 'study'}",
+          "--budgets=0.1", "--starts=wanda", "--distill=0,0.5", *sets)
+  first = _script(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  study = tmp_path / "study"
+  runs = json.loads((study / "results.json").read_text())["runs"]
+  assert [(r["start"], r["distill_weight"]) for r in runs] == [("wanda", 0.0), ("wanda", 0.5)]
+  assert (study / "wanda_kd0_e0.1" / "baselines.json").read_bytes() == (
+      study / "wanda_kd0.5_e0.1" / "baselines.json").read_bytes()
+  table = (study / "results.md").read_text()
+  for run in runs:
+    assert (f"| wanda | {run['distill_weight']:g} | 0.1 | {run['steps']} | "
+            f"{run['jackpot']:.2f} |") in table
+  again = _script(*args)
+  assert again.returncode == 0 and json.loads((study / "results.json").read_text())["runs"] == runs
