@@ -62,6 +62,13 @@ def nll_sums(params: PyTree, masks: PyTree | None, batch: Mapping[str, jax.Array
           "tokens": jnp.sum(weights, dtype=jnp.int32)}
 
 
+@functools.lru_cache(maxsize=8)
+def _nll_step(model: nn.Module):
+  """`nll_sums` of `model`, jitted once per model: a search measures held-out perplexity
+  at every evaluation, and a new jit per call would trace and compile it each time."""
+  return jax.jit(functools.partial(nll_sums, model=model))
+
+
 def _check_model(spec: DataSpec, model: nn.Module) -> None:
   """The tokenizer's ids fit the model's embeddings, data.seq_len its learned positions."""
   vocab_size = getattr(model, "vocab_size", None)
@@ -101,7 +108,7 @@ def perplexity(model: nn.Module, params: PyTree, data_config: DataSpec | Mapping
   mesh = parallel.make_mesh() if mesh is None else mesh
   devices = mesh.devices.size
   batch_size = -(-batch_size // devices) * devices
-  step = jax.jit(functools.partial(nll_sums, model=model))
+  step = _nll_step(model)
   window, sums = dispatch.DispatchWindow(), []
   batches = data_lib.make_eval_batches(
       spec, split=split, batch_size=batch_size,
