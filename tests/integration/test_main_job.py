@@ -197,8 +197,8 @@ def test_evaluate_and_export_take_overrides_of_how_they_run_only(tiny_job, tmp_p
   assert refused.returncode == 2
   assert refused.stderr.strip().splitlines() == [
       f"jackpot: error: search.sparsity cannot be changed in the config of {workdir}; these "
-      "can: eval.batch_size, data.data_dir, data.prefetch, data.workers, mesh, progress_bar, "
-      "compilation_cache_dir, data.token_cache_dir"]
+      "can: eval.batch_size, eval.perplexity_batch_size, data.data_dir, data.prefetch, "
+      "data.workers, mesh, progress_bar, compilation_cache_dir, data.token_cache_dir"]
   assert not (tmp_path / "x.pth").exists()
 
 
