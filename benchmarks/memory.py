@@ -22,8 +22,8 @@ no second copy of the weights (the frozen weights are an argument, never in the 
 (`--checkpoint`, imported in `--config.model.dtype`, activations following), random
 tokens, `--batch_size` sequences of `--seq_len`. The search kind trains a score per
 weight of every decoder-block projection through the straight-through masks on the
-next-token loss (`steps.search_step`'s update with that loss); dense trains every
-weight with the same optimizer. Each kind also reports `compiled_temp_bytes` (XLA's
+next-token loss (the language-model search's own step, `lm_steps.lm_search_step`); dense
+trains every weight with the same optimizer (`lm_steps.lm_train_step`). Each kind also reports `compiled_temp_bytes` (XLA's
 temporaries: activations and the step's transients) and `state_bytes_per_param` (over
 the masked parameters for the search, all of them for dense). The `--config.search.*`
 overrides apply (e.g. `--config.search.momentum=0`, `--config.search.pattern=2:4`).
@@ -48,13 +48,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import flags
 from ml_collections import config_flags
 
-from jackpot_jax.models.wrapper import MASKS
 from jackpot_jax.run import parallel
-from jackpot_jax.search import masking, optim, scores as scores_lib, sparsity, steps
+from jackpot_jax.search import lm_steps, optim, scores as scores_lib, sparsity, steps
 
 import common
 
@@ -144,44 +142,6 @@ def _run_steps(step, frozen, state, batch, baseline: int) -> tuple[dict, int | N
           "frozen_bytes": _tree_bytes(frozen) if frozen is not None else 0}, temp
 
 
-def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Mean cross-entropy of every token after the first, predicted from those before."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-      logits[:, :-1].astype(jnp.float32), tokens[:, 1:]))
-
-
-def lm_search_step(params, state: steps.SearchState, batch: dict, *, model, keep_counts, tx,
-                   rank_by_magnitude: bool = False) -> tuple[steps.SearchState, dict]:
-  """One score update of a causal LM: `steps.search_step`'s update (straight-through
-  masks, the optimizer on the scores, new masks) with the next-token loss."""
-
-  def loss_fn(scores):
-    masks = jax.tree.map(masking.straight_through,
-                         masking.ranking_values(scores, rank_by_magnitude), state.masks)
-    return next_token_loss(model.apply({"params": params, MASKS: masks}, batch["tokens"]),
-                           batch["tokens"])
-
-  loss, grads = jax.value_and_grad(loss_fn)(state.scores)
-  updates, opt_state = tx.update(grads, state.opt_state, state.scores)
-  scores = optax.apply_updates(state.scores, updates)
-  masks = masking.compute_masks(scores, keep_counts, rank_by_magnitude)
-  return (state.replace(step=state.step + 1, scores=scores, masks=masks, opt_state=opt_state),
-          {"loss": loss, "mask_flips": masking.count_flips(state.masks, masks)})
-
-
-def lm_dense_step(_, state: steps.TuneState, batch: dict, *, model,
-                  tx) -> tuple[steps.TuneState, dict]:
-  """Dense training of every weight of a causal LM on the next-token loss."""
-
-  def loss_fn(params):
-    return next_token_loss(model.apply({"params": params}, batch["tokens"]), batch["tokens"])
-
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return (state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state), {"loss": loss})
-
-
 def _decoder(config):
   """(model, params, hf_config, plan) of --checkpoint, its params in config.model.dtype."""
   from jackpot_jax.pytorch import hf_decoders  # imports torch, which the image kinds skip
@@ -200,19 +160,18 @@ def _measure_llm(kind: str, config, baseline: int) -> dict:
   batch = {"tokens": jnp.asarray(tokens, jnp.int32)}
   tx = optim.make_optimizer(config.search, 1000)
   if kind == "search":
-    by_magnitude = scores_lib.ranks_by_magnitude(config.search.score_init)
     keep_counts = plan.keep_counts()
     scores = scores_lib.init_scores(params, plan, config.search.score_init,
                                     jax.random.PRNGKey(0))
-    state = steps.init_search_state(scores, keep_counts, {}, tx, by_magnitude)
-    step = jax.jit(functools.partial(lm_search_step, model=model, keep_counts=keep_counts,
-                                     tx=tx, rank_by_magnitude=by_magnitude),
-                   donate_argnums=(1,))
+    state = steps.init_search_state(scores, keep_counts, {}, tx)
+    step = jax.jit(functools.partial(lm_steps.lm_search_step, model=model,
+                                     keep_counts=keep_counts, tx=tx), donate_argnums=(1,))
     frozen, trained = params, sum(layer.size for layer in plan.masked_layers)
   else:
     state = steps.TuneState(step=jnp.zeros((), jnp.int32), params=params,
                             opt_state=tx.init(params), batch_stats={})
-    step = jax.jit(functools.partial(lm_dense_step, model=model, tx=tx), donate_argnums=(1,))
+    step = jax.jit(functools.partial(lm_steps.lm_train_step, model=model, tx=tx),
+                   donate_argnums=(1,))
     frozen, trained = None, sum(x.size for x in jax.tree.leaves(params))
     del params  # dense training trains the imported weights themselves
   figures, temp = _run_steps(step, frozen, state, batch, baseline)
