@@ -117,16 +117,14 @@ def decoder_rounds(config, folder: str, tokens: np.ndarray) -> tuple[dict, dict]
   decoder, on one batch of tokens; with the decoder's description."""
   from jackpot_jax.baselines.llm_oneshot import prune_decoder
   from jackpot_jax.pytorch.hf_decoders import import_hf_decoder
-  from jackpot_jax.run import lm_spec
-  from jackpot_jax.search import lm_steps, masking, optim, steps
-  from jackpot_jax.search.scores import MAGNITUDE_KEPT, MAGNITUDE_PRUNED
+  from jackpot_jax.run import lm_search, lm_spec
+  from jackpot_jax.search import lm_steps, optim, steps
   model, params, _ = import_hf_decoder(folder)
   hf_config = json.loads((Path(folder) / "config.json").read_text())
   target = lm_spec.search_target(config.search)
   start = prune_decoder("magnitude", model, params, hf_config, tokens[:1], target).masks
-  rules = jax.tree.map(lambda mask: target if isinstance(target, masking.NMPattern)
-                       else int(np.count_nonzero(mask)), start)
-  scores = jax.tree.map(lambda m: jnp.where(m, MAGNITUDE_KEPT, MAGNITUDE_PRUNED), start)
+  rules = lm_search.keep_counts(target, start)
+  scores = lm_search.start_scores(start)
   tx = optim.make_optimizer(config.search, 1000)
   batch = {"tokens": jnp.asarray(tokens)}
   statics = dict(model=model, keep_counts=rules, tx=tx)

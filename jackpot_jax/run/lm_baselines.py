@@ -12,6 +12,7 @@ is written until every figure is in, then config.json, each method's masks (`lm_
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -89,6 +90,38 @@ def calibration_description(spec: BaselinesSpec, tokens: Any, batch_size: int) -
           "split": CALIBRATION_SPLIT, "batch_size": batch_size}
 
 
+@dataclasses.dataclass(frozen=True)
+class Measured:
+  """Dense perplexity and each method's outcome, as `measure_all` measured them."""
+
+  dense: perplexity_lib.Perplexity
+  dense_seconds: float
+  outcomes: dict[str, lm_report.MethodOutcome]
+  calibration: dict
+
+
+def measure_all(spec: BaselinesSpec, methods: tuple[str, ...], model, params, mesh,
+                each_masks: Callable[[str, Any], None]) -> Measured:
+  """Dense perplexity, then each of `methods` pruned at the target and measured
+  (`measure_method`), on baselines.calibration_sequences drawn by baselines.seed; each
+  method's masks go to `each_masks(name, masks)` as soon as they are measured, so that a
+  caller keeps only those it needs."""
+  baselines = spec.config.baselines
+  batch_size = calibration_batch_size(baselines.batch_size, mesh.devices.size)
+  tokens = text.calibration_sequences(spec.data, baselines.calibration_sequences,
+                                      seed=baselines.seed)
+  measure = functools.partial(perplexity_lib.perplexity, model, data_config=spec.data,
+                              batch_size=spec.config.eval.perplexity_batch_size, mesh=mesh)
+  dense, dense_seconds = timed(lambda: measure(params))
+  outcomes = {}
+  for name in methods:
+    outcomes[name], masks = measure_method(spec, name, model, params, tokens, measure, mesh,
+                                           batch_size)
+    each_masks(name, masks)
+  return Measured(dense=dense, dense_seconds=dense_seconds, outcomes=outcomes,
+                  calibration=calibration_description(spec, tokens, batch_size))
+
+
 def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                   force: bool = False) -> dict:
   """The `baselines` command: returns the report, also written to workdir/report.json
@@ -101,32 +134,25 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   spec = lm_spec.resolve(config)
   workdir = workdir_lib.prepare_workdir(spec.config, workdir, force=force)
   compilation_cache.enable(spec.config.compilation_cache_dir)
-  baselines = spec.config.baselines
   mesh = parallel.make_mesh(spec.config.mesh.model, spec.config.mesh.num_devices)
-  batch_size = calibration_batch_size(baselines.batch_size, mesh.devices.size)
+  calibration_batch_size(spec.config.baselines.batch_size, mesh.devices.size)
   text.text_info(spec.data)  # the text, its splits and the tokenizer, checked
   (model, params, hf_config), import_seconds = timed(lambda: import_hf_decoder(spec.folder))
   text.check_model_fit(spec.data, model.vocab_size, getattr(model, "n_positions", None))
-  tokens = text.calibration_sequences(spec.data, baselines.calibration_sequences,
-                                      seed=baselines.seed)
-  measure = functools.partial(perplexity_lib.perplexity, model, data_config=spec.data,
-                              batch_size=spec.config.eval.perplexity_batch_size, mesh=mesh)
-  dense, dense_seconds = timed(lambda: measure(params))
-  measured = {name: measure_method(spec, name, model, params, tokens, measure, mesh,
-                                    batch_size) for name in spec.methods}
-  outcomes = {name: outcome for name, (outcome, _) in measured.items()}
+  masks_of = {}  # written only once every figure is in
+  measured = measure_all(spec, spec.methods, model, params, mesh, masks_of.__setitem__)
   report = lm_report.build_report(
       model=lm_report.describe_model(spec.config.model.name, hf_config, params,
                                      decoder_spec(hf_config).maskable),
-      checkpoint=str(spec.folder), dataset=spec.data.name, target=spec.target, dense=dense,
-      outcomes=outcomes, protocol=perplexity_lib.describe(spec.data),
-      calibration=calibration_description(spec, tokens, batch_size),
-      seconds={"import": import_seconds, "dense": dense_seconds,
+      checkpoint=str(spec.folder), dataset=spec.data.name, target=spec.target,
+      dense=measured.dense, outcomes=measured.outcomes,
+      protocol=perplexity_lib.describe(spec.data), calibration=measured.calibration,
+      seconds={"import": import_seconds, "dense": measured.dense_seconds,
                "total": time.perf_counter() - started},
       environment=environment(load_at_start))
   if jax.process_index() == 0:
     workdir_lib.save_workdir_config(spec.config, workdir)
-    for name, (_, masks) in measured.items():
+    for name, masks in masks_of.items():
       lm_masks.save_masks(workdir, name, masks)
     lm_report.write_reports(workdir, report)
   return report

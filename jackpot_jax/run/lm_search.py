@@ -36,6 +36,7 @@ from jackpot_jax.pytorch.hf_decoders import decoder_spec, import_hf_decoder
 from jackpot_jax.run import (checkpointing, compilation_cache, lm_baselines, lm_masks,
                              lm_report, lm_spec, loop, parallel,
                              perplexity as perplexity_lib, workdir as workdir_lib)
+from jackpot_jax.baselines.layer_masks import Sparsity
 from jackpot_jax.run.lm_spec import BaselinesSpec
 from jackpot_jax.run.perplexity import Perplexity
 from jackpot_jax.search import lm_steps, optim, steps
@@ -162,50 +163,45 @@ def measure_baselines(setup: LMSetup, workdir: Path) -> dict:
               "outcomes": {m: _outcome_of(o) for m, o in saved["outcomes"].items()},
               "calibration": saved["calibration"], "seconds": saved["seconds"],
               "start": lm_masks.load_masks(workdir, config_start(setup))}
-  config = setup.config
-  batch_size = config.baselines.batch_size
-  tokens = text.calibration_sequences(setup.spec.data, config.baselines.calibration_sequences,
-                                      seed=config.baselines.seed)
-  measure = functools.partial(perplexity_lib.perplexity, setup.model,
-                              data_config=setup.spec.data,
-                              batch_size=config.eval.perplexity_batch_size, mesh=setup.mesh)
-  dense, dense_seconds = lm_baselines.timed(lambda: measure(setup.params))
-  outcomes, start = {}, None
-  for name in inputs["methods"]:
-    outcomes[name], masks = lm_baselines.measure_method(
-        setup.spec, name, setup.model, setup.params, tokens, measure, setup.mesh, batch_size)
+  start = {}
+
+  def each_masks(name: str, masks: PyTree) -> None:
     if jax.process_index() == 0:
       lm_masks.save_masks(workdir, name, masks)
     if name == config_start(setup):
-      start = masks
-  measured = {"dense": dense, "outcomes": outcomes,
-              "calibration": lm_baselines.calibration_description(
-                  setup.spec, tokens, batch_size),
-              "seconds": {"dense": dense_seconds}, "start": start}
+      start["masks"] = masks
+
+  measured = lm_baselines.measure_all(setup.spec, tuple(inputs["methods"]), setup.model,
+                                      setup.params, setup.mesh, each_masks)
+  seconds = {"dense": measured.dense_seconds}
   if jax.process_index() == 0:
-    fileio.write_json(path, {"inputs": inputs, "dense": dataclasses.asdict(dense),
-                             "outcomes": {m: _outcome_json(o) for m, o in outcomes.items()},
-                             "calibration": measured["calibration"],
-                             "seconds": measured["seconds"]})
-  return measured
+    fileio.write_json(path, {"inputs": inputs, "dense": dataclasses.asdict(measured.dense),
+                             "outcomes": {m: _outcome_json(o)
+                                          for m, o in measured.outcomes.items()},
+                             "calibration": measured.calibration, "seconds": seconds})
+  return {"dense": measured.dense, "outcomes": measured.outcomes,
+          "calibration": measured.calibration, "seconds": seconds, "start": start["masks"]}
 
 
-def keep_counts(setup: LMSetup, start: PyTree) -> PyTree:
+def keep_counts(target: Sparsity, start: PyTree) -> PyTree:
   """Each masked kernel's rule: the N:M pattern, or (unstructured) the number of weights
   the start mask keeps in it, so that the first top-k is the start mask exactly."""
-  target = setup.spec.target
   if isinstance(target, NMPattern):
     return jax.tree.map(lambda _: target, start)
   return jax.tree.map(lambda mask: int(np.count_nonzero(mask)), start)
 
 
-def initial_state(setup: LMSetup, start: PyTree, rules: PyTree) -> steps.SearchState:
-  """Scores kept 1.0 / pruned 0.99 from the start mask (the reference's magnitude values),
-  their masks, a fresh optimizer state, placed as mesh.fsdp asks."""
-  scores = jax.tree.map(
+def start_scores(start: PyTree) -> PyTree:
+  """Scores kept 1.0 / pruned 0.99 from the start mask (the reference's magnitude values):
+  their top-k is the start mask, and every score starts almost equal."""
+  return jax.tree.map(
       lambda mask: jnp.where(jnp.asarray(mask, bool), MAGNITUDE_KEPT, MAGNITUDE_PRUNED
                              ).astype(jnp.float32), start)
-  state = steps.init_search_state(scores, rules, {}, setup.optimizer())
+
+
+def initial_state(setup: LMSetup, start: PyTree, rules: PyTree) -> steps.SearchState:
+  """`start_scores`, their masks, a fresh optimizer state, placed as mesh.fsdp asks."""
+  state = steps.init_search_state(start_scores(start), rules, {}, setup.optimizer())
   return jax.device_put(state, setup.shardings(state), may_alias=False)
 
 
@@ -214,7 +210,7 @@ def search_stage(setup: LMSetup, workdir: Path, start: PyTree) -> loop.Stage:
   sequences' perplexity (the lower the better) when eval.every_epochs > 0."""
   config = setup.config
   search = config.search
-  rules = keep_counts(setup, start)
+  rules = keep_counts(setup.spec.target, start)
   step = functools.partial(lm_steps.lm_search_step, model=setup.model, keep_counts=rules,
                            tx=setup.optimizer(), distill_weight=search.distill_weight,
                            distill_temperature=search.distill_temperature)
@@ -269,16 +265,17 @@ def search_language_model(config: ml_collections.ConfigDict, workdir: str | os.P
   load_at_start, started = os.getloadavg()[0], time.perf_counter()
   spec = lm_spec.resolve_search(config)
   workdir = workdir_lib.prepare_workdir(spec.config, workdir, force=force)
-  setup, import_seconds = lm_baselines.timed(lambda: setup_language_model(spec))
-  workdir_lib.save_workdir_config(spec.config, workdir)
-  measured = measure_baselines(setup, workdir)
-  start = measured["start"]
-  if evaluate_only:
+  if evaluate_only:  # before anything loads: a workdir without a checkpoint has no jackpot
     with checkpointing.SearchCheckpoints(workdir / SEARCH_CHECKPOINTS,
                                          spec.config.checkpoint.keep) as ckpts:
       stop_after = ckpts.latest_step()
     if stop_after is None:
       raise ValueError(f"{workdir} holds no search checkpoint; run `search` first")
+  setup, import_seconds = lm_baselines.timed(lambda: setup_language_model(spec))
+  if not evaluate_only:  # evaluate changes how it runs, not the searched config
+    workdir_lib.save_workdir_config(spec.config, workdir)
+  measured = measure_baselines(setup, workdir)
+  start = measured["start"]
   state, meta, selected = loop.run_stage(search_stage(setup, workdir, start), spec, setup.mesh,
                                          workdir, stop_after=stop_after)
   if int(state.step) < setup.total_steps and not evaluate_only:

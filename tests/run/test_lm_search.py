@@ -106,7 +106,7 @@ def test_the_scores_start_at_the_named_one_shot_mask(searched, method):
   config, workdir, _ = searched
   setup = lm_search.setup_language_model(lm_spec.resolve_search(config))
   start = lm_masks.load_masks(workdir, method)
-  state = lm_search.initial_state(setup, start, lm_search.keep_counts(setup, start))
+  state = lm_search.initial_state(setup, start, lm_search.keep_counts(setup.spec.target, start))
   for path, mask in _flat(start).items():
     np.testing.assert_array_equal(np.asarray(_flat(state.masks)[path]), mask, str(path))
     np.testing.assert_array_equal(np.asarray(_flat(state.scores)[path]) == 1.0, mask)
