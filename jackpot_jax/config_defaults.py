@@ -87,11 +87,13 @@ FIELDS: list[tuple[str, Any, str]] = [
      "fit in this many MB are decoded once and kept in memory; 0: decode on every read"),
     ("data.shuffle_buffer", 16_384, "unused: the Grain pipeline shuffles whole splits; "
      "kept so that existing command lines run"),
-    ("data.train_split", "train", "split the search trains on (less the held-out images)"),
+    ("data.train_split", "train", "split the search trains on (less the held-out images); "
+     "a slice in TFDS's notation reads part of it: 'train[:50%]', 'train[1000:]'"),
     ("data.data_dir", _Unset(str), "TFDS data dir; None: TFDS's default"),
     ("data.manual_dir", _Unset(str), "manually downloaded archives (ImageNet)"),
     ("data.eval_split", "test", "split the accuracies are measured on; 'test' reads "
-     "'validation' (TFDS) or val/ (image folders) where there is no test split"),
+     "'validation' (TFDS) or val/ (image folders) where there is no test split; "
+     "'test[:2000]' or 'test[:20%]' measures a slice of it"),
     ("data.holdout_images", _Unset(int),
      "training images held out of the search for its evaluations and early stopping; "
      "None: min(5000, 10%); 0: none"),

@@ -21,7 +21,7 @@ import ml_collections
 
 from jackpot_jax import config_defaults, fileio
 from jackpot_jax.config_defaults import STANDARD_STATISTICS
-from jackpot_jax.data import transforms
+from jackpot_jax.data import split_slices, transforms
 from jackpot_jax.data.resolved_preprocessing import Preprocessing
 
 
@@ -153,9 +153,7 @@ def _count(value: Any, key: str) -> int:
 
 
 def _split_name(value: Any, key: str) -> str:
-  if not isinstance(value, str) or not value:
-    raise ValueError(f"{key} must be a split name such as 'train', 'test' or 'validation', "
-                     f"got {value!r}")
+  split_slices.parse(value, key)
   return value
 
 

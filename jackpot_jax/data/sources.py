@@ -10,7 +10,8 @@ import functools
 
 import numpy as np
 
-from jackpot_jax.data import holdout, preprocessing as preprocessing_lib, text, transforms
+from jackpot_jax.data import (holdout, preprocessing as preprocessing_lib, split_slices, text,
+                              transforms)
 from jackpot_jax.data.config import TEXT_KINDS, DatasetInfo, DataSpec
 from jackpot_jax.data.image_folder import open_image_folder
 from jackpot_jax.data.npz import load_npz
@@ -28,6 +29,7 @@ class OpenedData:
   """
   dataset: SourceDataset
   train_split: str
+  train_rows: np.ndarray
   searched: np.ndarray
   held_out: np.ndarray
   shape: tuple[int, int, int]
@@ -37,14 +39,14 @@ class OpenedData:
   def rows(self, split: str) -> tuple[Split, np.ndarray]:
     """(records, rows) of 'search', 'holdout' (the two partition the training split),
     'train' (all of it) or any split of the dataset ('test' falling back to
-    'validation' / 'val')."""
+    'validation' / 'val'), each sliced where its name says so ('test[:2000]')."""
     if split in ("search", "holdout", "train"):
       records = self.dataset.splits[self.train_split]
       if split == "train":
-        return records, np.arange(len(records))
+        return records, self.train_rows
       return records, self.searched if split == "search" else self.held_out
-    records = self.dataset.split(split)
-    return records, np.arange(len(records))
+    records = self.dataset.split(split_slices.parse(split, "data.eval_split").name)
+    return records, split_slices.sliced_rows(split, "data.eval_split", len(records))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +85,12 @@ def _open(spec: DataSpec) -> SourceDataset:
 @functools.lru_cache(maxsize=4)
 def _open_cached(spec: DataSpec) -> OpenedData:
   dataset = _open(spec)
-  train_split = dataset.split_name(spec.train_split)
+  train_split = dataset.split_name(split_slices.parse(spec.train_split, "data.train_split").name)
   records = dataset.splits[train_split]
+  train_rows = split_slices.sliced_rows(spec.train_split, "data.train_split", len(records))
   searched, held_out = holdout.partition(
-      len(records), holdout.holdout_count(spec.holdout_images, len(records)))
+      len(train_rows), holdout.holdout_count(spec.holdout_images, len(train_rows)))
+  searched, held_out = train_rows[searched], train_rows[held_out]
   shape = tuple(records[0][0].shape)
   augmentation = preprocessing_lib.choose_augmentation(spec, shape)
   size = augmentation.image_size
@@ -97,7 +101,7 @@ def _open_cached(spec: DataSpec) -> OpenedData:
       reference = split.check_one_size(dataset.description, reference)
   image_shape = shape if size is None else (size, size, shape[-1])
   preprocessing = preprocessing_lib.resolve(spec, shape, records, augmentation)
-  return OpenedData(dataset, train_split, searched, held_out, shape, image_shape,
+  return OpenedData(dataset, train_split, train_rows, searched, held_out, shape, image_shape,
                     preprocessing)
 
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jackpot_jax.data import holdout
+from jackpot_jax.data import holdout, split_slices
 from jackpot_jax.data.config import DataSpec, as_spec
 from jackpot_jax.data.records import find_split
 from jackpot_jax.data.token_store import PackedSequences, cache_dir, mapped_tokens, token_store
@@ -56,6 +56,7 @@ class OpenedText:
   description: str
   entries: dict[str, Any]
   train_split: str
+  train_rows: np.ndarray
   searched: np.ndarray
   held_out: np.ndarray
   tokenizer: TextTokenizer
@@ -65,11 +66,14 @@ class OpenedText:
     the folder by its name ('test' falling back to 'validation' / 'val')."""
     if split in _TRAINING_PARTS:
       return split
-    return find_split(split, self.entries, self.description)
+    sliced = split_slices.parse(split, "data.eval_split")
+    return find_split(sliced.name, self.entries, self.description) + sliced.suffix()
 
   def sequences(self, split: str) -> PackedSequences:
-    """The packed sequences of a split of the folder (see `split_name`)."""
-    name = find_split(split, self.entries, self.description)
+    """The packed sequences of a split of the folder (see `split_name`; a slice in the
+    name is left to `rows`)."""
+    name = find_split(split_slices.parse(split, "data.eval_split").name, self.entries,
+                      self.description)
     return _sequences(self.spec, name, self.entries[name])
 
   def rows(self, split: str) -> tuple[PackedSequences, np.ndarray]:
@@ -78,10 +82,10 @@ class OpenedText:
     if split in _TRAINING_PARTS:
       records = self.sequences(self.train_split)
       if split == "train":
-        return records, np.arange(len(records))
+        return records, self.train_rows
       return records, self.searched if split == "search" else self.held_out
     records = self.sequences(split)
-    return records, np.arange(len(records))
+    return records, split_slices.sliced_rows(split, "data.eval_split", len(records))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,13 +204,19 @@ def _open_cached(spec: DataSpec) -> OpenedText:
   tokenizer = _tokenizer(spec.tokenizer)
   entries = _entries(spec)
   description = f"data.name={spec.name} ({_layout(spec)})"
-  train_split = find_split(spec.train_split, entries, description)
-  eval_split = find_split(spec.eval_split, entries, description)
-  _sequences(spec, eval_split, entries[eval_split])  # a bad evaluation split fails now
-  count = len(_sequences(spec, train_split, entries[train_split]))
-  searched, held_out = holdout.partition(count, holdout.holdout_count(
-      spec.holdout_sequences, count, "data.holdout_sequences", "sequences"))
-  return OpenedText(spec, description, entries, train_split, searched, held_out, tokenizer)
+  train_split = find_split(split_slices.parse(spec.train_split, "data.train_split").name,
+                           entries, description)
+  eval_split = find_split(split_slices.parse(spec.eval_split, "data.eval_split").name,
+                          entries, description)
+  # A bad evaluation split or slice fails now.
+  split_slices.sliced_rows(spec.eval_split, "data.eval_split",
+                           len(_sequences(spec, eval_split, entries[eval_split])))
+  train_rows = split_slices.sliced_rows(spec.train_split, "data.train_split",
+                                        len(_sequences(spec, train_split, entries[train_split])))
+  searched, held_out = holdout.partition(len(train_rows), holdout.holdout_count(
+      spec.holdout_sequences, len(train_rows), "data.holdout_sequences", "sequences"))
+  return OpenedText(spec, description, entries, train_split, train_rows, train_rows[searched],
+                    train_rows[held_out], tokenizer)
 
 
 def open_text(spec: DataSpec) -> OpenedText:
