@@ -121,17 +121,19 @@ class TfdsSplit:
   """One split of a prepared dataset, read by index from its array_record files.
 
   The reader opens on first access, in the process that reads (a Grain worker receives
-  the directory and split, not an open file). A `cached` split decodes all its images on
-  first access and keeps them: small datasets (CIFAR, Fashion-MNIST) then cost their
-  decoding once, not once per epoch and evaluation, also when the train and evaluation
-  pipelines' threads ask for it at the same time.
+  the directory and split, not an open file). A `cached` split keeps every image it
+  decoded: small datasets (CIFAR, Fashion-MNIST) then cost their decoding once, not once
+  per epoch and evaluation, also when the train and evaluation pipelines' threads ask for
+  the same images at the same time. Each image is decoded when a read first asks for it,
+  so a command that reads a few (an `evaluate` re-estimating BN statistics on 2,048
+  training images, the first image's shape) does not decode the whole split.
   """
 
   def __init__(self, dataset_dir: str, split: str, count: int, image_key: str,
                label_key: str, cached: bool):
     self.dataset_dir, self.split, self.count = dataset_dir, split, count
     self.image_key, self.label_key, self.cached = image_key, label_key, cached
-    self._source, self._arrays = None, None
+    self._source, self._arrays, self._decoded = None, None, None
     self._open_lock, self._decode_lock = threading.Lock(), threading.Lock()
 
   def __getstate__(self) -> dict:
@@ -159,23 +161,36 @@ class TfdsSplit:
         self._source = builder.as_data_source(split=self.split, file_format=FILE_FORMAT)
     return [self._record(example) for example in self._source.__getitems__(indices)]
 
-  def _decoded_arrays(self) -> ArraySplit:
-    """Every record decoded, on a pool of threads (PIL releases the GIL), once."""
+  def _cached_read(self, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """The records at `indices` from the kept arrays, those never read before decoded
+    first (on a pool of threads where there are many: PIL releases the GIL), once."""
+    indices = np.asarray(indices, np.int64)
+    if not len(indices):
+      return []
     with self._decode_lock:
-      if self._arrays is not None:
-        return self._arrays
-      starts = range(0, self.count, _DECODE_CHUNK)
-      with futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        chunks = pool.map(lambda start: self._decode(
-            list(range(start, min(start + _DECODE_CHUNK, self.count)))), starts)
-        records = [record for chunk in chunks for record in chunk]
-      images = np.stack([image for image, _ in records])
-      self._arrays = ArraySplit(images, np.asarray([label for _, label in records], np.int32))
-    return self._arrays
+      missing = (np.unique(indices) if self._decoded is None
+                 else np.unique(indices[~self._decoded[indices]]))
+      chunks = [missing[start:start + _DECODE_CHUNK].tolist()
+                for start in range(0, len(missing), _DECODE_CHUNK)]
+      if len(chunks) > 1:
+        with futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+          decoded = list(pool.map(self._decode, chunks))
+      else:
+        decoded = [self._decode(chunk) for chunk in chunks]
+      for chunk, records in zip(chunks, decoded):
+        if self._arrays is None:
+          image = records[0][0]
+          self._arrays = ArraySplit(np.zeros((self.count, *image.shape), image.dtype),
+                                    np.zeros(self.count, np.int32))
+          self._decoded = np.zeros(self.count, bool)
+        self._arrays.images[chunk] = np.stack([image for image, _ in records])
+        self._arrays.labels[chunk] = [label for _, label in records]
+        self._decoded[chunk] = True
+      return self._arrays.read(indices)
 
   def read(self, indices: np.ndarray) -> list[tuple[np.ndarray, int]]:
     if self.cached:
-      return self._decoded_arrays().read(indices)
+      return self._cached_read(indices)
     return self._decode([int(i) for i in indices])
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:

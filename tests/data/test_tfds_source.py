@@ -162,3 +162,28 @@ def test_a_cached_tfds_split_decodes_once_when_two_threads_ask_at_once(tmp_path,
   copy = pickle.loads(pickle.dumps(split))
   np.testing.assert_array_equal(copy.read(np.array([7]))[0][0], results[0][7][0])
   assert calls == [30]
+
+
+def test_a_cached_tfds_split_decodes_each_image_once_and_only_those_read(tmp_path, monkeypatch):
+  """An `evaluate` that reads a few training images, or the first one's shape, does not
+  decode the whole split; what it read is not decoded again, and reads equal uncached
+  ones."""
+  from jackpot_jax.data import tfds_source  # pylint: disable=import-outside-toplevel
+  TinyShapes(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  config = data_config("tfds:tiny_shapes", data_dir=str(tmp_path), holdout_images=6)
+  opened = open_data(resolve_spec(config)).dataset.splits["train"]
+  split, plain = (tfds_source.TfdsSplit(opened.dataset_dir, opened.split, opened.count,
+                                        opened.image_key, opened.label_key, cached=cached)
+                  for cached in (True, False))
+  decode, calls = tfds_source.TfdsSplit._decode, []
+  monkeypatch.setattr(tfds_source.TfdsSplit, "_decode",
+                      lambda self, indices: calls.append(list(indices)) or decode(self, indices))
+  assert split[4][1] == plain[4][1] and calls == [[4], [4]]
+  calls.clear()
+  first = split.read(np.array([9, 4, 9, 2]))
+  second = split.read(np.arange(30))
+  assert calls == [[2, 9], [i for i in range(30) if i not in (2, 4, 9)]]
+  for got, want in zip(first + second, plain.read(np.r_[[9, 4, 9, 2], np.arange(30)])):
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1]
