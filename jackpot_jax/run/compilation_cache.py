@@ -14,8 +14,10 @@ folder's contents: it must not be writable by other users.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import types
 from pathlib import Path
 
 from absl import logging
@@ -23,6 +25,20 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from jackpot_jax import fileio
+
+def _jax_internals() -> types.SimpleNamespace:
+  """JAX's file cache class, the module that opens it, and its entries' file suffix, where
+  this JAX has them (private: checked before use, see `write_entries_atomically`)."""
+  # pylint: disable=import-outside-toplevel,protected-access
+  try:
+    from jax._src import compilation_cache as internal, lru_cache as module
+  except ImportError:
+    return types.SimpleNamespace(internal=None, module=None, CACHE_SUFFIX="")
+  return types.SimpleNamespace(internal=internal, module=module,
+                               CACHE_SUFFIX=getattr(module, "_CACHE_SUFFIX", ""))
+
+
+_JAX = _jax_internals()
 
 FIELD = "compilation_cache_dir"
 AUTO = "auto"
@@ -78,11 +94,72 @@ def _prepare(directory: str) -> None:
                      f"choose another, or --config.{FIELD}=none to compile without it") from error
 
 
+def _atomic_file_cache(base: type) -> type:
+  """JAX's file cache with each entry written whole or not at all.
+
+  JAX (0.10 to 0.12) writes an entry in place when the cache has no size limit (its
+  default), so a process reading the folder while another writes, or after one was killed
+  mid-write, reads a truncated program: a warning and a recompile at best, a decompression
+  error at worst. Several processes share one folder as a matter of course (one per
+  accelerator on a host, a search beside its `evaluate`, a resumed run after a kill), so
+  each entry goes to a temporary file beside it and is renamed into place, which is atomic
+  on a local file system. With a size limit JAX locks the folder itself; cloud folders
+  are left to JAX.
+  """
+
+  class AtomicFileCache(base):
+    """`base` writing each local entry through a rename."""
+
+    def put(self, key: str, value: bytes) -> None:
+      folder = str(self.path)
+      if getattr(self, "eviction_enabled", True) or "://" in folder:
+        super().put(key, value)
+        return
+      target = os.path.join(folder, f"{key}{_JAX.CACHE_SUFFIX}")
+      if os.path.exists(target):
+        return
+      # Not named *-cache: JAX's listing of entries never sees a temporary file.
+      handle, temporary = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
+      try:
+        with os.fdopen(handle, "wb") as file:
+          file.write(value)
+        os.replace(temporary, target)
+      except BaseException:
+        with contextlib.suppress(OSError):
+          os.unlink(temporary)
+        raise
+
+  return AtomicFileCache
+
+
+def write_entries_atomically() -> bool:
+  """Makes JAX's persistent cache, in this process, write each entry through a rename
+  (`_atomic_file_cache`); the cache already open is switched too. Returns False, changing
+  nothing, where this JAX's cache internals are not the ones this was written for."""
+  # pylint: disable=protected-access
+  base = getattr(_JAX.module, "LRUCache", None)
+  if base is None or not _JAX.CACHE_SUFFIX or not callable(
+      getattr(_JAX.internal, "get_file_cache", None)):
+    return False
+  if getattr(base, "_writes_atomically", False):
+    return True
+  atomic = _atomic_file_cache(base)
+  atomic._writes_atomically = True
+  _JAX.internal.LRUCache = atomic
+  opened = getattr(_JAX.internal, "_cache", None)
+  opened = getattr(opened, "_base_cache", opened)  # under jax_compilation_cache_check_contents
+  if type(opened) is base:  # pylint: disable=unidiomatic-typecheck
+    opened.__class__ = atomic
+  return True
+
+
 def enable(value: str | None) -> str | None:
   """Points JAX's persistent compilation cache at the folder `value` names, or turns it off;
-  returns that folder (None: off). Call it before the programs it should cover compile."""
+  returns that folder (None: off). Call it before the programs it should cover compile.
+  Entries are written whole or not at all (`write_entries_atomically`)."""
   if not jax.config.jax_enable_compilation_cache:  # JAX_ENABLE_COMPILATION_CACHE=false
     return None
+  write_entries_atomically()
   directory = resolve(value)
   if directory is not None:
     try:

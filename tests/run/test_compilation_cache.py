@@ -65,6 +65,38 @@ def test_a_named_folder_is_made_owner_only_and_jax_writes_every_program_there(
   assert [p for p in folder.iterdir() if p.name.endswith("-cache")]
 
 
+def test_an_entry_is_written_whole_or_not_at_all(tmp_path, monkeypatch,
+                                                 session_cache_restored):
+  """A write that fails (or a process killed) before its rename leaves no entry, so a
+  process sharing the folder never reads part of a program; the programs JAX compiles go
+  through the same path."""
+  from jax._src import compilation_cache as jax_internal  # pylint: disable=import-outside-toplevel
+  assert compilation_cache.write_entries_atomically()
+  cache = jax_internal.LRUCache(str(tmp_path / "direct"), max_size=-1)
+
+  def interrupted(source, target):
+    raise OSError("killed before the rename")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(os, "replace", interrupted)
+    with pytest.raises(OSError, match="killed before the rename"):
+      cache.put("program", b"x" * 100_000)
+  assert cache.get("program") is None and list((tmp_path / "direct").iterdir()) == []
+  cache.put("program", b"x" * 100_000)
+  assert cache.get("program") == b"x" * 100_000
+  assert [p.name for p in (tmp_path / "direct").iterdir()] == ["program-cache"]
+
+  folder = tmp_path / "compiled"
+  compilation_cache.enable(str(folder))
+  with monkeypatch.context() as patch:
+    renamed = []
+    patch.setattr(os, "replace", lambda source, target: renamed.append(target) or
+                  os.rename(source, target))
+    jax.jit(lambda x: x * 5 + 2)(np.arange(7.0)).block_until_ready()
+  entries = sorted(str(p) for p in folder.iterdir())
+  assert entries and entries == sorted(renamed), (entries, renamed)
+
+
 def test_a_minimum_compile_time_the_user_chose_is_kept(tmp_path, session_cache_restored):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 5.0)
   compilation_cache.enable(str(tmp_path / "xla"))
