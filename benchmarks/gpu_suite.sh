@@ -57,7 +57,7 @@ if (( smoke )); then
   limits=(devices=120 f32=400 bf16=300 mask_selection=300)
   torch_device=cpu
   export JAX_PLATFORMS=cpu
-  sizes=(--model=resnet20 --image_size=8 --batch_size=4 --num_classes=10 --repeats=1
+  sizes=(--model=resnet8 --image_size=8 --batch_size=4 --num_classes=10 --repeats=1
          --warmup=1 --steps_per_round=1)
   mask_args=(--smoke)
 else

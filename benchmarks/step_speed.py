@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from jackpot_jax.models import cifar_resnet
 from jackpot_jax.run import parallel
 
 import common
@@ -157,18 +158,22 @@ def decoder_rounds(config, folder: str, tokens: np.ndarray) -> tuple[dict, dict]
       "masked_parameters": masked, "target": str(target)}
 
 
+CIFAR_RESNETS = tuple(f"resnet{depth}" for depth in cifar_resnet.DEPTHS)
+
+
 def _torch_model(name: str, num_classes: int):
   """The PyTorch twin of a registry model, in the same key layout."""
   from jackpot_jax.models.vgg_cifar import VGG19_LAYOUT
   from torch_reference import torch_models
-  if name in ("resnet20", "resnet32", "resnet56"):
+  if name in CIFAR_RESNETS:
     return torch_models.CifarResNet(int(name[len("resnet"):]), num_classes,
                                     in_channels=FLAGS.channels)
   if name in ("resnet18", "resnet34", "resnet50"):
     return torch_models.torchvision_resnet(int(name[len("resnet"):]), num_classes)
   if name == "vgg19":
     return torch_models.AuthorsCifarVGG(VGG19_LAYOUT, num_classes, in_channels=FLAGS.channels)
-  raise ValueError(f"--torch supports resnet20/32/56, resnet18/34/50 and vgg19, not {name!r}")
+  raise ValueError(f"--torch supports {', '.join(CIFAR_RESNETS)}, resnet18/34/50 and vgg19, "
+                   f"not {name!r}")
 
 
 def torch_rounds(config, images: np.ndarray, labels: np.ndarray) -> dict:

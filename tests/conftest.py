@@ -37,8 +37,10 @@ def _share_compiled_programs_across_the_session() -> None:
   worker = os.environ.get("PYTEST_XDIST_WORKER")
   session_folder = os.environ.get(_SESSION_CACHE)
   if worker and session_folder and os.environ.get("JAX_COMPILATION_CACHE_DIR") == session_folder:
-    # JAX writes an entry in place, so two workers sharing one folder could read each
-    # other's half-written entries: each worker (and the commands it starts) has its own.
+    # The commands jackpot_jax starts write each entry through a rename
+    # (run/compilation_cache.py), but JAX alone writes in place (the benchmarks' own
+    # processes, say), and two workers run such commands at the same time: each worker
+    # (and the commands it starts, one test at a time) has its own folder.
     os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(session_folder, worker)
     return
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:
@@ -64,7 +66,20 @@ from flax import traverse_util
 from jackpot_jax import config_defaults, models
 from jackpot_jax.run import setup as setup_lib, spec as spec_lib, job
 from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
+from jackpot_jax.run import compilation_cache
 from torch_reference.torch_models import CifarResNet
+
+# This process's entries too are written whole, so the commands its tests start (which
+# may be killed, or run two at a time) share its folder.
+compilation_cache.write_entries_atomically()
+
+
+# The tiny searches' model: the smallest CIFAR ResNet (one basic block a stage) has every
+# kind of layer ResNet-20 has (stem, strided blocks, 1x1 downsampling, classifier) in a
+# third of the convolutions, and its programs trace and compile in about half the time.
+TINY_DEPTH = 8
+TINY_MODEL = f"resnet{TINY_DEPTH}"
+TINY_CHECKPOINT = f"{TINY_MODEL}.pth"
 
 
 def sgd_config(**overrides) -> ml_collections.ConfigDict:
@@ -75,11 +90,12 @@ def sgd_config(**overrides) -> ml_collections.ConfigDict:
 
 
 class TinySearch:
-  """A ResNet-20 on 8x8x3 inputs, 90% l1 plan, magnitude scores and a jitted step."""
+  """A ResNet-8 (`TINY_MODEL`) on 8x8x3 inputs, 90% l1 plan, magnitude scores and a jitted
+  step."""
 
   def __init__(self, bn_mode: str = "recalibrate", score_init: str = "magnitude",
                optimizer_config=None, target: float = 0.9):
-    self.spec = models.get_model_spec("resnet20")
+    self.spec = models.get_model_spec(TINY_MODEL)
     self.model = self.spec.build(num_classes=10)
     rng = jax.random.PRNGKey(0)
     self.batch = {"image": jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3)),
@@ -189,16 +205,6 @@ def no_thread_outlives_its_test():
   assert not left, f"threads still running after the test: {left}"
 
 
-def without_shared_compilation_cache(env: dict) -> dict:
-  """`env` for a child process that may be killed, or that runs beside another JAX process:
-  JAX writes a cache entry in place (not through a rename), so a kill mid-write, or a
-  reader racing a writer, would leave or see a truncated entry, which the next reader
-  reports as a warning on stderr. Such children compile for themselves: an empty folder
-  turns the cache off (without it they would use the user's own, config.compilation_cache_dir
-  being `auto`)."""
-  return {**env, "JAX_COMPILATION_CACHE_DIR": ""}
-
-
 # Set in the child pytest an `eight_devices` test runs in, so a child that still lacks the
 # devices fails instead of starting another.
 _EIGHT_DEVICE_CHILD = "JACKPOT_TEST_EIGHT_DEVICE_CHILD"
@@ -271,26 +277,27 @@ def tiny_search() -> TinySearch:
 
 @pytest.fixture(scope="session")
 def tiny_job(tmp_path_factory):
-  """A random ResNet-20 checkpoint (1 input channel) and a 10-class 8x8 npz dataset: 80
-  training images, of which `tiny_config` holds 16 out."""
+  """Random ResNet-8 (`TINY_CHECKPOINT`) and ResNet-20 checkpoints (1 input channel) and a
+  10-class 8x8 npz dataset: 80 training images, of which `tiny_config` holds 16 out."""
   root = tmp_path_factory.mktemp("job")
   rng = np.random.default_rng(0)
   arrays = {"x_train": rng.integers(0, 256, (80, 8, 8, 1), dtype=np.uint8),
             "y_train": np.arange(80) % 10, "x_test": rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8),
             "y_test": np.arange(20) % 10}
   np.savez(root / "data.npz", **arrays)
-  torch.manual_seed(0)
-  net = CifarResNet(20, num_classes=10, in_channels=1)
-  torch.save(net.state_dict(), root / "resnet20.pth")
+  for depth in (TINY_DEPTH, 20):
+    torch.manual_seed(0)
+    net = CifarResNet(depth, num_classes=10, in_channels=1)
+    torch.save(net.state_dict(), root / f"resnet{depth}.pth")
   return root
 
 
-def tiny_config(root: Path) -> ml_collections.ConfigDict:
+def tiny_config(root: Path, model: str = TINY_MODEL) -> ml_collections.ConfigDict:
   """Six search steps of 16 of the 64 searched examples of `tiny_job`, evaluations on the
-  16 held-out ones, checkpoints every 2 steps."""
+  16 held-out ones, checkpoints every 2 steps; `model` 'resnet20' for the deeper network."""
   config = config_defaults.base_config()
-  config.model.name = "resnet20"
-  config.model.checkpoint = str(root / "resnet20.pth")
+  config.model.name = model
+  config.model.checkpoint = str(root / f"{model}.pth")
   config.data.name = f"npz:{root / 'data.npz'}"
   config.data.mean, config.data.std = (0.5,), (0.25,)
   config.data.holdout_images = 16
@@ -308,7 +315,8 @@ def tiny_config(root: Path) -> ml_collections.ConfigDict:
 
 def tiny_overrides(root: Path) -> list[str]:
   """Command-line flags that make configs/default.py compute what `tiny_config` does."""
-  return [f"--config.model.checkpoint={root / 'resnet20.pth'}",
+  return [f"--config.model.name={TINY_MODEL}",
+          f"--config.model.checkpoint={root / TINY_CHECKPOINT}",
           f"--config.data.name=npz:{root / 'data.npz'}", "--config.data.mean=(0.5,)",
           "--config.data.std=(0.25,)", "--config.data.holdout_images=16",
           "--config.search.sparsity_plan=uniform",

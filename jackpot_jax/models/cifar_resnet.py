@@ -79,7 +79,10 @@ class CifarResNet(nn.Module):
     return Dense(self.num_classes, name="linear")(x)
 
 
-for _depth in (20, 32, 56):
+# The CIFAR ResNets of He et al. (2016), and ResNet-8, the smallest (MLPerf Tiny's).
+DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+
+for _depth in DEPTHS:
   register(ModelSpec(
       name=f"resnet{_depth}",
       build=functools.partial(CifarResNet, _depth),

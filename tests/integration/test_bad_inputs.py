@@ -28,7 +28,7 @@ from jackpot_jax import cli, config_files
 from jackpot_jax.run import evaluation, job, workdir as workdir_lib
 from torch_reference.torch_models import CifarResNet
 
-from conftest import setup_of, tiny_config, tiny_overrides
+from conftest import TINY_CHECKPOINT, TINY_MODEL, setup_of, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = f"--config={REPO / 'configs' / 'default.py'}"
@@ -98,7 +98,7 @@ def _png(path: Path, value: int) -> None:
 def inputs(tiny_job, tmp_path_factory) -> Path:
   """Damaged and mismatched inputs beside the tiny job's good ones."""
   root = tmp_path_factory.mktemp("bad_inputs")
-  good = (tiny_job / "resnet20.pth").read_bytes()
+  good = (tiny_job / TINY_CHECKPOINT).read_bytes()
   (root / "truncated.pth").write_bytes(good[:len(good) // 2])
   (root / "empty.pth").write_bytes(b"")
   (root / "notes.pth").write_text("these are not the weights you are looking for\n")
@@ -165,7 +165,7 @@ def _pattern_search(pattern: str) -> Args:
 def _saved_run(job: Path, workdir: Path) -> None:
   """A workdir whose run was `search` with the tiny overrides (its config is enough)."""
   config = config_files.load_config(REPO / "configs" / "default.py")
-  config.model.checkpoint = str(job / "resnet20.pth")
+  config.model.name, config.model.checkpoint = TINY_MODEL, str(job / TINY_CHECKPOINT)
   config.data.name = f"npz:{job / 'data.npz'}"
   config.data.mean, config.data.std = (0.5,), (0.25,)
   config.data.holdout_images = 16
@@ -217,7 +217,7 @@ IN_PROCESS = [
         f"--config.model.checkpoint={i / 'notes.pth'}"]),
          "is not a PyTorch (.pth/.pt/.tar) or safetensors checkpoint"),
     Case("checkpoint_of_another_architecture", _search_with(lambda i, w: [
-        f"--config.model.checkpoint={i / 'resnet32.pth'}"]), "does not fit model 'resnet20'"),
+        f"--config.model.checkpoint={i / 'resnet32.pth'}"]), f"does not fit model '{TINY_MODEL}'"),
     Case("checkpoint_folder_without_config", _search_with(lambda i, w: [
         f"--config.model.checkpoint={i / 'hf_without_config'}"]),
          "hf_without_config has no config.json"),
@@ -226,7 +226,7 @@ IN_PROCESS = [
          "config.json's model_type 'bert' is not supported; supported: deit, vit"),
     Case("checkpoint_folder_of_another_model", _search_with(lambda i, w: [
         f"--config.model.checkpoint={i / 'hf_vit'}"]),
-         "model.name='resnet20' but checkpoint folder"),
+         f"model.name='{TINY_MODEL}' but checkpoint folder"),
     Case("model_from_a_file_checkpoint", _search("--config.model.name=auto"),
          "is not a folder; set --config.model.name to its model"),
     Case("image_folder_without_images", _search_with(lambda i, w: [
@@ -380,10 +380,10 @@ def test_read_only_workdir(tiny_job, tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-  """A 5 MiB tmpfs: room for two of the tiny job's 1.8 MB checkpoints, not three."""
+  """A 1,600 KiB tmpfs: room for two of the tiny job's 630 KiB checkpoints, not three."""
   mount_point = tmp_path / "disk"
   mount_point.mkdir()
-  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount_point)],
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount_point)],
                     capture_output=True).returncode != 0:
     pytest.skip("cannot mount a tmpfs here (needs root)")
   yield mount_point

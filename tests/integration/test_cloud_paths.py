@@ -22,7 +22,7 @@ from PIL import Image
 import pytest
 import torch
 
-from conftest import tiny_overrides, without_shared_compilation_cache
+from conftest import TINY_CHECKPOINT, tiny_overrides
 from gcs_emulator import closed_port_env, running_emulator
 from test_bad_inputs import CONFIG, REPO, assert_one_line_error
 
@@ -69,12 +69,12 @@ def _wait_for_object(gcs, pattern: str, process: subprocess.Popen, timeout: floa
 def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_path):
   with running_emulator("bucket") as gcs:
     env = _child_env(gcs.env())
-    gcs.upload("pretrained/resnet20.pth", (tiny_job / "resnet20.pth").read_bytes())
-    search = _search_flags(tiny_job, "gs://bucket/pretrained/resnet20.pth")
+    gcs.upload(f"pretrained/{TINY_CHECKPOINT}", (tiny_job / TINY_CHECKPOINT).read_bytes())
+    search = _search_flags(tiny_job, f"gs://bucket/pretrained/{TINY_CHECKPOINT}")
 
     log = tmp_path / "killed.log"
     with open(log, "w") as output:
-      process = subprocess.Popen(_command(search), env=without_shared_compilation_cache(env),
+      process = subprocess.Popen(_command(search), env=env,
                                  cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT)
       try:
         # Orbax lists a step once its own commit file exists (the last object it writes).
@@ -115,7 +115,7 @@ def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_
 def test_an_unreachable_bucket_ends_in_one_line_within_two_minutes(tiny_job, tmp_path):
   with closed_port_env() as gcs_env:
     began = time.monotonic()
-    result = _run(_search_flags(tiny_job, str(tiny_job / "resnet20.pth")), _child_env(gcs_env),
+    result = _run(_search_flags(tiny_job, str(tiny_job / TINY_CHECKPOINT)), _child_env(gcs_env),
                   tmp_path, timeout=240)
     seconds = time.monotonic() - began
   assert_one_line_error(result.returncode, result.stderr,

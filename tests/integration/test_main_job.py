@@ -17,7 +17,7 @@ from jackpot_jax import cli
 from jackpot_jax.run import job, workdir_export
 from torch_reference.torch_models import CifarResNet
 
-from conftest import final_search_state, tiny_config
+from conftest import TINY_CHECKPOINT, TINY_DEPTH, TINY_MODEL, final_search_state, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,11 +90,12 @@ def test_search_evaluates_and_stops_on_the_holdout_and_tests_once_at_the_end(
 def test_report_has_the_contract_keys(tiny_job, tmp_path):
   report = job.search_and_evaluate(tiny_config(tiny_job), tmp_path)
   on_disk = json.loads((tmp_path / "report.json").read_text())
-  assert on_disk["model"] == "resnet20" and on_disk["checkpoint"].endswith("resnet20.pth")
+  assert on_disk["model"] == TINY_MODEL and on_disk["checkpoint"].endswith(TINY_CHECKPOINT)
   assert on_disk["dataset"].startswith("npz:") and on_disk["target_sparsity"] == 0.9
   assert set(on_disk["sparsity"]) >= {"conv", "prunable", "all_weights", "per_layer"}
   assert set(on_disk["accuracy"]) >= {"dense", "magnitude", "magnitude_recalibrated", "jackpot"}
   assert on_disk["accuracy_split"] == "test" and on_disk["search"]["selected_on"] == "holdout"
+  assert on_disk["accuracy_images"] == 20
   assert set(on_disk["search"]) >= {"selected_step", "start_holdout_accuracy", "beat_start"}
   assert on_disk["holdout"]["images"] == 16 and on_disk["recalibration_images"] == 64
   assert set(on_disk["search"]) >= {"steps", "epochs", "wall_seconds", "score_init", "sparsity_plan"}
@@ -133,7 +134,8 @@ def _cli(*args, cwd=REPO):
 def test_command_line_search_applies_overrides_and_exports(tiny_job, tmp_path):
   workdir = tmp_path / "run"
   result = _cli("search", "--config=configs/default.py", f"--workdir={workdir}",
-                f"--config.model.checkpoint={tiny_job / 'resnet20.pth'}",
+                f"--config.model.name={TINY_MODEL}",
+                f"--config.model.checkpoint={tiny_job / TINY_CHECKPOINT}",
                 f"--config.data.name=npz:{tiny_job / 'data.npz'}",
                 "--config.search.sparsity=0.8", "--config.search.num_epochs=0.5",
                 "--config.search.sparsity_plan=uniform",
@@ -147,7 +149,7 @@ def test_command_line_search_applies_overrides_and_exports(tiny_job, tmp_path):
   exported = tmp_path / "jackpot.pth"
   result = _cli("export", f"--workdir={workdir}", f"--output={exported}")
   assert result.returncode == 0, result.stderr[-2000:]
-  net = CifarResNet(20, num_classes=10, in_channels=1)
+  net = CifarResNet(TINY_DEPTH, num_classes=10, in_channels=1)
   net.load_state_dict(torch.load(exported, weights_only=True), strict=True)
   conv_zeros = sum(int((m.weight == 0).sum()) for m in net.modules() if isinstance(m, torch.nn.Conv2d))
   conv_total = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
@@ -156,7 +158,7 @@ def test_command_line_search_applies_overrides_and_exports(tiny_job, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   for name in ("jackpot.pth", "jackpot.safetensors"):
     loaded = _run_readme_loading_code(tmp_path, name,
-                                      lambda: CifarResNet(20, num_classes=10, in_channels=1))
+                                      lambda: CifarResNet(TINY_DEPTH, num_classes=10, in_channels=1))
     assert loaded["zeros"] == conv_zeros, name
 
 
@@ -216,7 +218,7 @@ def test_export_after_tuning_writes_the_tuned_weights_under_the_mask(tiny_job, t
   report = job.search_and_evaluate(config, tmp_path / "run")
   assert report["accuracy"]["tuned"] is not None
   exported = workdir_export.export_workdir(tmp_path / "run", tmp_path / "tuned.pth")
-  original = torch.load(tiny_job / "resnet20.pth", weights_only=True)
+  original = torch.load(tiny_job / TINY_CHECKPOINT, weights_only=True)
   tuned = torch.load(exported, weights_only=True)
   masks = jax.device_get(final_search_state(config, tmp_path / "run").masks)
   mask = torch.from_numpy(np.asarray(masks["layer1_0"]["conv1"]["kernel"]).transpose(3, 2, 0, 1).copy())

@@ -79,14 +79,13 @@ def test_five_kills_mid_step_and_mid_save_end_bitwise_equal_to_an_uninterrupted_
   (mostly inside a step), odd ones as soon as a save is under way (inside the save).
 
   The uninterrupted run is the same command (this test process simulates 8 CPU devices,
-  whose XLA programs round differently from a 1-device process), run first into a
-  compilation cache of its own that the killed runs then read: they find every program
-  compiled, so a kill cannot cut a cache entry mid-write (one a killed run compiled anew
-  would only be compiled again by the next run, with a warning).
+  whose XLA programs round differently from a 1-device process), run first; the killed
+  runs then find its programs in the session's compilation cache (whose entries are
+  written whole, so a kill cannot leave part of one behind).
   """
   # 32 steps, a checkpoint after each: kills land in steps, saves and evaluations.
   extra = ("--config.search.num_epochs=8", "--config.checkpoint.every_steps=1")
-  env = dict(_env(), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "compilation_cache"))
+  env = _env()
   straight = subprocess.run(_search_command(tiny_job, tmp_path / "straight", *extra), cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=600)
   assert straight.returncode == 0, straight.stderr[-3000:]
@@ -387,7 +386,7 @@ def test_disk_full_inside_an_orbax_save_is_reported_as_enospc(tiny_job, tmpfs, m
 
 def test_export_to_a_full_disk_is_enospc_and_leaves_no_file(finished_run, tiny_job, tmpfs):
   """torch.save and safetensors report a full disk in their own ways; all become ENOSPC."""
-  disk = tmpfs("32k")
+  disk = tmpfs("8k")  # the smallest of the four files, masks.npz, takes about 14 KB
   config = tiny_config(tiny_job)
   setup = setup_of(config)
   state = final_search_state(config, finished_run)

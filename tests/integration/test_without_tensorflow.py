@@ -66,9 +66,11 @@ def _search_evaluate_export(workdir: Path, overrides: list[str]) -> dict:
 def test_a_search_on_fashion_mnist_runs_without_tensorflow(fashion_mnist_dir, tmp_path):
   report = _search_evaluate_export(tmp_path / "run", [
       f"--config.data.data_dir={fashion_mnist_dir}", "--config.search.num_epochs=0.01",
+      "--config.data.eval_split=test[:1000]",
       "--config.eval.every_epochs=0", "--config.progress_bar=False"])
   assert report["search"]["steps"] == 4  # 0.01 of 55,000 // 128 (5,000 images held out)
   assert report["accuracy"]["dense"] > 0.88
+  assert (report["accuracy_split"], report["accuracy_images"]) == ("test[:1000]", 1000)
 
 
 def _write_image_folder(root: Path) -> None:

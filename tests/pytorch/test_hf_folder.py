@@ -25,7 +25,7 @@ os.environ.setdefault("USE_FLAX", "0")
 from transformers import (DeiTConfig, DeiTForImageClassification, ViTConfig,  # noqa: E402
                           ViTForImageClassification)
 
-from conftest import random_kernel_masks, tiny_config  # noqa: E402
+from conftest import TINY_CHECKPOINT, TINY_MODEL, random_kernel_masks, tiny_config  # noqa: E402
 
 NUM_LABELS = 7
 IMAGE = 16
@@ -192,9 +192,9 @@ def test_a_pth_with_another_models_keys_names_that_model(tmp_path):
 
 def test_a_cifar_resnet_checkpoint_named_as_a_vit_says_it_is_a_resnet(tiny_job):
   with pytest.raises(CheckpointMismatchError,
-                     match=r"does not fit model 'vit_b16': its keys are those of resnet20 "
+                     match=rf"does not fit model 'vit_b16': its keys are those of {TINY_MODEL} "
                            r"\(PyTorch layout\); set the model name"):
-    import_torch(tiny_job / "resnet20.pth", "vit_b16", 10)
+    import_torch(tiny_job / TINY_CHECKPOINT, "vit_b16", 10)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

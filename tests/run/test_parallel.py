@@ -54,7 +54,10 @@ def test_batch_must_divide_over_devices():
 
 
 def test_fsdp_sharded_scores_give_the_one_device_scores(tiny_job, tmp_path):
-  config = tiny_config(tiny_job)
+  # ResNet-20: sharded sums round differently, and on the ResNet-8 one score crosses
+  # another by that rounding within the six steps, after which the runs differ by more
+  # than rounding; the ResNet-20's masks stay the same.
+  config = tiny_config(tiny_job, "resnet20")
   sharded = _on(config, 8)
   sharded.mesh.model, sharded.mesh.fsdp, sharded.mesh.fsdp_min_size = 2, True, 4096
   setup = setup_of(sharded)
