@@ -138,6 +138,19 @@ FIELDS: list[tuple[str, Any, str]] = [
      "last_step: the state at the last step (the reference); None: holdout when the search "
      "evaluates on held-out images (data.holdout_images and eval.every_epochs > 0), else "
      "last_step"),
+    ("search.sparsity_ramp", 0.0, "fraction of the search's steps over which each "
+     "layer's keep count anneals cubically (Zhu & Gupta 2017) from its count at "
+     "start_sparsity to the plan's, then stays there; 0: the plan's from the start (the "
+     "reference); unstructured image searches only"),
+    ("search.start_sparsity", 0.0, "with sparsity_ramp: where the ramp starts; each layer "
+     "prunes start_sparsity / sparsity of its planned count (rounded down; 0: dense), and "
+     "magnitude scores start on that layer's magnitude mask"),
+    ("search.max_flips_per_step", 0, "the authors' short restriction: at most this many "
+     "weights swap in (and out) per layer and step, the best-ranked newcomers for the "
+     "worst-ranked incumbents, the cap decaying as ceil(max * (1 - t/T)^4) to 1 "
+     "(schedules.FlipCap); 0: off (the reference); unstructured only"),
+    ("search.flips_per_layer", False, "also log each layer's mask flips per step "
+     "(mask_flips/<layer>; they sum to mask_flips)"),
     ("search.num_epochs", 30.0, "search length in epochs; fractions allowed"),
     ("search.batch_size", 256, "global search batch size"),
     ("search.seed", 0, "seed of the scores' init and the batch order"),

@@ -62,7 +62,9 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
   search = config.search
   statics = dict(model=setup.model, keep_counts=setup.keep_counts, tx=setup.optimizer("search"),
                  bn_mode=search.bn_mode, label_smoothing=search.label_smoothing,
-                 rank_by_magnitude=rank_by_magnitude, bn_momentum=search.bn_momentum)
+                 rank_by_magnitude=rank_by_magnitude, bn_momentum=search.bn_momentum,
+                 keep_ramp=setup.keep_ramp, flip_cap=setup.flip_cap,
+                 flips_per_layer=search.flips_per_layer)
   if search.distill_weight > 0:  # only then does the step run the dense teacher too
     step = functools.partial(steps.distill_search_step, distill_weight=search.distill_weight,
                              distill_temperature=search.distill_temperature, **statics)
@@ -80,7 +82,9 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
       evaluation=None if holdout is None else loop.Evaluation(
           every_steps=max(int(round(every * setup.steps_per_epoch)), 1), measure=measure,
           goal=goal_accuracy,
-          keep=_jackpot_of if setup.spec.selected_on == "holdout" else None),
+          keep=_jackpot_of if setup.spec.selected_on == "holdout" else None,
+          # A mask before the ramp's end keeps more than the plan: never the jackpot.
+          first_selectable=0 if setup.keep_ramp is None else setup.keep_ramp.steps),
       profile_steps=setup.spec.profile_steps)
 
 

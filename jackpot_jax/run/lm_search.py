@@ -39,7 +39,7 @@ from jackpot_jax.run import (checkpointing, compilation_cache, lm_baselines, lm_
 from jackpot_jax.baselines.layer_masks import Sparsity
 from jackpot_jax.run.lm_spec import BaselinesSpec
 from jackpot_jax.run.perplexity import Perplexity
-from jackpot_jax.search import lm_steps, optim, steps
+from jackpot_jax.search import lm_steps, optim, schedules, steps
 from jackpot_jax.search.masking import NMPattern
 from jackpot_jax.search.scores import MAGNITUDE_KEPT, MAGNITUDE_PRUNED
 
@@ -213,7 +213,10 @@ def search_stage(setup: LMSetup, workdir: Path, start: PyTree) -> loop.Stage:
   rules = keep_counts(setup.spec.target, start)
   step = functools.partial(lm_steps.lm_search_step, model=setup.model, keep_counts=rules,
                            tx=setup.optimizer(), distill_weight=search.distill_weight,
-                           distill_temperature=search.distill_temperature)
+                           distill_temperature=search.distill_temperature,
+                           flip_cap=schedules.flip_cap(search.max_flips_per_step,
+                                                       setup.total_steps),
+                           flips_per_layer=search.flips_per_layer)
 
   def measure(state) -> tuple[float, dict]:
     held_out = setup.measure(state.masks, split=HOLDOUT)

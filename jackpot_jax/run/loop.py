@@ -35,7 +35,9 @@ class Evaluation:
   evaluation's figure goes into the history under `metric`. Reaching `goal` at a step
   after the first ends the stage early, and a rerun does not go on. With `keep`, the
   stage selects: `keep(state)` of the best-measured state (ties go to the later one, the
-  first state included) is checkpointed and returned beside the last state.
+  first state included) is checkpointed and returned beside the last state. States before
+  step `first_selectable` (a sparsity ramp's, denser than the plan) are measured and
+  recorded, but neither selected nor compared with the goal.
   """
 
   every_steps: int
@@ -45,9 +47,20 @@ class Evaluation:
   metric: str = "jackpot_accuracy"
   lower_is_better: bool = False
   selected_key: str = "accuracy"  # meta["selected"]'s name for the figure
+  first_selectable: int = 0
 
   def at_least_as_good(self, value: float, than: float) -> bool:
     return value <= than if self.lower_is_better else value >= than
+
+  def selects(self, step: int, value: float, best: float | None) -> bool:
+    """Whether the evaluation of step `step` replaces the selected one (figure `best`,
+    None before any)."""
+    return (self.keep is not None and step >= self.first_selectable
+            and (best is None or self.at_least_as_good(value, best)))
+
+  def reaches_goal(self, step: int, value: float) -> bool:
+    return (self.goal is not None and step >= self.first_selectable
+            and self.at_least_as_good(value, self.goal))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +164,8 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
       meta["history"].append({"step": step, "epoch": step / stage.steps_per_epoch,
                               evaluation.metric: accuracy})
       best = meta.get("selected")
-      if keep is not None and (best is None or evaluation.at_least_as_good(
-          accuracy, best[evaluation.selected_key])):
+      if evaluation.selects(step, accuracy, None if best is None
+                            else best[evaluation.selected_key]):
         meta["selected"] = {"step": step, evaluation.selected_key: accuracy}
         # A copy: the next step donates `state`, and with it these buffers.
         selected = jax.tree.map(jnp.copy, keep(state))
@@ -180,8 +193,7 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
         logged_at = step
       if eval_now:
         accuracy = evaluate(step)
-        if evaluation.goal is not None and evaluation.at_least_as_good(accuracy,
-                                                                       evaluation.goal):
+        if evaluation.reaches_goal(step, accuracy):
           logging.info("accuracy %.4f reached the goal %.4f at step %d; the %s ends",
                        accuracy, evaluation.goal, step, stage.name)
           meta["goal_reached_at"] = step

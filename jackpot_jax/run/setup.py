@@ -11,10 +11,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from jackpot_jax import data as data_lib
 from jackpot_jax.run import compilation_cache, parallel
-from jackpot_jax.search import masking, optim, scores as scores_lib, sparsity, steps
+from jackpot_jax.search import masking, optim, schedules, scores as scores_lib, sparsity, steps
 from jackpot_jax.pytorch import ImportedModel, import_torch
 from jackpot_jax.run.spec import RunSpec, check_checkpoint_fit, check_fit
 
@@ -42,6 +43,20 @@ class SearchSetup:
   @property
   def keep_counts(self) -> Any:
     return self.plan.keep_counts()
+
+  @property
+  def keep_ramp(self) -> schedules.KeepRamp | None:
+    """search.sparsity_ramp's schedule of keep counts over the plan's, or None (off)."""
+    search = self.config.search
+    sizes = traverse_util.unflatten_dict({l.path + ("kernel",): l.size
+                                          for l in self.plan.masked_layers})
+    return schedules.keep_ramp(self.keep_counts, sizes, start_sparsity=search.start_sparsity,
+                               sparsity=self.plan.target, ramp_fraction=search.sparsity_ramp,
+                               total_steps=self.total_steps)
+
+  @property
+  def flip_cap(self) -> schedules.FlipCap | None:
+    return schedules.flip_cap(self.config.search.max_flips_per_step, self.total_steps)
 
   def epoch_steps(self, section: str) -> int:
     """Steps of one epoch of the search or the tuning stage (the last partial batch is
@@ -103,11 +118,27 @@ def initial_search_state(setup: SearchSetup) -> steps.SearchState:
     fan_ins = scores_lib.kernel_fan_ins(setup.model, images, train=False)
   scores = scores_lib.init_scores(setup.params, setup.plan, method,
                                   jax.random.PRNGKey(config.search.seed), fan_ins)
-  state = steps.init_search_state(scores, setup.keep_counts, setup.batch_stats,
+  keep_counts, ramp = setup.keep_counts, setup.keep_ramp
+  if ramp is not None:  # the first mask keeps the ramp's start counts
+    keep_counts = jax.tree.unflatten(jax.tree.structure(keep_counts),
+                                     [int(k) for k in ramp.counts_at(0)])
+    if method == "magnitude":
+      start_prune_counts = {l.name: l.size - int(k) for l, k
+                            in zip(_masked_in_tree_order(setup), ramp.counts_at(0))}
+      scores = scores_lib.ramp_start_scores(setup.params, setup.plan, scores,
+                                            start_prune_counts)
+  state = steps.init_search_state(scores, keep_counts, setup.batch_stats,
                                   setup.optimizer("search"),
                                   scores_lib.ranks_by_magnitude(config.search.score_init))
   # A copy: the jitted step donates its state, and setup.batch_stats must outlive it.
   return jax.device_put(state, setup.shardings(state), may_alias=False)
+
+
+def _masked_in_tree_order(setup: SearchSetup) -> list[sparsity.PrunableLayer]:
+  """The plan's masked layers in the keep-count tree's leaf order (a `KeepRamp`'s)."""
+  by_key = {l.path + ("kernel",): l for l in setup.plan.masked_layers}
+  paths = jax.tree_util.tree_flatten_with_path(setup.keep_counts)[0]
+  return [by_key[tuple(k.key for k in path)] for path, _ in paths]
 
 
 def teacher(setup: SearchSetup) -> steps.Teacher:

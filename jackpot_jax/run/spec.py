@@ -18,7 +18,7 @@ import ml_collections
 
 from jackpot_jax import fileio, models
 from jackpot_jax.run import compilation_cache, lm_spec, parallel, profiling
-from jackpot_jax.search import masking, optim, scores, sparsity, steps
+from jackpot_jax.search import masking, optim, schedules, scores, sparsity, steps
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 from jackpot_jax.pytorch import hf_folder
 
@@ -75,6 +75,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
     raise ValueError("search.bn_statistics=reestimated re-estimates on "
                      "eval.recalibration_images training images; set it > 0 (default 2048)")
   steps.check_distillation(search)
+  schedules.check_levers(search)
   _choice(search.classifier, sparsity.LAYER_POLICIES, "search.classifier")
   _choice(search.first_layer, sparsity.LAYER_POLICIES, "search.first_layer")
   _choice(search.hidden_dense, sparsity.LAYER_POLICIES, "search.hidden_dense")

@@ -20,7 +20,8 @@ import optax
 
 from jackpot_jax.models.wrapper import MASKS
 from jackpot_jax.search import masking
-from jackpot_jax.search.steps import SearchState, distillation_loss
+from jackpot_jax.search import schedules
+from jackpot_jax.search.steps import SearchState, distillation_loss, flip_metrics, next_masks
 
 PyTree = Any
 
@@ -44,13 +45,16 @@ def dense_logits(params: PyTree, tokens: jax.Array, *, model: nn.Module) -> jax.
 
 def lm_search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
                    keep_counts: PyTree, tx: optax.GradientTransformation,
-                   distill_weight: float = 0.0,
-                   distill_temperature: float = 1.0) -> tuple[SearchState, dict]:
+                   distill_weight: float = 0.0, distill_temperature: float = 1.0,
+                   flip_cap: schedules.FlipCap | None = None,
+                   flips_per_layer: bool = False) -> tuple[SearchState, dict]:
   """One score update of a decoder's masks on a batch {'tokens': int [B, S]}.
 
   Loss: (1 - w) * next-token CE + w * T^2 * KL(dense || masked) averaged over predicted
   tokens (w = `distill_weight`, T = `distill_temperature`); w = 0 runs no teacher pass.
-  dL/dS = dL/d(W * M) * W through the straight-through mask, exactly as the image search.
+  dL/dS = dL/d(W * M) * W through the straight-through mask, exactly as the image search;
+  `flip_cap` and `flips_per_layer` as `steps.search_step`'s (no sparsity ramp: the search
+  starts from a one-shot mask at the target).
   """
   tokens = batch["tokens"]
   teacher = dense_logits(params, tokens, model=model) if distill_weight > 0 else None
@@ -68,12 +72,12 @@ def lm_search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn
       state.scores)
   updates, opt_state = tx.update(grads, state.opt_state, state.scores)
   scores = optax.apply_updates(state.scores, updates)
-  masks = masking.compute_masks(scores, keep_counts)
+  masks = next_masks(state.masks, scores, state.step, keep_counts, flip_cap=flip_cap)
   metrics = {
       "loss": loss,
       "lm_loss": ce,
       "accuracy": next_token_accuracy(logits, tokens),
-      "mask_flips": masking.count_flips(state.masks, masks),
+      **flip_metrics(state.masks, masks, flips_per_layer),
       "score_grad_norm": optax.tree.norm(grads),
       "score_norm": optax.tree.norm(scores),
   }

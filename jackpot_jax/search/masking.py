@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jackpot_jax.models.registry import torch_module_name
+
 PyTree = Any
 
 
@@ -69,7 +71,12 @@ def _masks_by_bisection(rankings: list, keep_counts: list) -> list:
   threshold: 32 streaming passes of compare-and-sum, no sort and no scatter, and one
   loop for the whole network rather than one per layer.
   """
-  keys = [_order_keys(ranking) for ranking in rankings]
+  return _select_by_bisection([_order_keys(ranking) for ranking in rankings], keep_counts)
+
+
+def _select_by_bisection(keys: list, keep_counts: list) -> list:
+  """`_masks_by_bisection` on order keys (`_order_keys`); a keep count may be a traced
+  int32 scalar as well as a Python int, 0 and the key count included."""
 
   def refine(bit, thresholds):
     one = jnp.left_shift(jnp.uint32(1), (31 - bit).astype(jnp.uint32))
@@ -134,6 +141,56 @@ def topk_masks(rankings: list, keep_counts: list, method: str | None = None) -> 
     for i, mask in zip(selected, flat):
       masks[i] = mask.reshape(rankings[i].shape)
   return masks
+
+
+def topk_masks_traced(rankings: list, keep_counts: Any) -> list:
+  """`topk_masks` with keep counts that vary at run time (`keep_counts[i]` an int32 scalar
+  in [0, rankings[i].size], e.g. traced from the step number): the same masks bit for bit,
+  ties to the lower flat index, by bisection (the one exact method with no static k)."""
+  keys = [_order_keys(ranking) for ranking in rankings]
+  counts = [jnp.asarray(keep_counts[i], jnp.int32) for i in range(len(rankings))]
+  return [mask.reshape(ranking.shape)
+          for ranking, mask in zip(rankings, _select_by_bisection(keys, counts))]
+
+
+def cap_flips(old_masks: list, new_masks: list, rankings: list, cap: jax.Array) -> list:
+  """Each layer's new mask with at most `cap` weights swapped in: where more than `cap`
+  weights enter, the `cap` highest-ranked of them enter and as many lowest-ranked
+  incumbents leave, plus however many more the new mask drops (a keep count that
+  shrinks), so the kept count is the new mask's either way. Ties: the lower index enters
+  first, and leaves first.
+
+  Args:
+    old_masks, new_masks: lists of bool masks, one per layer (top-k masks).
+    rankings: the values both were selected by (`ranking_values`), one per layer.
+    cap: an int32 scalar >= 0, traced or static.
+  """
+  olds = [mask.reshape(-1) for mask in old_masks]
+  news = [mask.reshape(-1) for mask in new_masks]
+  incoming = [new & ~old for old, new in zip(olds, news)]
+  outgoing = [old & ~new for old, new in zip(olds, news)]
+  entering = [jnp.sum(mask, dtype=jnp.int32) for mask in incoming]
+
+  def limited(_):
+    # One bisection over every layer for the entering weights, one for the leaving:
+    # ineligible keys rank as the lowest key, 0, which only a NaN with every bit set
+    # shares. Where a layer is within the cap, all of its newcomers enter and all of its
+    # leavers leave: its new mask, whole.
+    keys = [_order_keys(ranking) for ranking in rankings]
+    admitted = [jnp.minimum(count, cap) for count in entering]
+    leaving = [count + jnp.sum(out, dtype=jnp.int32) - total
+               for count, out, total in zip(admitted, outgoing, entering)]
+    added = _select_by_bisection(
+        [jnp.where(inc, k, jnp.uint32(0)) for inc, k in zip(incoming, keys)], admitted)
+    # The worst incumbents are the largest of the inverted keys.
+    dropped = _select_by_bisection(
+        [jnp.where(out, ~k, jnp.uint32(0)) for out, k in zip(outgoing, keys)], leaving)
+    return [(old & ~(drop & out)) | (add & inc)
+            for old, drop, out, add, inc in zip(olds, dropped, outgoing, added, incoming)]
+
+  over = functools.reduce(jnp.logical_or, [count > cap for count in entering])
+  masks = lax.cond(over, limited, lambda _: news, None)
+  return [mask.reshape(new.shape) for mask, new in zip(masks, new_masks)]
 
 
 def topk_mask(scores: jax.Array, keep_count: int, method: str | None = None) -> jax.Array:
@@ -285,3 +342,12 @@ def count_flips(old_masks: PyTree, new_masks: PyTree) -> jax.Array:
   """Number of mask entries that changed, summed over all layers."""
   flips = jax.tree.map(lambda a, b: jnp.sum(a != b, dtype=jnp.int32), old_masks, new_masks)
   return sum(jax.tree.leaves(flips), jnp.int32(0))
+
+
+def flips_per_layer(old_masks: PyTree, new_masks: PyTree) -> dict[str, jax.Array]:
+  """{layer name: mask entries that changed in it}; a layer is named by its kernel's
+  module path as PyTorch names it ("layer1.0.conv1"), as the plan names layers. The
+  values sum to `count_flips`."""
+  flips = jax.tree.map(lambda a, b: jnp.sum(a != b, dtype=jnp.int32), old_masks, new_masks)
+  return {torch_module_name(tuple(getattr(k, "key", k) for k in path[:-1])): value
+          for path, value in jax.tree_util.tree_flatten_with_path(flips)[0]}

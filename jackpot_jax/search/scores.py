@@ -115,6 +115,33 @@ def _magnitude_pattern(weight: jax.Array, pattern: masking.NMPattern) -> jax.Arr
   return jnp.where(kept, MAGNITUDE_KEPT, MAGNITUDE_PRUNED).astype(jnp.float32)
 
 
+# With a sparsity ramp, the magnitude init's score of the weights the ramp's start keeps
+# beyond the plan's mask: between kept and pruned, so the first mask is the layer's
+# magnitude mask at the ramp's start, and the plan's magnitude mask still ranks first.
+MAGNITUDE_RAMPED = 0.995
+
+
+def ramp_start_scores(params: Mapping[str, Any], plan: SparsityPlan, scores: Mapping[str, Any],
+                      start_prune_counts: Mapping[str, int]) -> dict:
+  """Magnitude scores (`init_scores(..., "magnitude")`) regraded for a sparsity ramp:
+  `MAGNITUDE_RAMPED` on the pruned weights a layer keeps at the ramp's start
+  ({layer name: prune count}), the rest unchanged."""
+  flat_params, flat_scores = traverse_util.flatten_dict(params), traverse_util.flatten_dict(scores)
+  keys = [layer.path + ("kernel",) for layer in plan.masked_layers]
+
+  def regrade(kernels, layer_scores):
+    regraded = []
+    for layer, weight, score in zip(plan.masked_layers, kernels, layer_scores):
+      start_kept = _magnitude(weight, start_prune_counts[layer.name]) == MAGNITUDE_KEPT
+      regraded.append(jnp.where((score != MAGNITUDE_KEPT) & start_kept, MAGNITUDE_RAMPED,
+                                score).astype(jnp.float32))
+    return regraded
+
+  regraded = jax.jit(regrade)([jnp.asarray(flat_params[k]) for k in keys],
+                              [flat_scores[k] for k in keys])
+  return traverse_util.unflatten_dict(dict(zip(keys, regraded)))
+
+
 @register_init("magnitude")
 def _magnitude_init(weight: jax.Array, context: InitContext) -> jax.Array:
   """The reference: 1 / 0.99, so the first mask is the layer-wise magnitude mask (with an

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jackpot_jax.search import masking
+from jackpot_jax.search import masking, schedules
 from jackpot_jax.models.layers import BN_MOMENTUM
 from jackpot_jax.models.wrapper import MASKS
 
@@ -72,6 +72,40 @@ def init_search_state(scores: PyTree, keep_counts: PyTree, batch_stats: PyTree,
   return SearchState(step=jnp.zeros((), jnp.int32), scores=scores,
                      masks=masking.compiled_masks(scores, keep_counts, rank_by_magnitude),
                      opt_state=tx.init(scores), batch_stats=batch_stats)
+
+
+def next_masks(old_masks: PyTree, scores: PyTree, step: jax.Array, keep_counts: PyTree, *,
+               rank_by_magnitude: bool = False, keep_ramp: schedules.KeepRamp | None = None,
+               flip_cap: schedules.FlipCap | None = None) -> PyTree:
+  """The masks the forward pass of step `step` + 1 uses, after the update of step `step`.
+
+  Without a ramp or a cap: `masking.compute_masks` at the plan's keep counts. With a
+  `keep_ramp`, each layer keeps `keep_ramp.counts(step + 1)`; with a `flip_cap`, at most
+  `flip_cap.cap(step)` weights swap in per layer (`masking.cap_flips`).
+  """
+  if keep_ramp is None and flip_cap is None:
+    return masking.compute_masks(scores, keep_counts, rank_by_magnitude)
+  rankings, treedef = jax.tree.flatten(masking.ranking_values(scores, rank_by_magnitude))
+  if keep_ramp is None:
+    masks = treedef.flatten_up_to(masking.compute_masks(scores, keep_counts, rank_by_magnitude))
+  else:
+    masks = masking.topk_masks_traced(rankings, keep_ramp.counts(step + 1))
+  if flip_cap is not None:
+    if any(isinstance(rule, masking.NMPattern) for rule in treedef.flatten_up_to(keep_counts)):
+      raise ValueError("search.max_flips_per_step caps top-k swaps; an N:M pattern has none")
+    masks = masking.cap_flips(treedef.flatten_up_to(old_masks), masks, rankings,
+                              flip_cap.cap(step))
+  return jax.tree.unflatten(treedef, masks)
+
+
+def flip_metrics(old_masks: PyTree, new_masks: PyTree, per_layer: bool) -> dict:
+  """{"mask_flips": all layers' changed entries} and, with `per_layer`, one
+  "mask_flips/<layer name>" a layer (TensorBoard shows them as one group)."""
+  metrics = {"mask_flips": masking.count_flips(old_masks, new_masks)}
+  if per_layer:
+    metrics.update({f"mask_flips/{name}": flips for name, flips
+                    in masking.flips_per_layer(old_masks, new_masks).items()})
+  return metrics
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
@@ -187,18 +221,24 @@ def _with_bn_momentum(old: PyTree, updated: PyTree, momentum: float) -> PyTree:
 def search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
                 keep_counts: PyTree, tx: optax.GradientTransformation, bn_mode: str,
                 label_smoothing: float = 0.0, rank_by_magnitude: bool = False,
-                bn_momentum: float = TORCH_BN_MOMENTUM) -> tuple[SearchState, dict]:
+                bn_momentum: float = TORCH_BN_MOMENTUM,
+                keep_ramp: schedules.KeepRamp | None = None,
+                flip_cap: schedules.FlipCap | None = None,
+                flips_per_layer: bool = False) -> tuple[SearchState, dict]:
   """One score update: straight-through top-k forward/backward, optax update, new masks.
 
   Gradients are taken with respect to the scores only, so BN affine parameters, biases
   and weights are untouched by construction; batch statistics follow `bn_mode`, updated
   with `bn_momentum` (PyTorch's convention) under "recalibrate".
   `rank_by_magnitude` ranks |score| (edge-popup) instead of the signed score.
+  `keep_ramp` and `flip_cap` change how the next masks are chosen (`next_masks`);
+  `flips_per_layer` adds each layer's flips to the metrics (`flip_metrics`).
   """
   state, metrics, _ = _update_scores(
       params, state, batch, model=model, keep_counts=keep_counts, tx=tx, bn_mode=bn_mode,
       label_smoothing=label_smoothing, rank_by_magnitude=rank_by_magnitude,
-      bn_momentum=bn_momentum)
+      bn_momentum=bn_momentum, keep_ramp=keep_ramp, flip_cap=flip_cap,
+      flips_per_layer=flips_per_layer)
   return state, metrics
 
 
@@ -224,7 +264,10 @@ def _update_scores(params: PyTree, state: SearchState, batch: dict, *, model: nn
                    label_smoothing: float = 0.0, rank_by_magnitude: bool = False,
                    bn_momentum: float = TORCH_BN_MOMENTUM,
                    teacher_logits: jax.Array | None = None, distill_weight: float = 0.0,
-                   distill_temperature: float = 1.0) -> tuple[SearchState, dict, jax.Array]:
+                   distill_temperature: float = 1.0,
+                   keep_ramp: schedules.KeepRamp | None = None,
+                   flip_cap: schedules.FlipCap | None = None,
+                   flips_per_layer: bool = False) -> tuple[SearchState, dict, jax.Array]:
   """The update both search steps share: (new state, metrics, the student's logits)."""
   (loss, (logits, batch_stats)), grads = score_loss_and_grads(
       params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing,
@@ -234,11 +277,13 @@ def _update_scores(params: PyTree, state: SearchState, batch: dict, *, model: nn
     batch_stats = _with_bn_momentum(state.batch_stats, batch_stats, bn_momentum)
   updates, opt_state = tx.update(grads, state.opt_state, state.scores)
   scores = optax.apply_updates(state.scores, updates)
-  masks = masking.compute_masks(scores, keep_counts, rank_by_magnitude)
+  masks = next_masks(state.masks, scores, state.step, keep_counts,
+                     rank_by_magnitude=rank_by_magnitude, keep_ramp=keep_ramp,
+                     flip_cap=flip_cap)
   metrics = {
       "loss": loss,
       "accuracy": _accuracy(logits, batch["label"]),
-      "mask_flips": masking.count_flips(state.masks, masks),
+      **flip_metrics(state.masks, masks, flips_per_layer),
       "score_grad_norm": optax.tree.norm(grads),
       "score_norm": optax.tree.norm(scores),
   }

@@ -196,6 +196,10 @@ def test_eight_fsdp_devices_search_the_one_device_masks(folders, tmp_path):
                                        r"starts from a one-shot mask; choose one of magnitude"),
     ({"tune.num_epochs": 1.0}, r"tune.num_epochs=1.0 has no meaning for a language model"),
     ({"search.distill_weight": 2.0}, r"search.distill_weight must be in \[0, 1\]"),
+    ({"search.sparsity_ramp": 0.5}, r"search.sparsity_ramp=0.5: a language model's search "
+                                    r"starts from a one-shot mask at the target"),
+    ({"search.max_flips_per_step": 4}, r"search.max_flips_per_step caps top-k swaps; "
+                                       r"search.pattern=2:4 selects within groups"),
     ({"search.batch_size": 1000}, r"search.batch_size=1000 is more than the \d+ searched"),
 ])
 def test_bad_search_input_is_one_line_with_exit_status_2(folders, tmp_path, capsys, change,

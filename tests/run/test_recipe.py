@@ -3,6 +3,7 @@ why the magnitude init's scale and gap need no field of their own."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import subprocess
@@ -16,10 +17,10 @@ import optax
 import pytest
 
 from jackpot_jax.run import evaluation, setup as setup_lib, spec as spec_lib, job
-from jackpot_jax.search import steps
+from jackpot_jax.search import masking, schedules, scores as scores_lib, steps
 
-from conftest import (TinySearch, final_search_state, setup_of, sgd_config, tiny_config,
-                      tiny_overrides)
+from conftest import (TinySearch, assert_refused_in_one_line, final_search_state, setup_of,
+                      sgd_config, tiny_config, tiny_overrides)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,6 +219,67 @@ def test_recipe_fields_out_of_range_are_one_line_errors(tiny_job, field, value, 
   with pytest.raises(ValueError) as error:
     spec_lib.resolve(config)
   assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"sparsity_ramp": 1.5}, "search.sparsity_ramp must be a fraction of the search in "
+     "[0, 1] (0: off), got 1.5"),
+    ({"sparsity_ramp": -0.1}, "search.sparsity_ramp must be a fraction"),
+    ({"start_sparsity": 0.5}, "search.start_sparsity=0.5 is the start of a sparsity ramp; "
+     "set search.sparsity_ramp > 0"),
+    ({"sparsity_ramp": 0.5, "start_sparsity": 0.9}, "search.start_sparsity must be in "
+     "[0, search.sparsity=0.9) for the ramp to prune towards it, got 0.9"),
+    ({"sparsity_ramp": 0.5, "start_sparsity": -0.2}, "search.start_sparsity must be in [0, "),
+    ({"sparsity_ramp": 0.5, "pattern": "2:4", "sparsity_plan": "l1"},
+     "search.sparsity_ramp anneals top-k keep counts; search.pattern=2:4 has none"),
+    ({"max_flips_per_step": -1}, "search.max_flips_per_step must be a whole number >= 0 "
+     "(0: off), got -1"),
+    ({"max_flips_per_step": 5, "pattern": "2:4", "sparsity_plan": "l1"},
+     "search.max_flips_per_step caps top-k swaps; search.pattern=2:4 selects within groups"),
+])
+def test_bad_ramp_and_flip_cap_values_are_one_line_errors(tiny_job, fields, message):
+  config = tiny_config(tiny_job)
+  for field, value in fields.items():
+    config.search[field] = value
+  with pytest.raises(ValueError) as error:
+    spec_lib.resolve(config)
+  assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_bad_flip_cap_ends_the_search_command_in_one_line_with_status_2(tiny_job, tmp_path,
+                                                                          capsys):
+  config = tiny_config(tiny_job)
+  config.search.max_flips_per_step = -3
+  assert_refused_in_one_line(lambda: job.search_and_evaluate(config, tmp_path), tmp_path,
+                             capsys, r"search.max_flips_per_step must be a whole number >= 0")
+
+
+def test_a_ramped_search_starts_from_the_magnitude_mask_at_the_ramps_start_counts(tiny_job):
+  """Each layer prunes start_sparsity / sparsity of its planned count at step 0, and the
+  magnitude scores put the plan's magnitude mask first within that start mask."""
+  config = tiny_config(tiny_job)
+  config.search.sparsity_ramp, config.search.start_sparsity = 0.5, 0.45
+  setup = setup_of(config)
+  ramp = setup.keep_ramp
+  assert ramp.steps == round(0.5 * setup.total_steps)
+  plan = setup.plan
+  start_plan = dataclasses.replace(plan, prune_counts={
+      name: schedules.ramp_start_prune_count(count, 0.45, 0.9)
+      for name, count in plan.prune_counts.items()})
+  expected = masking.compiled_masks(
+      scores_lib.init_scores(setup.params, start_plan, "magnitude", jax.random.PRNGKey(0)),
+      start_plan.keep_counts())
+  state = setup_lib.initial_search_state(setup)
+  assert _equal_bitwise(state.masks, expected)
+  assert [int(np.sum(m)) for m in jax.tree.leaves(state.masks)] == ramp.counts_at(0).tolist()
+  assert list(ramp.end) == jax.tree.leaves(setup.keep_counts)
+  # Before any step, the plan's top-k of the start scores is the plan's magnitude mask.
+  assert _equal_bitwise(masking.compiled_masks(state.scores, setup.keep_counts),
+                        setup_lib.magnitude_masks(setup))
+  holdout = evaluation.Evaluator(setup, evaluation.HOLDOUT)
+  stage = job.search_stage(setup, Path("unused"), holdout)
+  assert stage.step.keywords["keep_ramp"] == ramp and stage.step.keywords["flip_cap"] is None
+  assert stage.evaluation.first_selectable == ramp.steps  # no denser mask is the jackpot
 
 
 def test_bn_momentum_with_frozen_statistics_is_an_error(tiny_job):

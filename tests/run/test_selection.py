@@ -8,6 +8,7 @@ and test-split evaluations stay real.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -20,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 
-from jackpot_jax.run import checkpointing, evaluation, setup as setup_lib, job, workdir_export
+from jackpot_jax.run import checkpointing, evaluation, loop, setup as setup_lib, job, workdir_export
 
 from conftest import setup_of, tiny_config
 
@@ -83,6 +84,20 @@ def test_a_search_that_only_makes_its_mask_worse_returns_its_start(tiny_job, tmp
   _, loaded, _ = job.load_workdir(tmp_path)
   _assert_trees_equal(loaded.masks, setup_lib.magnitude_masks(setup))
   _assert_trees_equal(loaded.batch_stats, setup.batch_stats)
+
+
+def test_evaluations_before_first_selectable_are_neither_selected_nor_a_reached_goal():
+  """A ramp's masks before its end keep more than the plan (search_stage sets
+  first_selectable to the ramp's length): however well they score, they are not the
+  jackpot and do not end the search."""
+  ramped = loop.Evaluation(every_steps=2, measure=lambda state: (0.0, {}), goal=0.5,
+                           keep=lambda state: state, first_selectable=3)
+  assert not ramped.selects(2, 0.9, None) and not ramped.reaches_goal(2, 0.9)
+  assert ramped.selects(4, 0.1, None) and not ramped.selects(4, 0.1, 0.2)
+  assert ramped.selects(6, 0.2, 0.2) and ramped.reaches_goal(4, 0.5)
+  plain = dataclasses.replace(ramped, first_selectable=0)
+  assert plain.selects(0, 0.9, None) and plain.reaches_goal(2, 0.9)
+  assert not dataclasses.replace(ramped, keep=None).selects(4, 0.9, None)
 
 
 class _Scripted:

@@ -16,7 +16,7 @@ from flax import traverse_util
 from jackpot_jax.models.llama import Llama, is_block_projection
 from jackpot_jax.models.wrapper import masked
 from jackpot_jax.run.perplexity import nll_sums
-from jackpot_jax.search import lm_steps, masking, steps
+from jackpot_jax.search import lm_steps, masking, schedules, steps
 from jackpot_jax.search.masking import NMPattern
 
 MODEL = masked(Llama(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
@@ -90,6 +90,23 @@ def test_the_step_keeps_two_of_every_four_and_counts_its_flips(params):
     flips += int(np.sum(np.asarray(old) != np.asarray(mask)))
   assert flips == int(metrics["mask_flips"]) > 0
   assert int(new.step) == 1
+
+
+def test_a_capped_unstructured_step_swaps_at_most_the_cap_and_logs_flips_per_layer(params):
+  state, _, tx = _start(params)
+  rules = jax.tree.map(lambda s: s.size // 2, state.scores)
+  state = steps.init_search_state(state.scores, rules, {}, tx)
+  cap = schedules.FlipCap(max_flips=2, total_steps=10)
+  step = jax.jit(functools.partial(lm_steps.lm_search_step, model=MODEL, keep_counts=rules,
+                                   tx=optax.sgd(50.0), flip_cap=cap, flips_per_layer=True))
+  new, metrics = step(params, state, {"tokens": TOKENS})
+  per_layer = {k: int(v) for k, v in metrics.items() if k.startswith("mask_flips/")}
+  assert len(per_layer) == len(jax.tree.leaves(rules))
+  assert sum(per_layer.values()) == int(metrics["mask_flips"]) > 0
+  for old, mask, kept in zip(jax.tree.leaves(state.masks), jax.tree.leaves(new.masks),
+                             jax.tree.leaves(rules)):
+    assert int(np.sum(mask)) == kept and int(np.sum(mask & ~np.asarray(old))) <= 2
+  assert max(per_layer.values()) == 4  # the cap did bind: two in, two out
 
 
 def test_distillation_from_the_unmasked_decoder_is_zero_with_nothing_pruned(params):

@@ -91,3 +91,64 @@ def test_count_flips_counts_changed_entries_over_all_layers():
   old = {"a": jnp.array([True, False, True]), "b": {"kernel": jnp.array([[True, True]])}}
   new = {"a": jnp.array([False, False, True]), "b": {"kernel": jnp.array([[False, True]])}}
   assert int(masking.count_flips(old, new)) == 2
+
+
+def test_flips_per_layer_names_layers_as_pytorch_does_and_sums_to_count_flips():
+  old = {"layer1_0": {"conv1": {"kernel": jnp.array([True, False, True])}},
+         "fc": {"kernel": jnp.array([[True, True], [False, False]])}}
+  new = {"layer1_0": {"conv1": {"kernel": jnp.array([False, True, True])}},
+         "fc": {"kernel": jnp.array([[False, True], [False, False]])}}
+  per_layer = {name: int(v) for name, v in masking.flips_per_layer(old, new).items()}
+  assert per_layer == {"layer1.0.conv1": 2, "fc": 1}
+  assert sum(per_layer.values()) == int(masking.count_flips(old, new))
+
+
+def test_traced_keep_counts_give_the_static_topk_masks_bit_for_bit():
+  """The ramp's keep counts are traced from the step: one program, every count, and the
+  same masks (ties to the lower index) as the static top-k gives each count."""
+  layers = _tie_heavy_layers(4)
+  select = jax.jit(masking.topk_masks_traced)
+  for density in (0.0, 0.02, 0.5, 0.97, 1.0):
+    keep_counts = [int(round(density * layer.size)) for layer in layers]
+    traced = select(layers, jnp.asarray(keep_counts, jnp.int32))
+    for mask, expected in zip(traced, masking.topk_masks(layers, keep_counts, "top_k")):
+      np.testing.assert_array_equal(np.asarray(mask), np.asarray(expected))
+
+
+def _capped(ranking, old, new, cap):
+  masks = jax.jit(masking.cap_flips)([jnp.asarray(old)], [jnp.asarray(new)],
+                                     [jnp.asarray(ranking, jnp.float32)], jnp.int32(cap))
+  return np.asarray(masks[0])
+
+
+def test_cap_flips_swaps_the_best_newcomers_for_the_worst_incumbents():
+  ranking = [0.1, 0.9, 0.8, 0.7, 0.5, 0.6, 0.4, 0.2]
+  old = np.array([1, 0, 0, 0, 1, 1, 1, 0], bool)  # 0.1, 0.5, 0.6, 0.4 kept
+  new = np.array([0, 1, 1, 1, 0, 1, 0, 0], bool)  # the top 4: 0.9, 0.8, 0.7, 0.6
+  # Three swaps wanted; two allowed: 0.9 and 0.8 enter, 0.1 and 0.4 leave.
+  np.testing.assert_array_equal(_capped(ranking, old, new, 2), [0, 1, 1, 0, 1, 1, 0, 0])
+  for cap in (3, 10):  # within the cap the new mask is taken whole
+    np.testing.assert_array_equal(_capped(ranking, old, new, cap), new)
+  np.testing.assert_array_equal(_capped(ranking, old, new, 0), old)
+
+
+def test_cap_flips_also_drops_what_a_shrinking_keep_count_drops():
+  ranking = [0.1, 0.9, 0.8, 0.7, 0.5, 0.6, 0.4, 0.2]
+  old = np.array([1, 0, 0, 0, 1, 1, 1, 0], bool)  # 4 kept
+  new = np.array([0, 1, 1, 0, 0, 0, 0, 0], bool)  # the top 2
+  # One swap allowed (0.9 for 0.1), and two more incumbents leave (0.4, then 0.5).
+  capped = _capped(ranking, old, new, 1)
+  np.testing.assert_array_equal(capped, [0, 1, 0, 0, 0, 1, 0, 0])
+  assert capped.sum() == new.sum()
+
+
+def test_cap_flips_never_swaps_more_than_the_cap_and_keeps_the_count():
+  rng = np.random.default_rng(0)
+  for size, keep in ((50, 10), (200, 150), (1000, 3)):
+    before, after = rng.normal(size=size), rng.normal(size=size)
+    old = np.asarray(masking.topk_mask(jnp.asarray(before, jnp.float32), keep))
+    new = np.asarray(masking.topk_mask(jnp.asarray(after, jnp.float32), keep))
+    for cap in (0, 1, 2, 5):
+      capped = _capped(after, old, new, cap)
+      assert capped.sum() == keep
+      assert (capped & ~old).sum() == min(cap, (new & ~old).sum())

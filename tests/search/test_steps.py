@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import traverse_util
 
-from jackpot_jax.search import masking, steps
+from jackpot_jax.search import masking, schedules, steps
 from jackpot_jax.models.wrapper import MASKS
 
 from conftest import TinySearch, sgd_config
@@ -205,3 +206,98 @@ def test_bfloat16_images_make_the_network_compute_in_bfloat16_with_float32_score
                                  jax.tree.leaves(tiny_search.keep_counts), strict=True):
     assert scores.dtype == jnp.float32 and int(masks.sum()) == keep
   assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(state.batch_stats))
+
+
+def _levered(search: TinySearch, keep_ramp=None, flip_cap=None):
+  """A search step with a sparsity ramp and a flip cap, per-layer flips logged, and its
+  first state (the ramp's start counts)."""
+  keep_counts = search.keep_counts
+  if keep_ramp is not None:
+    keep_counts = jax.tree.unflatten(jax.tree.structure(keep_counts),
+                                     [int(k) for k in keep_ramp.counts_at(0)])
+  state = steps.init_search_state(search.scores, keep_counts, search.batch_stats, search.tx)
+  step = jax.jit(functools.partial(
+      steps.search_step, model=search.model, keep_counts=search.keep_counts, tx=search.tx,
+      bn_mode="recalibrate", keep_ramp=keep_ramp, flip_cap=flip_cap, flips_per_layer=True))
+  return step, state
+
+
+@pytest.fixture(scope="module")
+def ramped_and_capped(tiny_search):
+  """Five steps of a ramp over 4 steps from half the plan's sparsity, capped at 12 swaps a
+  layer decaying over 5 steps: (ramp, cap, [(state before, state after, metrics)])."""
+  search = tiny_search
+  sizes = jax.tree.map(lambda s: s.size, search.scores)
+  ramp = schedules.keep_ramp(search.keep_counts, sizes, start_sparsity=0.45, sparsity=0.9,
+                             ramp_fraction=0.8, total_steps=5)
+  cap = schedules.FlipCap(max_flips=12, total_steps=5)
+  step, state = _levered(search, ramp, cap)
+  history = []
+  for _ in range(5):
+    new, metrics = step(search.params, state, search.batch)
+    history.append((jax.device_get(state), jax.device_get(new), jax.device_get(metrics)))
+    state = new
+  return ramp, cap, history
+
+
+def test_ramped_masks_keep_the_cubic_count_of_every_step_in_every_layer(ramped_and_capped):
+  ramp, _, history = ramped_and_capped
+  assert ramp.steps == 4 and ramp.counts_at(0).tolist() != ramp.end
+  for before, after, _ in history:
+    for state in (before, after):
+      kept = [int(np.sum(mask)) for mask in jax.tree.leaves(state.masks)]
+      assert kept == ramp.counts_at(int(state.step)).tolist(), int(state.step)
+  assert kept == list(ramp.end)  # after the ramp, the plan's counts
+
+
+def test_capped_masks_swap_in_at_most_the_cap_of_their_step_per_layer(ramped_and_capped):
+  _, cap, history = ramped_and_capped
+  capped_somewhere = False
+  for before, after, _ in history:
+    limit = cap.cap_at(int(before.step))
+    for old, new in zip(jax.tree.leaves(before.masks), jax.tree.leaves(after.masks)):
+      entered = int(np.sum(new & ~old))
+      assert entered <= limit
+      capped_somewhere |= entered == limit
+  assert capped_somewhere  # the cap did bind
+
+
+def test_per_layer_flips_count_each_layers_changes_and_sum_to_mask_flips(ramped_and_capped,
+                                                                         tiny_search):
+  _, _, history = ramped_and_capped
+  names = [l.name for l in tiny_search.plan.masked_layers]
+  for before, after, metrics in history:
+    per_layer = {k[len("mask_flips/"):]: int(v) for k, v in metrics.items()
+                 if k.startswith("mask_flips/")}
+    assert sorted(per_layer) == sorted(names)
+    assert sum(per_layer.values()) == int(metrics["mask_flips"]) > 0
+    flat_before = traverse_util.flatten_dict(before.masks)
+    for path, mask in traverse_util.flatten_dict(after.masks).items():
+      name = ".".join(path[:-1]).replace("_", ".")
+      assert per_layer[name] == int(np.sum(mask != flat_before[path]))
+
+
+def test_without_levers_the_step_reports_todays_metric_keys(tiny_search):
+  _, metrics = tiny_search.step(tiny_search.params, tiny_search.state, tiny_search.batch)
+  assert set(metrics) == {"loss", "accuracy", "mask_flips", "score_grad_norm", "score_norm"}
+
+
+def test_a_finished_ramp_and_an_unreached_cap_select_todays_masks_bit_for_bit():
+  """The traced keep counts and the cap's selection give the static top-k's masks: the
+  plan's at and after the ramp's end, and whole where no layer swaps more than the cap."""
+  rng = np.random.default_rng(0)
+  old_scores = {f"layer{i}": {"kernel": jnp.asarray(rng.integers(-3, 3, shape) / 2, jnp.float32)}
+                for i, shape in enumerate([(3, 3, 4, 8), (16, 10), (200,)])}
+  scores = jax.tree.map(lambda s: s + jnp.asarray(rng.integers(0, 2, s.shape), jnp.float32),
+                        old_scores)
+  keep_counts = {"layer0": {"kernel": 30}, "layer1": {"kernel": 17}, "layer2": {"kernel": 150}}
+  today = masking.compute_masks(scores, keep_counts)
+  ramp = schedules.keep_ramp(keep_counts, jax.tree.map(lambda s: s.size, scores),
+                             start_sparsity=0.3, sparsity=0.9, ramp_fraction=0.5,
+                             total_steps=20)
+  select = jax.jit(functools.partial(steps.next_masks, keep_counts=keep_counts,
+                                     keep_ramp=ramp, flip_cap=schedules.FlipCap(10 ** 6, 20)))
+  old = masking.compute_masks(old_scores, keep_counts)
+  for step in (ramp.steps - 1, ramp.steps + 5):  # masks for steps ramp.steps and later
+    assert _equal_bitwise(select(old, scores, jnp.int32(step)), today)
+  assert _equal_bitwise(steps.next_masks(old, scores, jnp.int32(0), keep_counts), today)
