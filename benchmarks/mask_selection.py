@@ -39,7 +39,7 @@ flags.DEFINE_integer("image_size", 224, "input height and width of the dense ste
 flags.DEFINE_integer("channels", 3, "input channels")
 flags.DEFINE_integer("warmup", 1, "untimed rounds after compilation")
 flags.DEFINE_integer("repeats", 5, "timed rounds; the median is reported")
-flags.DEFINE_bool("smoke", False, "tiny sizes (resnet20, 8x8, batch 4) to check it runs")
+flags.DEFINE_bool("smoke", False, "tiny sizes (resnet8, 8x8, batch 4) to check it runs")
 flags.DEFINE_float("approx_recall_target", 0.95, "recall_target of lax.approx_max_k")
 
 # The dense step's batch unless --batch_size says otherwise: ResNet-50's at 224x224 in the
@@ -93,7 +93,7 @@ def _platform_key() -> str:
 def main(argv):
   del argv
   if FLAGS.smoke:
-    FLAGS.model, FLAGS.batch_size, FLAGS.image_size, FLAGS.repeats = "resnet20", 4, 8, 2
+    FLAGS.model, FLAGS.batch_size, FLAGS.image_size, FLAGS.repeats = "resnet8", 4, 8, 2
   elif FLAGS.model is None:
     FLAGS.model = "resnet50"
   if FLAGS.batch_size is None:
