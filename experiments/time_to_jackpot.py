@@ -16,7 +16,9 @@ of each run) and the dense network's are listed beside it, never compared.
 
 Recorded per run: steps, images seen (steps x batch), the search's wall-clock seconds as
 report.json measures them (the step's compilation, the steps and the two held-out
-evaluations; not the baselines or the test evaluation), held-out, test and dense accuracy.
+evaluations; not the baselines or the test evaluation), held-out, test and dense accuracy,
+and the share of its jackpot's kept weights that the next smaller budget's jackpot keeps
+too (each run's masks are written to jackpot_masks.npz in its sub-workdir).
 The summary gives, per recipe, the fewest steps (smallest budget) at which it reaches the
 reference's 1-epoch held-out accuracy, and at which it gets within --tolerance of dense.
 Writes results.json, results.md and results.png (held-out accuracy against images seen
@@ -31,10 +33,11 @@ from pathlib import Path
 from typing import Callable
 
 import ml_collections
+import numpy as np
 from absl import flags
 
 from jackpot_jax import data as data_lib, fileio
-from jackpot_jax.run import spec as spec_lib
+from jackpot_jax.run import spec as spec_lib, workdir_export
 
 import common
 
@@ -48,6 +51,13 @@ flags.DEFINE_float("tolerance", 0.01, "'within dense' means within this of the d
 
 # The warm-up of the recipes that have one: this fraction of each run's steps.
 WARMUP_FRACTION = 0.05
+# The sparsity ramp of the recipes that have one: over this fraction of the steps, from
+# half the target sparsity.
+RAMP_FRACTION = 0.5
+# The flip cap of the recipes that have one: swaps per layer and step at the first step.
+MAX_FLIPS = 8
+# Each run's jackpot masks, for the overlap between successive budgets.
+MASKS_FILE = "jackpot_masks.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +112,11 @@ def _small_batch(scale_lr: bool) -> Callable[[Context], dict]:
   return overrides
 
 
+def _ramp(c: Context) -> dict:
+  return {"search.sparsity_ramp": RAMP_FRACTION,
+          "search.start_sparsity": c.config.search.sparsity / 2}
+
+
 RECIPES = {
     "reference": Recipe("the config as given", lambda c: {}),
     "distill": Recipe("+ distillation from the dense network, w = 0.5, T = 4 (Hinton et al. "
@@ -133,6 +148,14 @@ RECIPES = {
     "distill_bn_reestimated": Recipe("`distill` with `bn_reestimated`'s statistics",
                                      lambda c: {**_distill(0.5)(c),
                                                 "search.bn_statistics": "reestimated"}),
+    "ramp": Recipe(f"sparsity annealed cubically from half the target to the target over "
+                   f"the first {RAMP_FRACTION:g} of the steps (Zhu & Gupta 2017), from the "
+                   "magnitude mask at half the target", _ramp),
+    "flip_cap": Recipe(f"at most {MAX_FLIPS} weights swapped into each layer a step, the cap "
+                       "decaying as (1 - t/T)^4 to 1 (the authors' short restriction, as "
+                       "meant)", lambda c: {"search.max_flips_per_step": MAX_FLIPS}),
+    "small_batch_ramp": Recipe("`small_batch` with `ramp`",
+                               lambda c: {**_small_batch(scale_lr=True)(c), **_ramp(c)}),
     "bn_momentum_0.3": Recipe("BN running statistics with momentum 0.3 (PyTorch's "
                               "convention; reference 0.1): they follow the mask faster",
                               lambda c: {"search.bn_momentum": 0.3}),
@@ -168,6 +191,8 @@ def run_one(name: str, epochs: float, context: Context, output: Path) -> dict:
       "eval.every_epochs": epochs, "eval.stop_within_dense": 0.0, "progress_bar": False})
   workdir = output / f"{name}_{epochs:g}ep"
   report = common.finished_report(config, workdir) or common.run(config, workdir)
+  if not (workdir / MASKS_FILE).exists():
+    workdir_export.export_workdir(workdir, workdir / MASKS_FILE, format="masks")
   search = report["search"]
   row = {"recipe": name, "budget_epochs": epochs, "steps": search["steps"],
          "batch_size": search["batch_size"],
@@ -176,11 +201,35 @@ def run_one(name: str, epochs: float, context: Context, output: Path) -> dict:
          "holdout_dense": report["holdout"]["dense"],
          "holdout_images": report["holdout"]["images"], "test": report["accuracy"]["jackpot"],
          "dense": report["accuracy"]["dense"], "target_sparsity": report["target_sparsity"],
-         "overrides": {k: repr(v) for k, v in overrides.items()}}
+         "workdir": str(workdir), "overrides": {k: repr(v) for k, v in overrides.items()}}
   print(f"{name}, {epochs:g} epoch(s): {row['steps']} steps, {row['images_seen']} images, "
         f"{row['wall_seconds']:.1f} s; held-out {common.pct(row['holdout'])}% (dense "
         f"{common.pct(row['holdout_dense'])}%), test {common.pct(row['test'])}%", flush=True)
   return row
+
+
+def kept_overlap(a: Path, b: Path) -> float:
+  """Of the weights the masks file `a` keeps, the fraction the masks file `b` (the same
+  model's) keeps too, over every masked layer (`export --format=masks` files: each
+  layer's mask as packed bits, zero-padded to whole bytes)."""
+  with np.load(a) as first, np.load(b) as second:
+    layers = [key for key in first.files if key.startswith("mask_")]
+    masks = [(np.unpackbits(first[key]), np.unpackbits(second[key])) for key in layers]
+  kept = sum(int(x.sum()) for x, _ in masks)
+  return sum(int((x & y).sum()) for x, y in masks) / max(kept, 1)
+
+
+def add_overlaps(rows: list[dict]) -> None:
+  """Each run's `overlap_with_previous`: the kept weights it shares with the jackpot of the
+  next smaller budget of its recipe (None for the smallest). Near 1, more steps did not
+  move the mask: a setting short of flips; low, the mask moves but the held-out accuracy
+  may not follow: short of signal."""
+  for name in dict.fromkeys(r["recipe"] for r in rows):
+    runs = sorted((r for r in rows if r["recipe"] == name), key=lambda r: r["budget_epochs"])
+    runs[0]["overlap_with_previous"] = None
+    for previous, run in zip(runs, runs[1:]):
+      run["overlap_with_previous"] = kept_overlap(Path(run["workdir"]) / MASKS_FILE,
+                                                  Path(previous["workdir"]) / MASKS_FILE)
 
 
 def _first(runs: list[dict], reached: Callable[[dict], bool]) -> dict | None:
@@ -211,6 +260,10 @@ def summarise(rows: list[dict], tolerance: float) -> dict:
   return summary
 
 
+def _overlap_cell(overlap: float | None) -> str:
+  return "-" if overlap is None else f"{100 * overlap:.1f}%"
+
+
 def _budget_cell(run: dict | None) -> str:
   if run is None:
     return "not reached"
@@ -219,10 +272,12 @@ def _budget_cell(run: dict | None) -> str:
 
 def table(rows: list[dict], summary: dict, tolerance: float) -> str:
   lines = ["| recipe | budget (epochs) | steps | images seen | search wall s | held-out top-1 "
-           "| test top-1 | dense test top-1 |", "|---|---|---|---|---|---|---|---|"]
+           "| test top-1 | dense test top-1 | kept weights shared with the previous budget's |",
+           "|---|---|---|---|---|---|---|---|---|"]
   lines += [f"| {r['recipe']} | {r['budget_epochs']:g} | {r['steps']} | {r['images_seen']} | "
             f"{r['wall_seconds']:.1f} | {common.pct(r['holdout'])} | {common.pct(r['test'])} | "
-            f"{common.pct(r['dense'])} |" for r in rows]
+            f"{common.pct(r['dense'])} | {_overlap_cell(r.get('overlap_with_previous'))} |"
+            for r in rows]
   reference = summary["reference_1_epoch"]
   lines += ["", f"Held-out accuracy of the dense network: {common.pct(rows[0]['holdout_dense'])}"
             "; every comparison below uses held-out accuracy only.", ""]
@@ -288,6 +343,7 @@ def main(argv):
   context = Context(base, budgets[0],
                     data_lib.load_dataset_info(spec_lib.resolve(base).data).num_train)
   rows = [run_one(name, epochs, context, output) for name in recipes for epochs in budgets]
+  add_overlaps(rows)
   summary = summarise(rows, FLAGS.tolerance)
   fileio.write_json(output / "results.json", {
       **common.config_source(), "budgets": budgets, "tolerance": FLAGS.tolerance,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,25 +111,33 @@ def test_time_to_jackpot_runs_each_recipe_on_each_budget_and_reuses_finished_run
                 *_sets(tiny_job))
   assert bad.returncode == 2 and bad.stderr.strip().startswith(
       "time_to_jackpot.py: error: unknown recipe 'adamw' in --recipes; choose from reference,")
-  # Two searches keep it short: the budget ladder is the same loop over budgets.
-  args = [f"--output={tmp_path}", "--budgets=1", "--recipes=reference,distill",
+  # Two budgets of two recipes: the ladder, and the overlap between its successive masks.
+  args = [f"--output={tmp_path}", "--budgets=0.5,1", "--recipes=reference,ramp",
           *_sets(tiny_job), "--config.eval.recalibration_images=0"]
   result = _script("time_to_jackpot.py", *args)
   assert result.returncode == 0, result.stderr[-2000:]
   saved = json.loads((tmp_path / "results.json").read_text())
   rows = saved["rows"]
   assert [(r["recipe"], r["budget_epochs"], r["steps"]) for r in rows] == [
-      ("reference", 1.0, 4), ("distill", 1.0, 4)]
+      ("reference", 0.5, 2), ("reference", 1.0, 4), ("ramp", 0.5, 2), ("ramp", 1.0, 4)]
   for row in rows:
     assert row["images_seen"] == 16 * row["steps"] and row["wall_seconds"] > 0
     assert all(0.0 <= row[k] <= 1.0 for k in ("holdout", "holdout_dense", "test", "dense"))
-  distilled = json.loads((tmp_path / "distill_1ep" / "config.json").read_text())["search"]
-  assert (distilled["distill_weight"], distilled["distill_temperature"]) == (0.5, 4.0)
+  ramped = json.loads((tmp_path / "ramp_1ep" / "config.json").read_text())["search"]
+  assert (ramped["sparsity_ramp"], ramped["start_sparsity"]) == (0.5, 0.45)
+  # The overlap is the share of a run's kept weights the smaller budget's jackpot keeps.
+  masks = [np.load(tmp_path / f"reference_{b}ep" / "jackpot_masks.npz") for b in ("0.5", "1")]
+  layers = [k for k in masks[0].files if k.startswith("mask_")]
+  bits = [np.concatenate([np.unpackbits(m[k]) for k in layers]) for m in masks]
+  assert rows[0]["overlap_with_previous"] is None
+  assert rows[1]["overlap_with_previous"] == (bits[0] & bits[1]).sum() / bits[1].sum()
   summary = saved["summary"]
   assert summary["reference_1_epoch"]["steps"] == 4
-  assert summary["recipes"]["reference"]["steps_ratio"] == 1.0
+  reference = summary["recipes"]["reference"]
+  assert reference["steps_ratio"] == reference["reaches_reference"]["steps"] / 4
   table = (tmp_path / "results.md").read_text()
-  assert "| distill | 1 | 4 | 64 |" in table and "`distill`: + distillation" in table
+  assert "| ramp | 1 | 4 | 64 |" in table and "`ramp`: sparsity annealed" in table
+  assert f"| {100 * rows[1]['overlap_with_previous']:.1f}% |" in table
   assert rows[0]["holdout_images"] == 16 and "The held-out slice has 16 images" in table
   assert (tmp_path / "results.png").stat().st_size > 0
   again = _script("time_to_jackpot.py", *args)  # every run finished: reused, not re-run
