@@ -139,14 +139,22 @@ def random_kernel_masks(params, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory) -> Path:
-  """Real Fashion-MNIST prepared offline from Debian's files, once per session (the first
-  worker to ask prepares it; the others wait on a lock).
+  """Real Fashion-MNIST prepared offline from Debian's files: the TFDS data directory
+  `launch/setup.sh --with-fashion-mnist` prepared it in ($TFDS_DATA_DIR, else
+  ~/tensorflow_datasets), read only; else prepared once per session (the first worker to
+  ask prepares it; the others wait on a lock).
 
   Prepared in a child process: preparation is the one step that uses TensorFlow, and the
   test process stays as free of it as the search processes it stands for.
   $JACKPOT_TEST_TFDS_DIR names a directory to prepare in (once) instead, so repeated runs
   (scripts/stress.sh) skip the preparation.
   """
+  default = Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+  if not os.environ.get("JACKPOT_TEST_TFDS_DIR") and all(
+      list(default.glob(f"fashion_mnist/*/fashion_mnist-{split}.array_record-*"))
+      for split in ("train", "test")):
+    return default
+
   def prepare(data_dir) -> None:
     subprocess.run([sys.executable, "-m", "jackpot_jax.data.prepare", f"--data_dir={data_dir}"],
                    check=True, capture_output=True, cwd=REPO)
