@@ -158,3 +158,21 @@ def test_the_wheel_ships_configs_and_checkpoints_and_a_named_config_resolves_aft
                    "checkpoint_exists": True,
                    "paper": str(package / "configs" / "paper" / "resnet50_imagenet_s90_e30.py"),
                    "llm": str(package / "pretrained" / "llm_tiny")}
+
+
+def test_pytest_rewrites_the_asserts_of_the_suites_modules_only(tmp_path, monkeypatch):
+  """A module named like a test outside tests/ (TensorFlow's test_util.py, which TFDS
+  imports mid-test) is imported as it is: CPython 3.11's AST conversion, which a rewrite
+  runs, is not safe to run while another is under way."""
+  package = tmp_path / "site_packages" / "third_party_for_rewrite_check"
+  package.mkdir(parents=True)
+  (package / "__init__.py").write_text("")
+  (package / "test_util.py").write_text("def check():\n  assert 1 == 2\n")
+  monkeypatch.syspath_prepend(str(package.parent))
+  try:
+    from third_party_for_rewrite_check import test_util
+    assert type(test_util.__loader__).__name__ != "AssertionRewritingHook"
+  finally:
+    for name in [n for n in sys.modules if n.startswith("third_party_for_rewrite_check")]:
+      del sys.modules[name]
+  assert type(sys.modules[__name__].__loader__).__name__ == "AssertionRewritingHook"
