@@ -38,8 +38,9 @@ def holdout_count(requested: int | None, num_train: int, field: str = "data.hold
   return count
 
 
-def partition(num_train: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-  """(searched, held-out) indices into the training split, each in ascending order."""
-  held_out = np.zeros(num_train, bool)
-  held_out[np.random.default_rng(_SEED).permutation(num_train)[:count]] = True
-  return np.flatnonzero(~held_out), np.flatnonzero(held_out)
+def partition(train_rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+  """(searched, held-out) rows of the training split, each in ascending order: `count` of
+  `train_rows` (the split's rows, or its slice's) held out, the rest searched."""
+  held_out = np.zeros(len(train_rows), bool)
+  held_out[np.random.default_rng(_SEED).permutation(len(train_rows))[:count]] = True
+  return train_rows[~held_out], train_rows[held_out]

@@ -89,8 +89,7 @@ def _open_cached(spec: DataSpec) -> OpenedData:
   records = dataset.splits[train_split]
   train_rows = split_slices.sliced_rows(spec.train_split, "data.train_split", len(records))
   searched, held_out = holdout.partition(
-      len(train_rows), holdout.holdout_count(spec.holdout_images, len(train_rows)))
-  searched, held_out = train_rows[searched], train_rows[held_out]
+      train_rows, holdout.holdout_count(spec.holdout_images, len(train_rows)))
   shape = tuple(records[0][0].shape)
   augmentation = preprocessing_lib.choose_augmentation(spec, shape)
   size = augmentation.image_size

@@ -29,13 +29,9 @@ class SplitSlice:
   start_percent: bool = False
   stop_percent: bool = False
 
-  @property
-  def whole(self) -> bool:
-    return self.start is None and self.stop is None
-
   def suffix(self) -> str:
     """The slice as written after the name: '' for the whole split."""
-    if self.whole:
+    if self.start is None and self.stop is None:
       return ""
     def bound(value, percent):
       return "" if value is None else f"{value}{'%' if percent else ''}"

@@ -213,10 +213,10 @@ def _open_cached(spec: DataSpec) -> OpenedText:
                            len(_sequences(spec, eval_split, entries[eval_split])))
   train_rows = split_slices.sliced_rows(spec.train_split, "data.train_split",
                                         len(_sequences(spec, train_split, entries[train_split])))
-  searched, held_out = holdout.partition(len(train_rows), holdout.holdout_count(
+  searched, held_out = holdout.partition(train_rows, holdout.holdout_count(
       spec.holdout_sequences, len(train_rows), "data.holdout_sequences", "sequences"))
-  return OpenedText(spec, description, entries, train_split, train_rows, train_rows[searched],
-                    train_rows[held_out], tokenizer)
+  return OpenedText(spec, description, entries, train_split, train_rows, searched, held_out,
+                    tokenizer)
 
 
 def open_text(spec: DataSpec) -> OpenedText:

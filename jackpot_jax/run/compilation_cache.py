@@ -118,7 +118,9 @@ def _atomic_file_cache(base: type) -> type:
       target = os.path.join(folder, f"{key}{_JAX.CACHE_SUFFIX}")
       if os.path.exists(target):
         return
-      # Not named *-cache: JAX's listing of entries never sees a temporary file.
+      # Not named *-cache: JAX's listing of entries never sees a temporary file. Not
+      # fileio.atomic_path: that syncs each file to disk, which a cache (hundreds of small
+      # entries a search, any of them recompiled if lost) does not need to pay for.
       handle, temporary = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
       try:
         with os.fdopen(handle, "wb") as file:

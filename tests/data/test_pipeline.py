@@ -58,8 +58,12 @@ def test_default_holdout_is_5000_images_or_a_tenth_of_smaller_sets():
   assert holdout.holdout_count(None, 1_281_167) == 5000
   assert holdout.holdout_count(None, 40) == 4
   assert holdout.holdout_count(0, 40) == 0
-  searched, held_out = holdout.partition(40, 4)
+  searched, held_out = holdout.partition(np.arange(40), 4)
   assert len(held_out) == 4 and sorted(np.concatenate([searched, held_out])) == list(range(40))
+  # A slice of the split (its rows 10 to 49) holds out the same positions of the slice.
+  sliced_searched, sliced_held_out = holdout.partition(np.arange(10, 50), 4)
+  np.testing.assert_array_equal(sliced_held_out, held_out + 10)
+  np.testing.assert_array_equal(sliced_searched, searched + 10)
 
 
 @pytest.mark.parametrize("augmentation", ["cifar", "imagenet"])
