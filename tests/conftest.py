@@ -20,6 +20,11 @@ import time
 EIGHT_CPU_DEVICES = "--xla_force_host_platform_device_count=8"
 os.environ.setdefault("XLA_FLAGS", EIGHT_CPU_DEVICES)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Half of the suite's time was XLA compiling: the tests (and the commands they start, which
+# inherit this) compile without LLVM's expensive optimizations, as JAX offers for programs
+# that run less than they compile. The same programs; float reductions may round
+# differently in the last bit. Set it to 0 to test the fully optimised programs.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
 # The folder this session made, as its xdist workers inherit it.
@@ -227,6 +232,24 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "eight_devices: needs 8 devices; where this process has fewer, the test runs "
       "in a child pytest on 8 simulated CPU devices")
+  config.addinivalue_line(
+      "markers", "optimized_programs: compiles with all of XLA's optimizations, it and the "
+      "commands it starts: the test spends its time running its programs, not compiling them")
+
+
+@pytest.fixture(autouse=True)
+def optimized_where_marked(request, monkeypatch):
+  """Lifts JAX_DISABLE_MOST_OPTIMIZATIONS for an `optimized_programs` test."""
+  if request.node.get_closest_marker("optimized_programs") is None:
+    yield
+    return
+  before = jax.config.read("jax_disable_most_optimizations")
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from jackpot_jax import config_files
 from jackpot_jax.run import job
 
@@ -11,6 +13,7 @@ from jackpot_jax.run import job
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.optimized_programs
 def test_short_search_beats_the_magnitude_pruned_mask(fashion_mnist_dir, tmp_path):
   config = config_files.load_config(REPO / "configs" / "default.py")
   config.model.checkpoint = str(REPO / "pretrained" / "resnet20_fashion_mnist.pth")
