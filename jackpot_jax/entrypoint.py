@@ -137,6 +137,10 @@ def run(main: Callable[[list[str]], None], *, default_config: str | None = None,
       # app.run turns INFO on, and Orbax logs every save at INFO: that would bury the
       # progress bar, the warnings and the one-line errors.
       absl_logging.set_verbosity(absl_logging.WARNING)
+    # Every program of ours (commands, experiments, benchmarks) writes the compilation
+    # cache's entries whole: several processes may share its folder.
+    from jackpot_jax.run import compilation_cache  # pylint: disable=import-outside-toplevel
+    compilation_cache.write_entries_atomically()
     with errors.exit_on_user_error(program_name()):
       main(argv)
 

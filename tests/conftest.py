@@ -27,32 +27,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
-# The folder this session made, as its xdist workers inherit it.
-_SESSION_CACHE = "JACKPOT_TEST_SESSION_COMPILE_CACHE"
-
-
 def _share_compiled_programs_across_the_session() -> None:
-  """Every process of the session (this one and the commands the tests start) reads and
-  writes JAX's persistent compilation cache in one temporary folder. Most of the suite's
-  time was XLA compiling the same small programs again in each test and each child
-  process: the tiny searches spend seconds computing and tens of seconds compiling.
-  All programs are cached (no minimum compile time): the eager per-layer ops are hundreds
-  of small compiles. A folder the caller names in $JAX_COMPILATION_CACHE_DIR is used as
-  it is and kept."""
-  worker = os.environ.get("PYTEST_XDIST_WORKER")
-  session_folder = os.environ.get(_SESSION_CACHE)
-  if worker and session_folder and os.environ.get("JAX_COMPILATION_CACHE_DIR") == session_folder:
-    # The commands jackpot_jax starts write each entry through a rename
-    # (run/compilation_cache.py), but JAX alone writes in place (the benchmarks' own
-    # processes, say), and two workers run such commands at the same time: each worker
-    # (and the commands it starts, one test at a time) has its own folder.
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(session_folder, worker)
-    return
+  """Every process of the session (both xdist workers and the commands the tests start)
+  reads and writes JAX's persistent compilation cache in one temporary folder: most of the
+  suite's time was XLA compiling the same small programs again in each test and each child
+  process. One folder, because JAX's cache keys depend on the folder's path. Every process
+  that writes there writes entries whole (`run/compilation_cache.py`: this one below, and
+  every command, experiment and benchmark through `entrypoint.run`). All programs are
+  cached (no minimum compile time): the eager per-layer ops are hundreds of small
+  compiles. A folder the caller names in $JAX_COMPILATION_CACHE_DIR is used as it is and
+  kept."""
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:
     return
   folder = tempfile.mkdtemp(prefix="jackpot-jax-tests-compile-cache-")
   atexit.register(shutil.rmtree, folder, ignore_errors=True)
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_SESSION_CACHE] = folder
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
