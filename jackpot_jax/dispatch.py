@@ -76,5 +76,10 @@ def sum_over_batches(accumulate: Callable[..., Any], batches: Iterable[Any],
 
 def mean_over_batches(fn: Callable[..., Any], batches: Iterable[Any], *frozen: Any) -> Any:
   """The mean of `fn(*frozen, batch)` over `batches`, a tree of host arrays."""
-  total, count = sum_over_batches(accumulator(fn), batches, *frozen)
+  return mean_of_sums(accumulator(fn), batches, *frozen)
+
+
+def mean_of_sums(accumulate: Callable[..., Any], batches: Iterable[Any], *frozen: Any) -> Any:
+  """`mean_over_batches` with an `accumulator` built once and reused (compiled once)."""
+  total, count = sum_over_batches(accumulate, batches, *frozen)
   return jax.tree.map(lambda x: x / count, total)

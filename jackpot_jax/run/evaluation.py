@@ -36,7 +36,9 @@ class Evaluator:
   def __init__(self, setup: SearchSetup, split: str | None = None):
     self.setup = setup
     self.split = setup.config.data.eval_split if split is None else split
-    self.accumulate = dispatch.accumulator(functools.partial(steps.eval_step, model=setup.model))
+    # One compiled eval step for every split and every evaluation of the run.
+    self.accumulate = setup.program("eval_sums", lambda: dispatch.accumulator(
+        functools.partial(steps.eval_step, model=setup.model)))
 
   def batches(self) -> Iterable[dict]:
     config = self.setup.config
@@ -96,10 +98,11 @@ def recalibrated_batch_stats(setup: SearchSetup, masks: Any) -> Any:
   way the jackpot's are, but as an exact average (PyTorch's momentum=None) rather than a
   running one.
   """
+  statistics_sums = setup.program("batch_statistics_sums", lambda: dispatch.accumulator(
+      functools.partial(steps.batch_statistics, model=setup.model)))
   with _search_batches(setup, recalibration_batches(setup)) as placed:
-    return dispatch.mean_over_batches(
-        functools.partial(steps.batch_statistics, model=setup.model), placed, setup.params,
-        {"batch_stats": setup.batch_stats, "masks": masks})
+    return dispatch.mean_of_sums(statistics_sums, placed, setup.params,
+                                 {"batch_stats": setup.batch_stats, "masks": masks})
 
 
 def jackpot_batch_stats(setup: SearchSetup, state: Any) -> Any:

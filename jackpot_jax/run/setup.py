@@ -6,7 +6,7 @@ the first states of the search and of the tuning stage.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,16 @@ class SearchSetup:
   plan: sparsity.SparsityPlan
   data_info: data_lib.DatasetInfo
   mesh: Any
+  # Jitted programs built from the model, by name: each is traced and compiled once per run
+  # (`program`), not once per use. Not copied by dataclasses.replace.
+  programs: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
+
+  def program(self, name: str, build: Callable[[], Any]) -> Any:
+    """The run's program `name`, built by `build()` on the first call."""
+    if name not in self.programs:
+      self.programs[name] = build()
+    return self.programs[name]
 
   @property
   def config(self):
