@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,21 @@ from conftest import TINY_CHECKPOINT, TINY_DEPTH, TINY_MODEL, final_search_state
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_resumed_search_ends_bitwise_equal_to_uninterrupted(tiny_job, tmp_path):
+@pytest.fixture(scope="module")
+def finished_tiny_run(tiny_job, tmp_path_factory) -> tuple[Path, dict]:
+  """(workdir, report) of a finished `tiny_config` search; tests that write into a
+  workdir copy it first."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  return workdir, job.search_and_evaluate(tiny_config(tiny_job), workdir)
+
+
+def test_resumed_search_ends_bitwise_equal_to_uninterrupted(tiny_job, finished_tiny_run,
+                                                             tmp_path):
   config = tiny_config(tiny_job)
-  job.search_and_evaluate(config, tmp_path / "straight")
   stopped = job.search_and_evaluate(config, tmp_path / "resumed", stop_after=3)
   assert stopped == {"stopped_at": 3}
   job.search_and_evaluate(config, tmp_path / "resumed")
-  straight = final_search_state(config, tmp_path / "straight")
+  straight = final_search_state(config, finished_tiny_run[0])
   resumed = final_search_state(config, tmp_path / "resumed")
   assert int(straight.step) == int(resumed.step) == 6
   for a, b in zip(jax.tree.leaves((straight.scores, straight.masks)),
@@ -87,9 +96,9 @@ def test_search_evaluates_and_stops_on_the_holdout_and_tests_once_at_the_end(
   assert passes.count("test") == 4 and passes.count("holdout") == 3
 
 
-def test_report_has_the_contract_keys(tiny_job, tmp_path):
-  report = job.search_and_evaluate(tiny_config(tiny_job), tmp_path)
-  on_disk = json.loads((tmp_path / "report.json").read_text())
+def test_report_has_the_contract_keys(finished_tiny_run):
+  workdir, report = finished_tiny_run
+  on_disk = json.loads((workdir / "report.json").read_text())
   assert on_disk["model"] == TINY_MODEL and on_disk["checkpoint"].endswith(TINY_CHECKPOINT)
   assert on_disk["dataset"].startswith("npz:") and on_disk["target_sparsity"] == 0.9
   assert set(on_disk["sparsity"]) >= {"conv", "prunable", "all_weights", "per_layer"}
@@ -110,7 +119,7 @@ def test_report_has_the_contract_keys(tiny_job, tmp_path):
   for value in on_disk["accuracy"].values():
     assert value is None or 0.0 <= value <= 1.0
   assert report["accuracy"] == on_disk["accuracy"]
-  table = (tmp_path / "report.md").read_text()
+  table = (workdir / "report.md").read_text()
   assert "| layer1.0.conv1 |" in table and "jackpot" in table
   assert "- data: 8x8x1 images; channels 1 (npz arrays); mean (0.5000)" in table
 
@@ -183,9 +192,10 @@ def _run_readme_loading_code(folder, file_name: str, make_model) -> dict:
   return namespace
 
 
-def test_evaluate_and_export_take_overrides_of_how_they_run_only(tiny_job, tmp_path):
+def test_evaluate_and_export_take_overrides_of_how_they_run_only(finished_tiny_run, tmp_path):
   workdir = tmp_path / "run"
-  report = job.search_and_evaluate(tiny_config(tiny_job), workdir)
+  shutil.copytree(finished_tiny_run[0], workdir)
+  report = finished_tiny_run[1]
   result = _cli("evaluate", f"--workdir={workdir}", "--config.eval.batch_size=3",
                 "--config.mesh.num_devices=1")
   assert result.returncode == 0, result.stderr[-2000:]
