@@ -63,6 +63,7 @@ def _search_evaluate_export(workdir: Path, overrides: list[str]) -> dict:
   return json.loads((workdir / "report.json").read_text())
 
 
+@pytest.mark.optimized_programs
 def test_a_search_on_fashion_mnist_runs_without_tensorflow(fashion_mnist_dir, tmp_path):
   report = _search_evaluate_export(tmp_path / "run", [
       f"--config.data.data_dir={fashion_mnist_dir}", "--config.search.num_epochs=0.01",
