@@ -31,12 +31,13 @@ def _share_compiled_programs_across_the_session() -> None:
   """Every process of the session (both xdist workers and the commands the tests start)
   reads and writes JAX's persistent compilation cache in one temporary folder: most of the
   suite's time was XLA compiling the same small programs again in each test and each child
-  process. One folder, because JAX's cache keys depend on the folder's path. Every process
-  that writes there writes entries whole (`run/compilation_cache.py`: this one below, and
-  every command, experiment and benchmark through `entrypoint.run`). All programs are
-  cached (no minimum compile time): the eager per-layer ops are hundreds of small
-  compiles. A folder the caller names in $JAX_COMPILATION_CACHE_DIR is used as it is and
-  kept."""
+  process. One folder, because JAX's cache keys depend on the folder's path. The processes
+  that share programs write entries whole (`run/compilation_cache.py`: this one below, and
+  every command, experiment and benchmark through `entrypoint.run`); the few test scripts
+  that do not (scripts/collective_deadlock.py) compile programs no other process runs.
+  All programs are cached (no minimum compile time): the eager per-layer ops are hundreds
+  of small compiles. A folder the caller names in $JAX_COMPILATION_CACHE_DIR is used as it
+  is and kept."""
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:
     return
   folder = tempfile.mkdtemp(prefix="jackpot-jax-tests-compile-cache-")

@@ -90,8 +90,8 @@ def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_
     assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     assert "report.json" not in " ".join(gcs.names())
     # The search may have committed more steps between the poll and the kill.
-    step = max(int(re.fullmatch(_COMMITTED, name)[1]) for name in gcs.names()
-               if re.fullmatch(_COMMITTED, name))
+    step = max(int(found[1]) for name in gcs.names()
+               if (found := re.fullmatch(_COMMITTED, name)))
     assert step < 24
 
     resumed = _run([*search, "--config.profile_steps=5,6", "--verbosity=0"], env, tmp_path)
