@@ -74,6 +74,17 @@ def abstract_arrays(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
+def placed_copy(tree: Any, shardings: Any) -> Any:
+  """`tree` placed on `shardings` in buffers of its own, for state a jitted step donates.
+
+  `jax.device_put(..., may_alias=False)` is not enough: replicating a single-device array
+  over a mesh reuses its buffer for the first device's shard (JAX 0.10), so two trees put
+  from the same arrays (the search state and the teacher's statistics) would share memory
+  that the step's donation hands over. Each leaf is copied on its device first.
+  """
+  return jax.device_put(jax.tree.map(jnp.copy, tree), shardings, may_alias=False)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   if batch_size % mesh.devices.size:
     raise ValueError(f"batch size {batch_size} is not divisible by the {mesh.devices.size} "

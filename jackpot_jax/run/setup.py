@@ -137,10 +137,11 @@ def initial_search_state(setup: SearchSetup) -> steps.SearchState:
                             in zip(_masked_in_tree_order(setup), ramp.counts_at(0))}
       scores = scores_lib.ramp_start_scores(setup.params, setup.plan, scores,
                                             start_prune_counts)
-  state = steps.init_search_state(scores, keep_counts, setup.batch_stats,
-                                  setup.optimizer("search"),
+  # A copy of the statistics (`parallel.placed_copy`): the jitted step donates its state,
+  # and setup.batch_stats must outlive it. Scores, masks and moments are new arrays.
+  batch_stats = jax.tree.map(jnp.copy, setup.batch_stats)
+  state = steps.init_search_state(scores, keep_counts, batch_stats, setup.optimizer("search"),
                                   scores_lib.ranks_by_magnitude(config.search.score_init))
-  # A copy: the jitted step donates its state, and setup.batch_stats must outlive it.
   return jax.device_put(state, setup.shardings(state), may_alias=False)
 
 
@@ -153,10 +154,14 @@ def _masked_in_tree_order(setup: SearchSetup) -> list[sparsity.PrunableLayer]:
 
 def teacher(setup: SearchSetup) -> steps.Teacher:
   """The dense network a distilling search learns from, on its devices: the pre-trained
-  weights and BN statistics (the search's own statistics move away from these)."""
+  weights and BN statistics (the search's own statistics move away from these).
+
+  The statistics are a copy of their own: the search state starts from the same ones, and
+  the jitted step donates its state (`parallel.placed_copy`).
+  """
   return steps.Teacher(params=setup.params,
-                       batch_stats=jax.device_put(setup.batch_stats,
-                                                  setup.shardings(setup.batch_stats)))
+                       batch_stats=parallel.placed_copy(setup.batch_stats,
+                                                        setup.shardings(setup.batch_stats)))
 
 
 def initial_tune_state(setup: SearchSetup, batch_stats: Any) -> steps.TuneState:
@@ -165,7 +170,7 @@ def initial_tune_state(setup: SearchSetup, batch_stats: Any) -> steps.TuneState:
                           opt_state=setup.optimizer("tune").init(setup.params),
                           batch_stats=batch_stats)
   # A copy: the jitted step donates its state, and the pre-trained weights must outlive it.
-  return jax.device_put(state, setup.shardings(state), may_alias=False)
+  return parallel.placed_copy(state, setup.shardings(state))
 
 
 def magnitude_masks(setup: SearchSetup) -> Any:

@@ -27,25 +27,33 @@ def _assert_close(a, b, atol=1e-5):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_eight_devices_give_the_one_device_scores(tiny_job, tmp_path):
+@pytest.fixture(scope="module")
+def one_device_state(tiny_job, tmp_path_factory):
+  """The final search state of `tiny_config` on one device: what every device count and
+  every move between them must reproduce."""
+  config = _on(tiny_config(tiny_job), 1)
+  workdir = tmp_path_factory.mktemp("one_device")
+  job.search_and_evaluate(config, workdir)
+  return final_search_state(config, workdir)
+
+
+def test_eight_devices_give_the_one_device_scores(tiny_job, tmp_path, one_device_state):
   config = tiny_config(tiny_job)
-  job.search_and_evaluate(_on(config, 1), tmp_path / "one")
   job.search_and_evaluate(_on(config, 8), tmp_path / "eight")
-  one = final_search_state(_on(config, 1), tmp_path / "one")
+  one = one_device_state
   eight = final_search_state(_on(config, 8), tmp_path / "eight")
   assert int(one.step) == int(eight.step) == 6
   _assert_close(one, eight)
 
 
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
-def test_checkpoint_restores_onto_another_device_count(tiny_job, tmp_path, first, second):
+def test_checkpoint_restores_onto_another_device_count(tiny_job, tmp_path, one_device_state,
+                                                       first, second):
   config = tiny_config(tiny_job)
-  job.search_and_evaluate(_on(config, 1), tmp_path / "reference")
   assert job.search_and_evaluate(_on(config, first), tmp_path / "moved", stop_after=2) == {
       "stopped_at": 2}
   job.search_and_evaluate(_on(config, second), tmp_path / "moved")
-  _assert_close(final_search_state(_on(config, 1), tmp_path / "reference"),
-                final_search_state(_on(config, second), tmp_path / "moved"))
+  _assert_close(one_device_state, final_search_state(_on(config, second), tmp_path / "moved"))
 
 
 def test_batch_must_divide_over_devices():
@@ -72,3 +80,23 @@ def test_fsdp_sharded_scores_give_the_one_device_scores(tiny_job, tmp_path):
   fsdp = final_search_state(sharded, tmp_path / "fsdp")
   assert int(one.step) == int(fsdp.step) == 2
   _assert_close(one, fsdp)
+
+
+def test_the_donated_search_state_shares_no_buffer_with_the_teacher_or_the_setup(tiny_job):
+  """Replicating a single-device array over the mesh may reuse its buffer for the first
+  shard whatever `may_alias` says; the step donates the search state, so its statistics
+  must live in buffers of their own, apart from the teacher's and the setup's."""
+  config = tiny_config(tiny_job)
+  config.search.distill_weight = 0.5
+  setup = setup_of(_on(config, 8))
+
+  def buffers(tree):
+    return {shard.data.unsafe_buffer_pointer() for leaf in jax.tree.leaves(tree)
+            for shard in leaf.addressable_shards}
+
+  state = setup_lib.initial_search_state(setup)
+  teacher = setup_lib.teacher(setup)
+  donated = buffers(state)
+  assert not donated & buffers(teacher)
+  assert not donated & buffers(setup.batch_stats)
+  assert not donated & buffers(setup.params)
