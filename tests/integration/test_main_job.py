@@ -124,14 +124,18 @@ def test_report_has_the_contract_keys(finished_tiny_run):
   assert "- data: 8x8x1 images; channels 1 (npz arrays); mean (0.5000)" in table
 
 
-def test_workdir_with_other_config_is_refused_unless_forced(tiny_job, tmp_path):
+def test_workdir_with_other_config_is_refused_unless_forced(tiny_job, finished_tiny_run,
+                                                           tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_tiny_run[0], workdir)
   config = tiny_config(tiny_job)
   config.search.num_epochs = 0.25
-  job.search_and_evaluate(config, tmp_path)
+  with pytest.raises(ValueError, match="different config.*search.num_epochs"):
+    job.search_and_evaluate(config, workdir)
   config.search.sparsity = 0.8
   with pytest.raises(ValueError, match="different config.*search.sparsity"):
-    job.search_and_evaluate(config, tmp_path)
-  assert job.search_and_evaluate(config, tmp_path, force=True)["target_sparsity"] == 0.8
+    job.search_and_evaluate(config, workdir)
+  assert job.search_and_evaluate(config, workdir, force=True)["target_sparsity"] == 0.8
 
 
 def _cli(*args, cwd=REPO):
