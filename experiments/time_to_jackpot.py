@@ -156,6 +156,16 @@ RECIPES = {
                        "meant)", lambda c: {"search.max_flips_per_step": MAX_FLIPS}),
     "small_batch_ramp": Recipe("`small_batch` with `ramp`",
                                lambda c: {**_small_batch(scale_lr=True)(c), **_ramp(c)}),
+    "features": Recipe("+ a per-block feature loss against the dense network, weight 1 "
+                       "(search.feature_distill_weight=1)",
+                       lambda c: {"search.feature_distill_weight": 1.0}),
+    "local": Recipe("the first quarter of the steps trains every block on the dense block's "
+                    "input and output (search.local_fraction=0.25), then end to end",
+                    lambda c: {"search.local_fraction": 0.25}),
+    "local_features": Recipe("`local`, then end to end with `features`'s loss", lambda c: {
+        "search.local_fraction": 0.25, "search.feature_distill_weight": 1.0}),
+    "distill_features": Recipe("`distill` with `features`", lambda c: {
+        **_distill(0.5)(c), "search.feature_distill_weight": 1.0}),
     "bn_momentum_0.3": Recipe("BN running statistics with momentum 0.3 (PyTorch's "
                               "convention; reference 0.1): they follow the mask faster",
                               lambda c: {"search.bn_momentum": 0.3}),

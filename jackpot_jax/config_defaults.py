@@ -133,6 +133,14 @@ FIELDS: list[tuple[str, Any, str]] = [
      "|| masked student); 0: no distillation, no teacher pass (the reference)"),
     ("search.distill_temperature", 4.0, "T of that distillation (Hinton et al. 2015); 4 is "
      "the usual CIFAR choice (steps.distillation_loss)"),
+    ("search.feature_distill_weight", 0.0, "adds this multiple of a per-block feature loss "
+     "against the dense network: each block output's squared error relative to the dense "
+     "one's (block_targets.feature_loss), blocks as the model names them; 0: off (the "
+     "reference)"),
+    ("search.local_fraction", 0.0, "the first this fraction of the search's steps trains "
+     "every block to reproduce the dense block's output from the dense block's input (the "
+     "feature loss alone), then the end-to-end search continues from those scores; 0: off "
+     "(the reference)"),
     ("search.selected_on", _Unset(str), "holdout: the jackpot is the evaluated state with "
      "the best held-out accuracy, the start (step 0) included, ties to the later | "
      "last_step: the state at the last step (the reference); None: holdout when the search "

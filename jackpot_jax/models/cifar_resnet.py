@@ -90,4 +90,5 @@ for _depth in DEPTHS:
       first_layer="conv1",
       input_shape=(32, 32, 3),
       torch_aliases={"linear": ("fc",)},
+      feature_blocks=(BasicBlock,),
   ))

@@ -213,4 +213,5 @@ register(ModelSpec(
     input_shape=(1024,),
     maskable=is_block_projection,
     inputs="tokens",
+    feature_blocks=(Block,),
 ))

@@ -339,4 +339,5 @@ for _name, _qkv_bias in (("llama", False), ("qwen2", True)):
       input_shape=(2048,),
       maskable=is_block_projection,
       inputs="tokens",
+      feature_blocks=(DecoderLayer,),
   ))

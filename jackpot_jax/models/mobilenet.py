@@ -111,6 +111,7 @@ register(ModelSpec(
     first_layer="features.0.0",
     input_shape=(224, 224, 3),
     layout_name="torchvision",
+    feature_blocks=(InvertedResidual,),
 ))
 
 register(ModelSpec(

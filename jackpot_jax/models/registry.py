@@ -32,6 +32,9 @@ class ModelSpec:
     maskable: which params may carry a mask (`wrapper.is_maskable`: every kernel).
     inputs: "images" or "tokens" (a decoder-only language model).
     layout_name: what the key layout its own names spell is called in messages.
+    feature_blocks: the module classes whose outputs are the network's block outputs,
+      the targets of search.feature_distill_weight and search.local_fraction
+      (`search.block_targets`); empty: the model names none, and both are refused.
   """
 
   name: str
@@ -43,6 +46,7 @@ class ModelSpec:
   maskable: Maskable = is_maskable
   inputs: str = "images"
   layout_name: str = "PyTorch"
+  feature_blocks: tuple[type, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,4 +80,5 @@ for _name, (_block, _stage_sizes) in _ARCHITECTURES.items():
       first_layer="conv1",
       input_shape=(224, 224, 3),
       layout_name="torchvision",
+      feature_blocks=(BasicBlock, Bottleneck),
   ))

@@ -432,6 +432,7 @@ for _name, _kwargs in _PRESETS.items():
       first_layer=_FIRST_LAYER,
       input_shape=(28, 28, 1) if _name == "vit_tiny_p4" else (224, 224, 3),
       layout_name="Hugging Face",
+      feature_blocks=(EncoderLayer,),
   ))
 
 # HF's hidden_act -> our gelu; gelu_new and gelu_pytorch_tanh are the tanh approximation.

@@ -18,7 +18,7 @@ import ml_collections
 from jackpot_jax import fileio
 from jackpot_jax.run import (checkpointing, evaluation, lm_search, lm_spec, loop, parallel,
                              report as report_lib, spec as spec_lib, workdir as workdir_lib)
-from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
+from jackpot_jax.search import block_targets, optim, scores as scores_lib, sparsity, steps
 from jackpot_jax.run.setup import (SearchSetup, initial_search_state, initial_tune_state,
                                    setup_search, teacher)
 
@@ -65,9 +65,16 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
                  rank_by_magnitude=rank_by_magnitude, bn_momentum=search.bn_momentum,
                  keep_ramp=setup.keep_ramp, flip_cap=setup.flip_cap,
                  flips_per_layer=search.flips_per_layer)
-  if search.distill_weight > 0:  # only then does the step run the dense teacher too
-    step = functools.partial(steps.distill_search_step, distill_weight=search.distill_weight,
-                             distill_temperature=search.distill_temperature, **statics)
+  local_steps, local_step = setup.local_steps, None
+  if search.distill_weight > 0 or block_targets.uses_blocks(search):
+    # Only then does the step run the dense teacher too.
+    blocks = setup.spec.model.feature_blocks if block_targets.uses_blocks(search) else ()
+    step = functools.partial(
+        steps.distill_search_step, distill_weight=search.distill_weight,
+        distill_temperature=search.distill_temperature,
+        feature_weight=search.feature_distill_weight, blocks=blocks, **statics)
+    if local_steps:
+      local_step = functools.partial(step, local=True)
     frozen = teacher(setup)
   else:
     step, frozen = functools.partial(steps.search_step, **statics), setup.params
@@ -85,7 +92,7 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
           keep=_jackpot_of if setup.spec.selected_on == "holdout" else None,
           # A mask before the ramp's end keeps more than the plan: never the jackpot.
           first_selectable=0 if setup.keep_ramp is None else setup.keep_ramp.steps),
-      profile_steps=setup.spec.profile_steps)
+      profile_steps=setup.spec.profile_steps, first_step=local_step, first_steps=local_steps)
 
 
 def tune_stage(setup: SearchSetup, workdir: Path, masks: Any, batch_stats: Any) -> loop.Stage:

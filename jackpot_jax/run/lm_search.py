@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jackpot_jax import fileio
+from jackpot_jax import fileio, models
 from jackpot_jax.data import text
 from jackpot_jax.data.text import TextInfo
 from jackpot_jax.pytorch.hf_decoders import decoder_spec, import_hf_decoder
@@ -39,7 +39,7 @@ from jackpot_jax.run import (checkpointing, compilation_cache, lm_baselines, lm_
 from jackpot_jax.baselines.layer_masks import Sparsity
 from jackpot_jax.run.lm_spec import BaselinesSpec
 from jackpot_jax.run.perplexity import Perplexity
-from jackpot_jax.search import lm_steps, optim, schedules, steps
+from jackpot_jax.search import block_targets, lm_steps, optim, schedules, steps
 from jackpot_jax.search.masking import NMPattern
 from jackpot_jax.search.scores import MAGNITUDE_KEPT, MAGNITUDE_PRUNED
 
@@ -211,9 +211,13 @@ def search_stage(setup: LMSetup, workdir: Path, start: PyTree) -> loop.Stage:
   config = setup.config
   search = config.search
   rules = keep_counts(setup.spec.target, start)
+  local_steps = int(round(search.local_fraction * setup.total_steps))
   step = functools.partial(lm_steps.lm_search_step, model=setup.model, keep_counts=rules,
                            tx=setup.optimizer(), distill_weight=search.distill_weight,
                            distill_temperature=search.distill_temperature,
+                           feature_weight=search.feature_distill_weight,
+                           blocks=(models.get_model_spec(config.model.name).feature_blocks
+                                   if block_targets.uses_blocks(search) else ()),
                            flip_cap=schedules.flip_cap(search.max_flips_per_step,
                                                        setup.total_steps),
                            flips_per_layer=search.flips_per_layer)
@@ -237,13 +241,17 @@ def search_stage(setup: LMSetup, workdir: Path, start: PyTree) -> loop.Stage:
       checked_values=lambda state: state.scores, checkpoint_dir=workdir / SEARCH_CHECKPOINTS,
       total_steps=setup.total_steps, steps_per_epoch=setup.steps_per_epoch, seed=search.seed,
       learning_rate=optim.learning_rate_of(search, setup.total_steps),
-      evaluation=evaluation, profile_steps=lm_spec.profile_steps(config))
+      evaluation=evaluation, profile_steps=lm_spec.profile_steps(config),
+      first_step=functools.partial(step, local=True) if local_steps else None,
+      first_steps=local_steps)
 
 
 def _search_description(setup: LMSetup, meta: dict) -> dict:
   search = setup.config.search
   return {"score_init": search.score_init, "distill_weight": search.distill_weight,
-          "distill_temperature": search.distill_temperature, "optimizer": search.optimizer,
+          "distill_temperature": search.distill_temperature,
+          "feature_distill_weight": search.feature_distill_weight,
+          "local_fraction": search.local_fraction, "optimizer": search.optimizer,
           "learning_rate": search.learning_rate, "batch_size": search.batch_size,
           "epochs": search.num_epochs, "steps": setup.total_steps,
           "steps_per_epoch": setup.steps_per_epoch,

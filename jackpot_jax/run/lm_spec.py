@@ -24,7 +24,7 @@ from jackpot_jax.data.config import TEXT_KINDS, DataSpec, resolve_spec
 from jackpot_jax.pytorch import hf_folder
 from jackpot_jax.pytorch.hf_decoders import CONFIG, decoder_model_types, decoder_spec
 from jackpot_jax.run import compilation_cache, profiling
-from jackpot_jax.search import masking, optim, schedules, steps
+from jackpot_jax.search import block_targets, masking, optim, schedules, steps
 
 _FOLDER = "a Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json)"
 _BASELINES_COMMAND = ("`jackpot baselines --config=... --workdir=DIR` measures a language "
@@ -247,6 +247,7 @@ def _check_search(config: ml_collections.ConfigDict) -> None:
   if search.num_epochs <= 0:
     raise ValueError(f"search.num_epochs must be positive, got {search.num_epochs}")
   steps.check_distillation(search)
+  block_targets.check_fields(search)  # every decoder family names its decoder layers
   schedules.check_levers(search, ramp_allowed=False,
                          why_no_ramp="a language model's search starts from a one-shot "
                          "mask at the target, so it has no sparsity ramp")

@@ -68,7 +68,9 @@ class Stage:
   """One trained stage of a run.
 
   `step(frozen, state, batch) -> (state, metrics)` is the pure step with its statics
-  bound; the loop compiles it with the NaN/Inf guard, donating the state.
+  bound; the loop compiles it with the NaN/Inf guard, donating the state. With
+  `first_steps` > 0, steps 1 to `first_steps` run `first_step` instead (a stage that
+  begins differently, as the search's local stage), a second program of the same form.
   """
 
   name: str  # "search" or "tune": the config section, the log phase
@@ -84,13 +86,15 @@ class Stage:
   learning_rate: Callable[[int], float]
   evaluation: Evaluation | None = None
   profile_steps: tuple[int, int] | None = None
+  first_step: Callable | None = None
+  first_steps: int = 0
 
 
-def _compile(stage: Stage, mesh: Any, state_shardings: Any) -> Callable:
-  """The stage's step with the NaN/Inf record of `nonfinite.track`, jitted."""
+def _compile(stage: Stage, step: Callable, mesh: Any, state_shardings: Any) -> Callable:
+  """`step` with the NaN/Inf record of `nonfinite.track`, jitted."""
 
   def guarded(frozen, state, batch, record):
-    state, metrics = stage.step(frozen, state, batch)
+    state, metrics = step(frozen, state, batch)
     record = nonfinite.track(record, state.step, metrics["loss"], stage.checked_values(state))
     return state, metrics, record
 
@@ -137,7 +141,9 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
     start = int(state.step)
     if restored is not None:
       logging.info("resuming the %s from step %d", stage.name, start)
-    step_fn = _compile(stage, mesh, shardings)
+    step_fn = _compile(stage, stage.step, mesh, shardings)
+    first_fn = (_compile(stage, stage.first_step, mesh, shardings) if stage.first_steps
+                else None)
     record = jax.device_put(nonfinite.ALL_FINITE, parallel.replicated(mesh))
     batches = opened.enter_context(contextlib.closing(data_lib.make_train_iterator(
         spec.data, batch_size=section.batch_size, seed=stage.seed, start_step=start,
@@ -178,7 +184,8 @@ def run_stage(stage: Stage, spec: RunSpec, mesh: Any, workdir: Path,
       batch, waited = _next_timed(batches)
       profiler.before(step)
       placed = parallel.put_batch(batch, mesh, config.model.dtype)
-      state, metrics, record = step_fn(stage.frozen, state, placed, record)
+      run = first_fn if first_fn is not None and step <= stage.first_steps else step_fn
+      state, metrics, record = run(stage.frozen, state, placed, record)
       window.admit(metrics)
       logger.record(metrics, waited)
       profiler.after(step, metrics)

@@ -68,6 +68,11 @@ class SearchSetup:
   def flip_cap(self) -> schedules.FlipCap | None:
     return schedules.flip_cap(self.config.search.max_flips_per_step, self.total_steps)
 
+  @property
+  def local_steps(self) -> int:
+    """The steps of search.local_fraction's local stage at the start of the search (0: off)."""
+    return int(round(self.config.search.local_fraction * self.total_steps))
+
   def epoch_steps(self, section: str) -> int:
     """Steps of one epoch of the search or the tuning stage (the last partial batch is
     dropped)."""

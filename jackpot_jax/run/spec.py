@@ -18,7 +18,8 @@ import ml_collections
 
 from jackpot_jax import fileio, models
 from jackpot_jax.run import compilation_cache, lm_spec, parallel, profiling
-from jackpot_jax.search import masking, optim, schedules, scores, sparsity, steps
+from jackpot_jax.search import (block_targets, masking, optim, schedules, scores, sparsity,
+                                 steps)
 from jackpot_jax.data.config import DatasetInfo, DataSpec, resolve_spec
 from jackpot_jax.pytorch import hf_folder
 
@@ -149,6 +150,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   config = with_folder_model(config)
   model = models.get_model_spec(config.model.name)
   _check(config)
+  block_targets.check_blocks(model.name, model.feature_blocks, config.search)
   selected_on = config.search.selected_on
   if selected_on is None:
     selected_on = "holdout" if _evaluates_on_holdout(config) else "last_step"

@@ -11,6 +11,7 @@ A decoder has no BatchNorm: the state's batch_stats stay an empty tree.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -19,8 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from jackpot_jax.models.wrapper import MASKS
-from jackpot_jax.search import masking
-from jackpot_jax.search import schedules
+from jackpot_jax.search import block_targets, masking, schedules
 from jackpot_jax.search.steps import SearchState, distillation_loss, flip_metrics, next_masks
 
 PyTree = Any
@@ -46,30 +46,56 @@ def dense_logits(params: PyTree, tokens: jax.Array, *, model: nn.Module) -> jax.
 def lm_search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
                    keep_counts: PyTree, tx: optax.GradientTransformation,
                    distill_weight: float = 0.0, distill_temperature: float = 1.0,
+                   feature_weight: float = 0.0, local: bool = False,
+                   blocks: tuple[type, ...] = (),
                    flip_cap: schedules.FlipCap | None = None,
                    flips_per_layer: bool = False) -> tuple[SearchState, dict]:
   """One score update of a decoder's masks on a batch {'tokens': int [B, S]}.
 
   Loss: (1 - w) * next-token CE + w * T^2 * KL(dense || masked) averaged over predicted
   tokens (w = `distill_weight`, T = `distill_temperature`); w = 0 runs no teacher pass.
+  `feature_weight` adds that multiple of the per-block feature loss against the dense
+  decoder's residual stream after each block in `blocks` (`block_targets.feature_loss`);
+  `local` makes it a step of the local stage: that loss alone, every block fed the dense
+  block's input (`steps.distill_search_step`'s local stage).
   dL/dS = dL/d(W * M) * W through the straight-through mask, exactly as the image search;
   `flip_cap` and `flips_per_layer` as `steps.search_step`'s (no sparsity ramp: the search
   starts from a one-shot mask at the target).
   """
   tokens = batch["tokens"]
-  teacher = dense_logits(params, tokens, model=model) if distill_weight > 0 else None
+  use_blocks = bool(blocks)
+  teacher, dense_inputs, dense_outputs = None, None, None
+  if use_blocks:
+    dense = functools.partial(model.apply, {"params": params}, tokens)
+    teacher, calls = block_targets.apply_recording_blocks(dense, blocks)
+    teacher, dense_inputs, dense_outputs = jax.lax.stop_gradient(
+        (teacher, calls.inputs, calls.outputs))
+  elif distill_weight > 0:
+    teacher = dense_logits(params, tokens, model=model)
 
   def loss_fn(scores):
     masks = jax.tree.map(masking.straight_through, scores, state.masks)
-    logits = model.apply({"params": params, MASKS: masks}, tokens)
+    apply = functools.partial(model.apply, {"params": params, MASKS: masks}, tokens)
+    features = jnp.zeros((), jnp.float32)
+    if use_blocks:
+      logits, calls = block_targets.apply_recording_blocks(
+          apply, blocks, dense_inputs if local else None)
+      features = block_targets.feature_loss(calls.outputs, dense_outputs)
+    else:
+      logits = apply()
     ce = next_token_loss(logits, tokens)
-    if teacher is None:
-      return ce, (logits, ce, jnp.zeros((), jnp.float32))
-    distill = distillation_loss(logits[:, :-1], teacher[:, :-1], distill_temperature)
-    return (1.0 - distill_weight) * ce + distill_weight * distill, (logits, ce, distill)
+    if local:
+      return features, (logits, ce, jnp.zeros((), jnp.float32), features)
+    loss, distill = ce, jnp.zeros((), jnp.float32)
+    if distill_weight > 0:
+      distill = distillation_loss(logits[:, :-1], teacher[:, :-1], distill_temperature)
+      loss = (1.0 - distill_weight) * ce + distill_weight * distill
+    if feature_weight:
+      loss = loss + feature_weight * features
+    return loss, (logits, ce, distill, features)
 
-  (loss, (logits, ce, distill)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.scores)
+  (loss, (logits, ce, distill, features)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.scores)
   updates, opt_state = tx.update(grads, state.opt_state, state.scores)
   scores = optax.apply_updates(state.scores, updates)
   masks = next_masks(state.masks, scores, state.step, keep_counts, flip_cap=flip_cap)
@@ -81,8 +107,11 @@ def lm_search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn
       "score_grad_norm": optax.tree.norm(grads),
       "score_norm": optax.tree.norm(scores),
   }
-  if teacher is not None:
+  if distill_weight > 0:
     metrics["distill_loss"] = distill
+  if use_blocks:
+    metrics["feature_loss"] = features
+    metrics["local_stage"] = jnp.float32(local)
   return state.replace(step=state.step + 1, scores=scores, masks=masks,
                        opt_state=opt_state), metrics
 

@@ -10,6 +10,7 @@ closures, so they are never baked into the compiled program.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jackpot_jax.search import masking, schedules
+from jackpot_jax.search import block_targets, masking, schedules
 from jackpot_jax.models.layers import BN_MOMENTUM
 from jackpot_jax.models.wrapper import MASKS
 
@@ -173,37 +174,85 @@ def check_distillation(search: Any) -> None:
 def teacher_forward(teacher: Teacher, images: jax.Array, *, model: nn.Module) -> jax.Array:
   """The dense pre-trained network's logits: no masks, BN in eval mode with the pre-trained
   statistics, no gradient (the teacher is a constant of the step)."""
-  logits = model.apply(_variables(teacher.params, teacher.batch_stats, None), images,
-                       train=False)
-  return jax.lax.stop_gradient(logits)
+  return dense_targets(teacher, images, model=model)[0]
+
+
+def dense_targets(teacher: Teacher, images: jax.Array, *, model: nn.Module,
+                  blocks: tuple[type, ...] = ()) -> tuple[jax.Array, list, list]:
+  """`teacher_forward`'s logits and, with `blocks` (`block_targets`), every block's input
+  and output in the same pass: (logits, block inputs, block outputs), none with a gradient."""
+  variables = _variables(teacher.params, teacher.batch_stats, None)
+  apply = functools.partial(model.apply, variables, images, train=False)
+  if not blocks:
+    return jax.lax.stop_gradient(apply()), [], []
+  logits, calls = block_targets.apply_recording_blocks(apply, blocks)
+  return jax.lax.stop_gradient((logits, calls.inputs, calls.outputs))
 
 
 def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
                          model: nn.Module, bn_mode: str, label_smoothing: float = 0.0,
                          rank_by_magnitude: bool = False,
                          teacher_logits: jax.Array | None = None,
-                         distill_weight: float = 0.0, distill_temperature: float = 1.0):
+                         distill_weight: float = 0.0, distill_temperature: float = 1.0,
+                         **block_terms):
   """Loss and dL/dS through the straight-through mask: dL/dS = dL/d(W*M) * W.
 
   With `rank_by_magnitude` (edge-popup) the mask is top-k of |S| and the estimator passes
   through |S|: dL/dS = dL/d(W*M) * W * sign(S). With `teacher_logits` the loss is
   (1 - w) * CE + w * distillation_loss(T) (w = `distill_weight`, T = `distill_temperature`);
   without, it is the cross-entropy alone, traced exactly as before distillation existed.
+  `block_terms` add the block-wise targets (`_loss_and_grads`).
 
   Returns:
     ((loss, (logits, new batch_stats)), score gradients).
   """
+  (loss, (logits, batch_stats, _)), grads = _loss_and_grads(
+      params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing,
+      rank_by_magnitude=rank_by_magnitude, teacher_logits=teacher_logits,
+      distill_weight=distill_weight, distill_temperature=distill_temperature, **block_terms)
+  return (loss, (logits, batch_stats)), grads
+
+
+def _loss_and_grads(params: PyTree, state: SearchState, batch: dict, *, model: nn.Module,
+                    bn_mode: str, label_smoothing: float, rank_by_magnitude: bool,
+                    teacher_logits: jax.Array | None, distill_weight: float,
+                    distill_temperature: float, blocks: tuple[type, ...] = (),
+                    dense_block_outputs: list | None = None, feature_weight: float = 0.0,
+                    dense_block_inputs: list | None = None):
+  """`score_loss_and_grads`, with the block-wise terms and the feature loss in the aux.
+
+  With `blocks` the feature loss against `dense_block_outputs` is measured. With
+  `dense_block_inputs` (the local stage) every block reads the dense network's input to
+  it and the loss is that feature loss alone: each block's scores learn to reproduce the
+  dense block's output from the dense block's input. Otherwise `feature_weight` times the
+  feature loss is added to the end-to-end loss.
+
+  Returns:
+    ((loss, (logits, new batch_stats, feature loss or 0)), score gradients).
+  """
+  local = dense_block_inputs is not None
 
   def loss_fn(scores):
     masks = jax.tree.map(masking.straight_through,
                          masking.ranking_values(scores, rank_by_magnitude), state.masks)
     variables = {"params": params, "batch_stats": state.batch_stats, MASKS: masks}
-    logits, batch_stats = _forward(model, variables, batch["image"], bn_mode)
+    forward = functools.partial(_forward, model, variables, batch["image"], bn_mode)
+    if not blocks:
+      logits, batch_stats = forward()
+      features = jnp.zeros((), jnp.float32)
+    else:
+      (logits, batch_stats), calls = block_targets.apply_recording_blocks(
+          forward, blocks, dense_block_inputs)
+      features = block_targets.feature_loss(calls.outputs, dense_block_outputs)
+    if local:
+      return features, (logits, batch_stats, features)
     loss = cross_entropy(logits, batch["label"], label_smoothing)
     if teacher_logits is not None:
       loss = ((1.0 - distill_weight) * loss
               + distill_weight * distillation_loss(logits, teacher_logits, distill_temperature))
-    return loss, (logits, batch_stats)
+    if feature_weight:
+      loss = loss + feature_weight * features
+    return loss, (logits, batch_stats, features)
 
   return jax.value_and_grad(loss_fn, has_aux=True)(state.scores)
 
@@ -244,18 +293,36 @@ def search_step(params: PyTree, state: SearchState, batch: dict, *, model: nn.Mo
 
 def distill_search_step(teacher: Teacher, state: SearchState, batch: dict, *,
                         distill_weight: float, distill_temperature: float,
-                        model: nn.Module, **search_statics) -> tuple[SearchState, dict]:
-  """`search_step` whose loss also distils the dense network (`distillation_loss`).
+                        model: nn.Module, feature_weight: float = 0.0, local: bool = False,
+                        blocks: tuple[type, ...] = (),
+                        **search_statics) -> tuple[SearchState, dict]:
+  """`search_step` whose loss also learns from the dense network: its logits
+  (`distillation_loss`, weight `distill_weight`) and, with `blocks`, its block outputs.
 
   One extra forward pass of the dense network per step, in the same program; the student
   is the masked network exactly as in `search_step`. Its frozen argument is the `Teacher`
-  (the student reads the same weights). `search_statics` are `search_step`'s.
+  (the student reads the same weights). `feature_weight` adds that multiple of the
+  per-block `block_targets.feature_loss` to the loss; `local` makes it the step of the
+  local stage instead (every block fed the dense block's input, the feature loss alone).
+  The two are separate programs the loop switches between (`loop.Stage.first_step`): a
+  `lax.cond` between them ran the convolutions ~9x slower on a CPU. `search_statics` are
+  `search_step`'s.
   """
-  targets = teacher_forward(teacher, batch["image"], model=model)
-  state, metrics, logits = _update_scores(
-      teacher.params, state, batch, model=model, teacher_logits=targets,
-      distill_weight=distill_weight, distill_temperature=distill_temperature, **search_statics)
-  metrics["distill_loss"] = distillation_loss(logits, targets, distill_temperature)
+  targets, dense_inputs, dense_outputs = dense_targets(teacher, batch["image"], model=model,
+                                                       blocks=blocks)
+  loss_and_grads = functools.partial(
+      _loss_and_grads, teacher_logits=targets if distill_weight > 0 else None,
+      distill_weight=distill_weight, distill_temperature=distill_temperature, blocks=blocks,
+      dense_block_outputs=dense_outputs, feature_weight=feature_weight,
+      dense_block_inputs=dense_inputs if local else None)
+  state, metrics, (logits, features) = _update_scores(
+      teacher.params, state, batch, model=model, loss_and_grads=loss_and_grads,
+      **search_statics)
+  if distill_weight > 0:
+    metrics["distill_loss"] = distillation_loss(logits, targets, distill_temperature)
+  if blocks:
+    metrics["feature_loss"] = features
+    metrics["local_stage"] = jnp.float32(local)
   return state, metrics
 
 
@@ -267,12 +334,18 @@ def _update_scores(params: PyTree, state: SearchState, batch: dict, *, model: nn
                    distill_temperature: float = 1.0,
                    keep_ramp: schedules.KeepRamp | None = None,
                    flip_cap: schedules.FlipCap | None = None,
-                   flips_per_layer: bool = False) -> tuple[SearchState, dict, jax.Array]:
-  """The update both search steps share: (new state, metrics, the student's logits)."""
-  (loss, (logits, batch_stats)), grads = score_loss_and_grads(
+                   flips_per_layer: bool = False,
+                   loss_and_grads=None) -> tuple[SearchState, dict, tuple]:
+  """The update both search steps share: (new state, metrics, (the student's logits, its
+  feature loss)). `loss_and_grads` (a `_loss_and_grads` with its loss terms bound)
+  replaces the plain loss."""
+  if loss_and_grads is None:
+    loss_and_grads = functools.partial(
+        _loss_and_grads, teacher_logits=teacher_logits, distill_weight=distill_weight,
+        distill_temperature=distill_temperature)
+  (loss, (logits, batch_stats, features)), grads = loss_and_grads(
       params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing,
-      rank_by_magnitude=rank_by_magnitude, teacher_logits=teacher_logits,
-      distill_weight=distill_weight, distill_temperature=distill_temperature)
+      rank_by_magnitude=rank_by_magnitude)
   if bn_mode == "recalibrate" and bn_momentum != TORCH_BN_MOMENTUM:
     batch_stats = _with_bn_momentum(state.batch_stats, batch_stats, bn_momentum)
   updates, opt_state = tx.update(grads, state.opt_state, state.scores)
@@ -289,7 +362,7 @@ def _update_scores(params: PyTree, state: SearchState, batch: dict, *, model: nn
   }
   new_state = state.replace(step=state.step + 1, scores=scores, masks=masks,
                             opt_state=opt_state, batch_stats=batch_stats)
-  return new_state, metrics, logits
+  return new_state, metrics, (logits, features)
 
 
 def tune_step(masks: PyTree | None, state: TuneState, batch: dict, *, model: nn.Module,

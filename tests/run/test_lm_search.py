@@ -217,3 +217,16 @@ def test_the_summary_line_names_the_jackpot_beside_every_baseline(searched):
                    r"magnitude, 6 steps, distilled\) [\d.]+; report: ", line), line
   assert masking.parse_pattern(report["target"]["pattern"]) is not None
   assert perplexity_lib.PROTOCOL == report["perplexity"]["protocol"]["protocol"]
+
+
+def test_the_search_stage_reads_the_decoder_layers_for_block_targets(searched, folders):
+  from jackpot_jax.models.llama import DecoderLayer
+  searched_config, workdir, _ = searched
+  config = _config(folders, **{"search.feature_distill_weight": 0.5,
+                               "search.local_fraction": 0.5})
+  setup = lm_search.setup_language_model(lm_spec.resolve_search(config))
+  start = lm_masks.load_masks(workdir, searched_config.search.score_init)
+  stage = lm_search.search_stage(setup, workdir / "unused", start)
+  assert stage.step.keywords["blocks"] == (DecoderLayer,)
+  assert stage.step.keywords["feature_weight"] == 0.5
+  assert stage.first_steps == STEPS // 2 and stage.first_step.keywords["local"] is True

@@ -140,3 +140,28 @@ def test_distillation_changes_the_gradient_and_matches_the_kl_of_the_logits(para
   assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(plain.scores),
                                                    jax.tree.leaves(distilled.scores)))
+
+
+def test_block_targets_read_the_residual_stream_after_each_decoder_layer(params):
+  """The feature loss compares each decoder layer's output with the dense decoder's: all
+  weights kept, it is zero; at 2:4 it is positive and the loss adds its weighted share;
+  the local stage's loss is that feature loss alone, with every layer fed the dense input."""
+  from jackpot_jax.models.llama import DecoderLayer
+  state, rules, tx = _start(params)
+  batch = {"tokens": TOKENS}
+  step = functools.partial(lm_steps.lm_search_step, params, model=MODEL, keep_counts=rules,
+                           tx=tx, blocks=(DecoderLayer,))
+  dense_state = state.replace(masks=jax.tree.map(jnp.ones_like, state.masks))
+  _, dense = step(dense_state, batch, feature_weight=1.0)
+  assert float(dense["feature_loss"]) == 0.0
+  _, plain = step(state, batch)
+  _, weighted = step(state, batch, feature_weight=2.0)
+  assert float(weighted["feature_loss"]) > 0.0
+  assert float(weighted["loss"]) == pytest.approx(
+      float(plain["loss"]) + 2.0 * float(weighted["feature_loss"]), rel=1e-5)
+  assert float(weighted["local_stage"]) == 0.0
+  local_state, local = step(state, batch, feature_weight=2.0, local=True)
+  assert float(local["local_stage"]) == 1.0
+  assert float(local["loss"]) == float(local["feature_loss"]) > 0.0
+  for mask, start in zip(jax.tree.leaves(local_state.masks), jax.tree.leaves(state.masks)):
+    assert int(mask.sum()) == int(start.sum())
