@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from jackpot_jax import config_files
 from jackpot_jax.run import setup as setup_lib, spec as spec_lib
@@ -100,7 +101,7 @@ def test_an_unknown_config_name_is_refused_with_the_closest_name_and_the_shipped
     config_files.config_path("vit_fashon_mnist")
   message = str(error.value)
   assert "did you mean 'vit_fashion_mnist'?" in message and "\n" not in message
-  assert "default, llm_tiny, paper/mobilenet_v1_imagenet_s90_e30," in message
+  assert "default, fast_search, llm_tiny, paper/mobilenet_v1_imagenet_s90_e30," in message
   with pytest.raises(ValueError, match="neither a file nor a shipped config; pass a .py"):
     config_files.config_path("zzz")
 
@@ -157,3 +158,12 @@ def test_selection_defaults_to_holdout_only_where_the_search_evaluates_on_held_o
     assert spec_lib.resolve(config).selected_on == "last_step", overrides
   config = config_files.load_config(DEFAULT, {"search.selected_on": "last_step"})
   assert spec_lib.resolve(config).selected_on == "last_step"
+
+
+def test_fast_search_is_the_default_config_with_only_its_recipe_changed():
+  flat = lambda name: traverse_util.flatten_dict(config_files.load_config(name).to_dict())
+  fast, default = flat("fast_search"), flat("default")
+  assert {key for key in default if fast[key] != default[key]} == {
+      ("search", "distill_weight"), ("search", "feature_distill_weight")}
+  assert (fast["search", "distill_weight"], fast["search", "distill_temperature"],
+          fast["search", "feature_distill_weight"]) == (0.5, 4.0, 1.0)
