@@ -68,11 +68,12 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
   local_steps, local_step = setup.local_steps, None
   if search.distill_weight > 0 or block_targets.uses_blocks(search):
     # Only then does the step run the dense teacher too.
-    blocks = setup.spec.model.feature_blocks if block_targets.uses_blocks(search) else ()
     step = functools.partial(
         steps.distill_search_step, distill_weight=search.distill_weight,
         distill_temperature=search.distill_temperature,
-        feature_weight=search.feature_distill_weight, blocks=blocks, **statics)
+        feature_weight=search.feature_distill_weight,
+        blocks=block_targets.targeted_blocks(search, setup.spec.model.feature_blocks),
+        **statics)
     if local_steps:
       local_step = functools.partial(step, local=True)
     frozen = teacher(setup)

@@ -211,13 +211,13 @@ def search_stage(setup: LMSetup, workdir: Path, start: PyTree) -> loop.Stage:
   config = setup.config
   search = config.search
   rules = keep_counts(setup.spec.target, start)
-  local_steps = int(round(search.local_fraction * setup.total_steps))
+  local_steps = block_targets.local_steps(search, setup.total_steps)
   step = functools.partial(lm_steps.lm_search_step, model=setup.model, keep_counts=rules,
                            tx=setup.optimizer(), distill_weight=search.distill_weight,
                            distill_temperature=search.distill_temperature,
                            feature_weight=search.feature_distill_weight,
-                           blocks=(models.get_model_spec(config.model.name).feature_blocks
-                                   if block_targets.uses_blocks(search) else ()),
+                           blocks=block_targets.targeted_blocks(
+                               search, models.get_model_spec(config.model.name).feature_blocks),
                            flip_cap=schedules.flip_cap(search.max_flips_per_step,
                                                        setup.total_steps),
                            flips_per_layer=search.flips_per_layer)

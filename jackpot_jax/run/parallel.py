@@ -78,9 +78,10 @@ def placed_copy(tree: Any, shardings: Any) -> Any:
   """`tree` placed on `shardings` in buffers of its own, for state a jitted step donates.
 
   `jax.device_put(..., may_alias=False)` is not enough: replicating a single-device array
-  over a mesh reuses its buffer for the first device's shard (JAX 0.10), so two trees put
-  from the same arrays (the search state and the teacher's statistics) would share memory
-  that the step's donation hands over. Each leaf is copied on its device first.
+  over a mesh reuses its buffer for the first device's shard (JAX 0.10), so a state put
+  from arrays the run keeps (the pre-trained weights and BN statistics, which a
+  distilling search's teacher reads too) would share memory that the step's donation
+  hands over. Each leaf is copied on its device first.
   """
   return jax.device_put(jax.tree.map(jnp.copy, tree), shardings, may_alias=False)
 

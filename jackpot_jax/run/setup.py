@@ -15,7 +15,8 @@ from flax import traverse_util
 
 from jackpot_jax import data as data_lib
 from jackpot_jax.run import compilation_cache, parallel
-from jackpot_jax.search import masking, optim, schedules, scores as scores_lib, sparsity, steps
+from jackpot_jax.search import (block_targets, masking, optim, schedules, scores as scores_lib,
+                                 sparsity, steps)
 from jackpot_jax.pytorch import ImportedModel, import_torch
 from jackpot_jax.run.spec import RunSpec, check_checkpoint_fit, check_fit
 
@@ -71,7 +72,7 @@ class SearchSetup:
   @property
   def local_steps(self) -> int:
     """The steps of search.local_fraction's local stage at the start of the search (0: off)."""
-    return int(round(self.config.search.local_fraction * self.total_steps))
+    return block_targets.local_steps(self.config.search, self.total_steps)
 
   def epoch_steps(self, section: str) -> int:
     """Steps of one epoch of the search or the tuning stage (the last partial batch is
@@ -142,9 +143,9 @@ def initial_search_state(setup: SearchSetup) -> steps.SearchState:
                             in zip(_masked_in_tree_order(setup), ramp.counts_at(0))}
       scores = scores_lib.ramp_start_scores(setup.params, setup.plan, scores,
                                             start_prune_counts)
-  # A copy of the statistics (`parallel.placed_copy`): the jitted step donates its state,
-  # and setup.batch_stats must outlive it. Scores, masks and moments are new arrays.
-  batch_stats = jax.tree.map(jnp.copy, setup.batch_stats)
+  # The jitted step donates its state, and setup.batch_stats (and a teacher's, put from
+  # them) must outlive it. Scores, masks and moments are new arrays.
+  batch_stats = parallel.placed_copy(setup.batch_stats, setup.shardings(setup.batch_stats))
   state = steps.init_search_state(scores, keep_counts, batch_stats, setup.optimizer("search"),
                                   scores_lib.ranks_by_magnitude(config.search.score_init))
   return jax.device_put(state, setup.shardings(state), may_alias=False)
@@ -159,14 +160,11 @@ def _masked_in_tree_order(setup: SearchSetup) -> list[sparsity.PrunableLayer]:
 
 def teacher(setup: SearchSetup) -> steps.Teacher:
   """The dense network a distilling search learns from, on its devices: the pre-trained
-  weights and BN statistics (the search's own statistics move away from these).
-
-  The statistics are a copy of their own: the search state starts from the same ones, and
-  the jitted step donates its state (`parallel.placed_copy`).
-  """
+  weights and BN statistics (the search's own statistics move away from these; the
+  search state holds a copy of them, `initial_search_state`)."""
   return steps.Teacher(params=setup.params,
-                       batch_stats=parallel.placed_copy(setup.batch_stats,
-                                                        setup.shardings(setup.batch_stats)))
+                       batch_stats=jax.device_put(setup.batch_stats,
+                                                  setup.shardings(setup.batch_stats)))
 
 
 def initial_tune_state(setup: SearchSetup, batch_stats: Any) -> steps.TuneState:

@@ -99,6 +99,16 @@ def uses_blocks(search: Any) -> bool:
   return search.feature_distill_weight > 0 or search.local_fraction > 0
 
 
+def local_steps(search: Any, total_steps: int) -> int:
+  """The steps of search.local_fraction's local stage at the start of the search (0: off)."""
+  return int(round(search.local_fraction * total_steps))
+
+
+def targeted_blocks(search: Any, feature_blocks: tuple[type, ...]) -> tuple[type, ...]:
+  """The model's `feature_blocks` where the search reads them, else none."""
+  return feature_blocks if uses_blocks(search) else ()
+
+
 def check_blocks(model_name: str, blocks: tuple[type, ...], search: Any) -> None:
   """`check_fields`, and a one-line ValueError when a block-wise target is asked of a model
   that names no blocks."""

@@ -193,15 +193,14 @@ def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
                          model: nn.Module, bn_mode: str, label_smoothing: float = 0.0,
                          rank_by_magnitude: bool = False,
                          teacher_logits: jax.Array | None = None,
-                         distill_weight: float = 0.0, distill_temperature: float = 1.0,
-                         **block_terms):
+                         distill_weight: float = 0.0, distill_temperature: float = 1.0):
   """Loss and dL/dS through the straight-through mask: dL/dS = dL/d(W*M) * W.
 
   With `rank_by_magnitude` (edge-popup) the mask is top-k of |S| and the estimator passes
   through |S|: dL/dS = dL/d(W*M) * W * sign(S). With `teacher_logits` the loss is
   (1 - w) * CE + w * distillation_loss(T) (w = `distill_weight`, T = `distill_temperature`);
   without, it is the cross-entropy alone, traced exactly as before distillation existed.
-  `block_terms` add the block-wise targets (`_loss_and_grads`).
+  The block-wise targets are `_loss_and_grads`'s.
 
   Returns:
     ((loss, (logits, new batch_stats)), score gradients).
@@ -209,7 +208,7 @@ def score_loss_and_grads(params: PyTree, state: SearchState, batch: dict, *,
   (loss, (logits, batch_stats, _)), grads = _loss_and_grads(
       params, state, batch, model=model, bn_mode=bn_mode, label_smoothing=label_smoothing,
       rank_by_magnitude=rank_by_magnitude, teacher_logits=teacher_logits,
-      distill_weight=distill_weight, distill_temperature=distill_temperature, **block_terms)
+      distill_weight=distill_weight, distill_temperature=distill_temperature)
   return (loss, (logits, batch_stats)), grads
 
 
