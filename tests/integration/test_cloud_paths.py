@@ -70,7 +70,6 @@ def _wait_for_object(gcs, pattern: str, process: subprocess.Popen, timeout: floa
   raise AssertionError(f"no object matching {pattern} after {timeout} s")
 
 
-@pytest.mark.optimized_programs
 def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_path):
   with running_emulator("bucket") as gcs:
     env = _child_env(gcs.env())
