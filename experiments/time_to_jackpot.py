@@ -166,6 +166,14 @@ RECIPES = {
         "search.local_fraction": 0.25, "search.feature_distill_weight": 1.0}),
     "distill_features": Recipe("`distill` with `features`", lambda c: {
         **_distill(0.5)(c), "search.feature_distill_weight": 1.0}),
+    "features_w3": Recipe("the per-block feature loss with weight 3 "
+                          "(search.feature_distill_weight=3)",
+                          lambda c: {"search.feature_distill_weight": 3.0}),
+    "features_bn_reestimated": Recipe("`features` with `bn_reestimated`'s statistics",
+                                      lambda c: {"search.feature_distill_weight": 1.0,
+                                                 "search.bn_statistics": "reestimated"}),
+    "small_batch_features": Recipe("`small_batch` with `features`", lambda c: {
+        **_small_batch(scale_lr=True)(c), "search.feature_distill_weight": 1.0}),
     "bn_momentum_0.3": Recipe("BN running statistics with momentum 0.3 (PyTorch's "
                               "convention; reference 0.1): they follow the mask faster",
                               lambda c: {"search.bn_momentum": 0.3}),
