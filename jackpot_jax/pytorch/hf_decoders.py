@@ -35,14 +35,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 from flax import traverse_util
-from safetensors.torch import save_file
 
 from jackpot_jax import fileio
 from jackpot_jax.errors import CheckpointMismatchError, CheckpointReadError, one_line
 from jackpot_jax.models import ModelSpec, build_model, get_model_spec, gpt2, llama
 from jackpot_jax.pytorch.layout import to_flax, to_torch, torch_shape
+from jackpot_jax.pytorch import tensor_files
 from jackpot_jax.pytorch.reading import read_checkpoint
 
 PyTree = Any
@@ -85,7 +84,7 @@ class _Weights:
       store the base model alone).
   """
 
-  tensors: dict[str, torch.Tensor]
+  tensors: dict[str, np.ndarray]
   files: dict[str, str]
   stored: dict[str, str]
 
@@ -188,7 +187,7 @@ def export_hf_decoder(folder_in: str | os.PathLike, params: PyTree, masks: PyTre
     if path in flat_masks:
       # where, not multiply: pruned entries become +0.0 even where W is negative.
       value = np.where(flat_masks[path], value, np.zeros((), value.dtype))
-    tensors[key] = torch.from_numpy(np.array(to_torch(value, transform))).to(tensor.dtype)
+    tensors[key] = np.asarray(to_torch(value, transform)).astype(tensor.dtype)
   _write_folder(folder_in, folder_out, weights, tensors)
   return folder_out
 
@@ -332,7 +331,7 @@ def _tied_copies(model: nn.Module, weights: _Weights, used: set[str],
   if not model.tie_word_embeddings or "lm_head.weight" not in weights.tensors:
     return {}
   embedding_key, _ = model.hf_tensor(model.hf_embedding)
-  if embedding_key not in used or not torch.equal(weights.tensors["lm_head.weight"],
+  if embedding_key not in used or not np.array_equal(weights.tensors["lm_head.weight"],
                                                   weights.tensors[embedding_key]):
     mismatched.append("lm_head.weight differs from the tied embedding "
                       f"{weights.stored.get(embedding_key, embedding_key)} (set "
@@ -381,26 +380,29 @@ def _checked_masks(masks: PyTree | None, params: Mapping[FlaxPath, np.ndarray],
 
 
 def _write_folder(folder_in: Path, folder_out: Path, weights: _Weights,
-                  tensors: Mapping[str, torch.Tensor]) -> None:
-  """Writes the folder through `fileio.atomic_folder`: complete or absent."""
+                  tensors: Mapping[str, np.ndarray]) -> None:
+  """Writes the folder through `fileio.atomic_folder`: complete or absent. (Through
+  torch: safetensors' NumPy writer has no bfloat16.)"""
+  from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
   with fileio.atomic_folder(folder_out) as temporary:
     for source in sorted(folder_in.iterdir()):
       if source.is_file() and source.name != INDEX and source.suffix not in _WEIGHT_SUFFIXES:
         shutil.copy2(source, temporary / source.name)
-    by_file: dict[str, dict[str, torch.Tensor]] = {}
+    by_file: dict[str, dict[str, np.ndarray]] = {}
     for key, tensor in tensors.items():
-      by_file.setdefault(weights.files[key], {})[weights.stored[key]] = tensor.contiguous()
+      by_file.setdefault(weights.files[key], {})[weights.stored[key]] = (
+          tensor_files.numpy_to_torch(tensor))
     for name, content in by_file.items():
       save_file(content, temporary / name, metadata={"format": "pt"})
     if (folder_in / INDEX).is_file():
       index = json.loads((folder_in / INDEX).read_text())
-      total = sum(t.numel() * t.element_size() for t in tensors.values())
+      total = sum(t.nbytes for t in tensors.values())
       index["metadata"] = {**index.get("metadata", {}), "total_size": total}
       (temporary / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def _float32(tensor: torch.Tensor) -> np.ndarray:
-  return tensor.detach().cpu().to(torch.float32).numpy()
+def _float32(tensor: np.ndarray) -> np.ndarray:
+  return np.asarray(tensor, np.float32)
 
 
 def _listing(what: str, items: list[str]) -> str:

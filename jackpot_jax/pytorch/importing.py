@@ -33,7 +33,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 from flax import traverse_util
 
 from jackpot_jax.errors import CheckpointMismatchError
@@ -41,6 +40,7 @@ from jackpot_jax.pytorch.layout import (CheckpointLayout, TensorSource, Transfor
                                         torch_shape)
 from jackpot_jax.pytorch.reading import read_checkpoint
 from jackpot_jax.pytorch.renaming import renamed_tensors
+from jackpot_jax.pytorch import tensor_files
 from jackpot_jax.models import ModelSpec, get_model_spec, model_names, torch_module_name
 
 PyTree = Any
@@ -145,17 +145,20 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
       input_shape=tuple(input_shape))
 
 
-def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-  """sha256 over name, dtype, shape and bytes of each tensor, in name order.
+def weights_sha256(tensors: Mapping[str, Any]) -> str:
+  """sha256 over name, dtype, shape and bytes of each tensor (array or torch tensor), in
+  name order.
 
   Independent of the file's container, wrapper and prefix, so the same weights saved
   two ways hash alike and a masks file can check it was made for them.
   """
   digest = hashlib.sha256()
   for key in sorted(tensors):
-    tensor = tensors[key].detach().cpu().contiguous()
+    tensor = tensors[key]
+    if not isinstance(tensor, np.ndarray):
+      tensor = tensor_files.torch_to_numpy(tensor)
     digest.update(f"{key}|{_dtype_name(tensor)}|{tuple(tensor.shape)}|".encode())
-    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(np.ascontiguousarray(tensor).tobytes())
   return digest.hexdigest()
 
 
@@ -163,7 +166,7 @@ _BLOCK_INDEX = re.compile(r"\.\d+(?=\.)")
 _COMPANIONS = (*_JACKPOT_ROLES, _BN_COUNTER)
 
 
-def _key_names(spec: ModelSpec, tensors: Mapping[str, torch.Tensor], num_classes: int
+def _key_names(spec: ModelSpec, tensors: Mapping[str, np.ndarray], num_classes: int
                ) -> tuple[set[str], set[str], bool, str] | None:
   """The checkpoint's key names read in `spec`'s layouts, and those of `spec`'s model at
   its default sizes; None, without tracing the model, when the checkpoint lacks the
@@ -193,7 +196,7 @@ def _blocks_aside(names: set[str]) -> set[str]:
   return {_BLOCK_INDEX.sub(".#", name) for name in names}
 
 
-def _look_alikes(tensors: Mapping[str, torch.Tensor], model_name: str,
+def _look_alikes(tensors: Mapping[str, np.ndarray], model_name: str,
                  num_classes: int) -> str:
   """Which other registered models have the checkpoint's key names: 'its keys are those
   of ...', or "" when `model_name` has them block indices aside (then only sizes differ)
@@ -227,7 +230,7 @@ def _unique(items) -> list[str]:
   return list(dict.fromkeys(items))
 
 
-def _input_shape(spec: ModelSpec, model: nn.Module, tensors: Mapping[str, torch.Tensor]
+def _input_shape(spec: ModelSpec, model: nn.Module, tensors: Mapping[str, np.ndarray]
                  ) -> tuple[int, ...]:
   """The input the checkpoint's parameter shapes were made for.
 
@@ -238,7 +241,7 @@ def _input_shape(spec: ModelSpec, model: nn.Module, tensors: Mapping[str, torch.
   """
   shape = spec.input_shape
   weight = tensors.get(f"{spec.first_layer}.weight")
-  if weight is not None and weight.dim() == 4:
+  if weight is not None and weight.ndim == 4:
     shape = (*spec.input_shape[:-1], weight.shape[1])
   hook = getattr(model, "checkpoint_input_shape", None)
   if hook is None:
@@ -284,7 +287,7 @@ def _transform(path: FlaxPath, flax_shape: tuple[int, ...], source_shape: tuple[
   return "conv1x1_linear" if len(source_shape) == 4 else "linear"
 
 
-def _match(tensors: Mapping[str, torch.Tensor], shapes: Mapping[FlaxPath, tuple[int, ...]],
+def _match(tensors: Mapping[str, np.ndarray], shapes: Mapping[FlaxPath, tuple[int, ...]],
            aliases: Mapping[str, tuple[str, ...]]
            ) -> tuple[tuple[TensorSource, ...], list[str], list[str], list[tuple[str, str]]]:
   """Pairs checkpoint tensors with Flax leaves.
@@ -309,7 +312,7 @@ def _match(tensors: Mapping[str, torch.Tensor], shapes: Mapping[FlaxPath, tuple[
   return ordered, missing, unexpected, mismatched
 
 
-def _match_variables(tensors: Mapping[str, torch.Tensor],
+def _match_variables(tensors: Mapping[str, np.ndarray],
                      shapes: Mapping[FlaxPath, tuple[int, ...]],
                      aliases: Mapping[str, tuple[str, ...]]
                      ) -> tuple[dict[str, TensorSource], set[str], list[str],
@@ -338,7 +341,7 @@ def _match_variables(tensors: Mapping[str, torch.Tensor],
   return sources, claimed, missing, mismatched
 
 
-def _companion(key: str, tensor: torch.Tensor, sources: Mapping[str, TensorSource],
+def _companion(key: str, tensor: np.ndarray, sources: Mapping[str, TensorSource],
                claimed: set[str]) -> TensorSource | tuple[str, str] | str | None:
   """Classifies a tensor that is no variable but may sit beside one.
 
@@ -361,13 +364,13 @@ def _companion(key: str, tensor: torch.Tensor, sources: Mapping[str, TensorSourc
   if name == _BN_COUNTER:
     if f"{module}.running_mean" in claimed:
       return _ALREADY_REPORTED
-    if f"{module}.running_mean" in sources and tensor.numel() == 1:
+    if f"{module}.running_mean" in sources and tensor.size == 1:
       return TensorSource(key, tuple(tensor.shape), _dtype_name(tensor), "counter",
                           value=int(tensor.item()))
   return None
 
 
-def _jackpot_tree(tensors: Mapping[str, torch.Tensor], sources: tuple[TensorSource, ...],
+def _jackpot_tree(tensors: Mapping[str, np.ndarray], sources: tuple[TensorSource, ...],
                   role: str) -> PyTree | None:
   """The authors' scores (float32) or masks (bool) as a tree mirroring params, or None."""
   flat = {}
@@ -378,12 +381,13 @@ def _jackpot_tree(tensors: Mapping[str, torch.Tensor], sources: tuple[TensorSour
   return traverse_util.unflatten_dict(flat) if flat else None
 
 
-def _float32(tensor: torch.Tensor) -> np.ndarray:
-  return tensor.detach().cpu().to(torch.float32).numpy()
+def _float32(tensor: np.ndarray) -> np.ndarray:
+  return np.asarray(tensor, np.float32)
 
 
-def _dtype_name(tensor: torch.Tensor) -> str:
-  return str(tensor.dtype).removeprefix("torch.")
+def _dtype_name(tensor: np.ndarray) -> str:
+  """The dtype's name, as torch names it too ("float32", "bfloat16", "bool")."""
+  return tensor.dtype.name
 
 
 def _listing(what: str, items: list[str]) -> str:

@@ -5,6 +5,11 @@ state_dict sits in ({'state_dict': ...}, {'model': ...}) and the 'module.' prefi
 DataParallel / DistributedDataParallel (or '_orig_mod.' that torch.compile) add to every
 name. The file format is recognised from its first bytes, not from its extension. A
 Hugging Face model folder reads as its weight files' tensors, shard after shard.
+
+Tensors come out as NumPy arrays in the file's dtype (bfloat16 as ml_dtypes.bfloat16).
+PyTorch's zip format and safetensors are read without importing torch (`tensor_files`);
+torch reads what that reader does not rebuild (the legacy pickle format, pickled
+objects, damaged files, whose errors it words), and the result is converted.
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ import json
 import os
 import pickle
 import struct
+import sys
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-from safetensors.torch import load_file
+import numpy as np
 
 from jackpot_jax import fileio
-from jackpot_jax.pytorch import hf_folder
+from jackpot_jax.pytorch import hf_folder, tensor_files
 from jackpot_jax.errors import (CheckpointNotFoundError, CheckpointReadError,
                                 one_line)
 
@@ -39,21 +44,23 @@ class RawCheckpoint:
   """A checkpoint's tensors with their packaging recorded.
 
   Attributes:
-    tensors: name -> tensor in the file's order, names without `prefix`.
+    tensors: name -> array (NumPy, the file's dtype) in the file's order, names without
+      `prefix`.
     wrapper: the key of the dict that held the state_dict, or None for a bare one.
     prefix: what was stripped from every name ("module.", ...), or "".
     file_format: "torch", "safetensors", or "memory" for a state_dict passed in; a
       folder's is its weight files'.
   """
 
-  tensors: dict[str, torch.Tensor]
+  tensors: dict[str, np.ndarray]
   wrapper: str | None
   prefix: str
   file_format: str
 
 
 def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> RawCheckpoint:
-  """Loads `source` (a path or an in-memory state_dict) and peels off its packaging.
+  """Loads `source` (a path or an in-memory state_dict of torch tensors or arrays) and
+  peels off its packaging.
 
   A gs:// path is downloaded into a temporary local file first. A folder is a Hugging
   Face model folder (`hf_folder`).
@@ -76,10 +83,11 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> RawCheckpo
     where = str(path)
   state, wrapper = _unwrap(content, where)
   state, prefix = _strip_prefixes(state)
-  return RawCheckpoint(state, wrapper, prefix, file_format)
+  return RawCheckpoint({name: _as_array(tensor) for name, tensor in state.items()}, wrapper,
+                       prefix, file_format)
 
 
-def _load_folder(folder: fileio.AnyPath) -> tuple[dict[str, torch.Tensor], str]:
+def _load_folder(folder: fileio.AnyPath) -> tuple[dict[str, Any], str]:
   """A folder's weight files merged into one state_dict, in shard order."""
   files, file_format = hf_folder.weight_files(folder)
   merged = {}
@@ -102,7 +110,10 @@ def _load_file(path: Path) -> tuple[Any, str]:
     if not zipfile.is_zipfile(path):
       raise CheckpointReadError(
           f"checkpoint {path} is truncated (its zip directory is missing); copy it again")
-    return _torch_load(path), "torch"
+    try:
+      return tensor_files.read_torch_zip(path), "torch"
+    except tensor_files.NotReadableWithoutTorch:
+      return _torch_load(path), "torch"
   if head.startswith(_PICKLE_PROTOCOL_OPCODE):
     return _torch_load(path), "torch"
   header_size = _safetensors_header_size(head)
@@ -114,6 +125,7 @@ def _load_file(path: Path) -> tuple[Any, str]:
 
 def _torch_load(path: Path) -> Any:
   """torch.load, safe by default; legacy pickles of Python objects only with a warning."""
+  import torch  # pylint: disable=import-outside-toplevel
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
@@ -145,7 +157,7 @@ def _safetensors_header_size(head: bytes) -> int | None:
   return struct.unpack("<Q", head[:8])[0]
 
 
-def _safetensors_load(path: Path, header_size: int) -> dict[str, torch.Tensor]:
+def _safetensors_load(path: Path, header_size: int) -> dict[str, Any]:
   """Checks the declared sizes against the file first: a cut file reads as truncated."""
   file_size = path.stat().st_size
   if 8 + header_size > file_size:
@@ -164,18 +176,33 @@ def _safetensors_load(path: Path, header_size: int) -> dict[str, torch.Tensor]:
     raise CheckpointReadError(f"checkpoint {path} is truncated ({file_size} of "
                               f"{8 + header_size + data_size} bytes); copy it again")
   try:
+    return tensor_files.read_safetensors(path, header_size, header)
+  except tensor_files.NotReadableWithoutTorch:
+    pass
+  from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+  try:
     return load_file(path, device="cpu")
   except Exception as error:  # safetensors raises its own error type
     raise CheckpointReadError(
         f"{path} could not be read as safetensors ({one_line(error)})") from error
 
 
+def _is_tensor(value: Any) -> bool:
+  """An array, or a torch tensor (only a caller that imported torch can hold one)."""
+  torch = sys.modules.get("torch")
+  return isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor))
+
+
+def _as_array(tensor: Any) -> np.ndarray:
+  return tensor if isinstance(tensor, np.ndarray) else tensor_files.torch_to_numpy(tensor)
+
+
 def _is_state_dict(content: Any) -> bool:
   return (isinstance(content, Mapping) and bool(content)
-          and all(isinstance(value, torch.Tensor) for value in content.values()))
+          and all(_is_tensor(value) for value in content.values()))
 
 
-def _unwrap(content: Any, where: str) -> tuple[dict[str, torch.Tensor], str | None]:
+def _unwrap(content: Any, where: str) -> tuple[dict[str, Any], str | None]:
   if _is_state_dict(content):
     return dict(content), None
   if isinstance(content, Mapping):
@@ -189,7 +216,7 @@ def _unwrap(content: Any, where: str) -> tuple[dict[str, torch.Tensor], str | No
   raise CheckpointReadError(f"{where} holds a {type(content).__name__}, not a state_dict")
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+def _strip_prefixes(state: dict[str, Any]) -> tuple[dict[str, Any], str]:
   """Strips wrapping prefixes shared by every name, outermost first ("module._orig_mod.")."""
   prefix = ""
   stripped = True

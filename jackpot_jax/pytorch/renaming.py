@@ -13,7 +13,7 @@ import dataclasses
 import re
 from typing import Mapping
 
-import torch
+import numpy as np
 
 from jackpot_jax.pytorch.layout import TensorSource
 
@@ -33,7 +33,7 @@ class Renamed:
     problems: one line per fused tensor that does not split into equal row blocks.
   """
 
-  tensors: dict[str, torch.Tensor]
+  tensors: dict[str, np.ndarray]
   origins: dict[str, tuple[str, tuple[int, int] | None]]
   names: Mapping[str, str | tuple[str, ...]]
   problems: list[str]
@@ -76,7 +76,7 @@ def _their_match(names: Mapping[str, str | tuple[str, ...]], key: str
 
 
 def renamed_tensors(layouts: Mapping[str, Mapping[str, str | tuple[str, ...]]],
-                    tensors: Mapping[str, torch.Tensor]) -> Renamed:
+                    tensors: Mapping[str, np.ndarray]) -> Renamed:
   """The checkpoint under our names, through the layout that names most keys (more than
   half of them; else every key keeps its name)."""
   names, named = {}, 0
@@ -97,7 +97,7 @@ def renamed_tensors(layouts: Mapping[str, Mapping[str, str | tuple[str, ...]]],
       renamed[ours[0]] = tensor
       origins[ours[0]] = (key, None)
       continue
-    if tensor.dim() == 0 or tensor.shape[0] % len(ours):
+    if tensor.ndim == 0 or tensor.shape[0] % len(ours):
       problems.append(f"{key} checkpoint {tuple(tensor.shape)} does not split into "
                       f"{len(ours)} equal row blocks")
       continue

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jax
 
-from jackpot_jax import fileio
-from jackpot_jax.pytorch import apply_masks_file, export_torch, import_torch
+from jackpot_jax import fileio, pytorch
+from jackpot_jax.pytorch import apply_masks_file, import_torch
 from jackpot_jax.pytorch.hf_decoders import export_hf_decoder, import_hf_decoder
 from jackpot_jax.run import (job, lm_masks, lm_search, lm_spec, spec as spec_lib,
                              workdir as workdir_lib)
@@ -42,8 +42,9 @@ def export_workdir(workdir: str | os.PathLike, output: str | os.PathLike,
   tuned = job.restore_tuned_state(setup, workdir, state.batch_stats)
   if tuned is not None:
     variables = {"params": tuned.params, "batch_stats": tuned.batch_stats}
-  return export_torch(setup.imported, jax.device_get(variables), jax.device_get(state.masks),
-                      output, format=format, clean_keys=clean_keys)
+  return pytorch.export_torch(setup.imported, jax.device_get(variables),
+                              jax.device_get(state.masks), output, format=format,
+                              clean_keys=clean_keys)
 
 
 def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike) -> Path:
@@ -58,7 +59,7 @@ def apply_masks(config, masks_path: str | os.PathLike, output: str | os.PathLike
   imported = import_torch(config.model.checkpoint, config.model.name, config.model.num_classes,
                           strict=config.model.strict, model_kwargs=dict(config.model.kwargs))
   masks = apply_masks_file(fileio.as_path(masks_path, "--masks"), imported)
-  return export_torch(imported, jax.device_get(imported.variables), masks, output)
+  return pytorch.export_torch(imported, jax.device_get(imported.variables), masks, output)
 
 
 def export_language_model(config, workdir, output, method: str | None) -> Path:

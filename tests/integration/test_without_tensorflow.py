@@ -1,9 +1,12 @@
-"""`search`, `evaluate` and `export` run in a process where TensorFlow is not installed.
+"""`search`, `evaluate` and `export` run in a process where TensorFlow is not installed,
+and `search` and `evaluate` where PyTorch is not either.
 
 TensorFlow brings its own runtime thread pools into the process that runs XLA, and GPU
-images do not ship it; only `python -m jackpot_jax.data.prepare` may use it. Each
-command runs in a child process whose import system answers for `tensorflow` as if it
-were absent, so any import of it on these paths fails the command.
+images do not ship it; only `python -m jackpot_jax.data.prepare` may use it. PyTorch costs
+a process 1.5 s to import, and only writing its format (`export`) needs it: checkpoints
+are read without it. Each command runs in a child process whose import system answers
+for those packages as if they were absent, so any import of them on these paths fails
+the command.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import importlib.util
 import sys
 
 
-class _WithoutTensorFlow:
+ABSENT = sys.argv.pop(1).split(",")
+
+
+class _Without:
   def __init__(self, finder):
     self.finder = finder
 
   def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] == "tensorflow":
+    if name.split(".")[0] in ABSENT:
       return None
     return self.finder.find_spec(name, path, target)
 
@@ -37,17 +43,19 @@ class _WithoutTensorFlow:
     return getattr(self.finder, name)
 
 
-sys.meta_path[:] = [_WithoutTensorFlow(finder) for finder in sys.meta_path]
-assert importlib.util.find_spec("tensorflow") is None
+sys.meta_path[:] = [_Without(finder) for finder in sys.meta_path]
+assert all(importlib.util.find_spec(name) is None for name in ABSENT)
 from jackpot_jax import cli
 sys.argv[0] = "jackpot"
 cli.run()
 """
 
 
-def _jackpot(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=900)
+def _jackpot(command: str, *args: str) -> subprocess.CompletedProcess:
+  """`jackpot command args` without TensorFlow, and without PyTorch unless it exports."""
+  absent = "tensorflow" if command == "export" else "tensorflow,torch"
+  return subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, absent, command, *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 def _search_evaluate_export(workdir: Path, overrides: list[str], export: bool) -> dict:
