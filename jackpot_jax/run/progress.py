@@ -14,6 +14,7 @@ writer would load TensorFlow's runtime into the process that runs XLA.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 import sys
@@ -53,6 +54,20 @@ def data_header(info: DatasetInfo | TextInfo) -> str:
   return f"{line}; {resolved_preprocessing.summary(info.preprocessing.as_dict())}"
 
 
+def _import_tensorboardx() -> None:
+  """Imports tensorboardX without torch: its package tries `import torch` for writers
+  this module does not use (it takes numbers), which would cost a search process 1.5 s.
+  A None entry in sys.modules makes that try find torch absent; a process that has torch
+  already keeps it."""
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    return
+  sys.modules["torch"] = None
+  try:
+    importlib.import_module("tensorboardX")
+  finally:
+    del sys.modules["torch"]
+
+
 class ProgressLogger:
   """Progress bar and TensorBoard scalars of one loop ("search" or "tune")."""
 
@@ -77,9 +92,9 @@ class ProgressLogger:
     self._window_sums, self._window_steps, self._input_seconds = None, 0, 0.0
     self._window_began = time.perf_counter()
     if self.is_writer:
-      # Imported here: tensorboardX imports torch, which only process 0 needs for this.
       # A gs:// path goes to tensorboardX's Cloud Storage writer, which uploads the whole
       # (small) event file at each flush.
+      _import_tensorboardx()
       from tensorboardX.record_writer import RecordWriter
       if not fileio.is_cloud(self.directory):
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,14 @@ and the tuning stage, and a profiler trace of chosen steps."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jackpot_jax.run import profiling, job
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 
 def test_search_and_tuning_log_speed_learning_rate_and_window_means(tiny_job, tmp_path):
@@ -41,3 +43,23 @@ def test_search_and_tuning_log_speed_learning_rate_and_window_means(tiny_job, tm
 def test_profile_steps_must_be_a_range_of_steps(text):
   with pytest.raises(ValueError, match="profile_steps"):
     profiling.parse_profile_steps(text)
+
+
+def test_the_search_commands_and_their_event_writer_do_without_torch(tmp_path):
+  """A search process reads its checkpoint and writes its events without importing torch
+  (1.5 s a process), though torch is installed: only export writes PyTorch's format."""
+  script = f"""
+import sys
+from pathlib import Path
+from jackpot_jax import cli
+from jackpot_jax.run import job, progress, workdir_export
+with progress.ProgressLogger(Path({str(tmp_path)!r}), 2, 0, False) as logger:
+  logger.scalars(1, {{"search/loss": 0.5}})
+assert "tensorboardX" in sys.modules
+print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
+"""
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "[]"
+  assert list((tmp_path / "tensorboard").iterdir())
