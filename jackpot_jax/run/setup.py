@@ -5,6 +5,7 @@ the first states of the search and of the tuning stage.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Callable
 
@@ -21,6 +22,14 @@ from jackpot_jax.pytorch import ImportedModel, import_torch
 from jackpot_jax.run.spec import RunSpec, check_checkpoint_fit, check_fit
 
 
+# Jitted programs built from a model alone (`SearchSetup.program`), kept for the later runs
+# of the process: a sweep's, a ladder's or a test session's runs of an equal model (Flax
+# modules compare by their fields) trace and compile each once, not once per run. The
+# oldest go beyond this many.
+_PROGRAMS_KEPT = 16
+_programs: collections.OrderedDict = collections.OrderedDict()
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSetup:
   """A run's fixed inputs: the frozen weights on their devices and what the plan keeps."""
@@ -32,16 +41,18 @@ class SearchSetup:
   plan: sparsity.SparsityPlan
   data_info: data_lib.DatasetInfo
   mesh: Any
-  # Jitted programs built from the model, by name: each is traced and compiled once per run
-  # (`program`), not once per use. Not copied by dataclasses.replace.
-  programs: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
-                                     compare=False)
 
   def program(self, name: str, build: Callable[[], Any]) -> Any:
-    """The run's program `name`, built by `build()` on the first call."""
-    if name not in self.programs:
-      self.programs[name] = build()
-    return self.programs[name]
+    """The jitted program `name` of the run's model, built by `build()` (from the model and
+    nothing else of the run) the first time this process asks for it (`_programs`)."""
+    key = (name, self.model)
+    if key in _programs:
+      _programs.move_to_end(key)
+    else:
+      _programs[key] = build()
+      if len(_programs) > _PROGRAMS_KEPT:
+        _programs.popitem(last=False)
+    return _programs[key]
 
   @property
   def config(self):
