@@ -1,19 +1,24 @@
-"""Evaluation compiles its programs once per run, whichever split and masks it measures."""
+"""Evaluation compiles its programs once per process, whichever run, split and masks it
+measures."""
 
 from __future__ import annotations
+
+import collections
 
 import jax
 import numpy as np
 
-from jackpot_jax.run import evaluation
+from jackpot_jax.run import evaluation, setup as setup_lib
 from jackpot_jax.run.setup import magnitude_masks
 from jackpot_jax.search import steps
 
 from conftest import setup_of, tiny_config
 
 
-def test_every_split_and_every_re_estimation_reuse_the_runs_compiled_programs(
+def test_every_split_every_re_estimation_and_every_later_run_reuse_the_compiled_programs(
     tiny_job, monkeypatch):
+  # A process that has built no program yet.
+  monkeypatch.setattr(setup_lib, "_programs", collections.OrderedDict())
   setup = setup_of(tiny_config(tiny_job))
   test, holdout = evaluation.Evaluator(setup), evaluation.Evaluator(setup, evaluation.HOLDOUT)
   assert test.accumulate is holdout.accumulate
@@ -33,3 +38,12 @@ def test_every_split_and_every_re_estimation_reuse_the_runs_compiled_programs(
   assert len(traced) == traces  # run again, not traced again
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
     np.testing.assert_array_equal(a, b)
+  # A later run of the same model (a new set-up, as a sweep's next run builds) reuses them.
+  later = setup_of(tiny_config(tiny_job))
+  assert later.model is not setup.model and later.model == setup.model
+  assert evaluation.Evaluator(later).accumulate is test.accumulate
+  evaluation.recalibrated_batch_stats(later, magnitude_masks(later))
+  assert len(traced) == traces
+  # Another model is another program.
+  other = setup_of(tiny_config(tiny_job, model="resnet20"))
+  assert evaluation.Evaluator(other).accumulate is not test.accumulate

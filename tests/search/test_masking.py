@@ -152,3 +152,27 @@ def test_cap_flips_never_swaps_more_than_the_cap_and_keeps_the_count():
       capped = _capped(after, old, new, cap)
       assert capped.sum() == keep
       assert (capped & ~old).sum() == min(cap, (new & ~old).sum())
+
+
+def test_compiled_masks_trace_once_per_keep_counts_and_match_the_op_by_op_masks(monkeypatch):
+  masking._masks_program.cache_clear()  # pylint: disable=protected-access
+  traced = []
+  real = masking.compute_masks
+
+  def counted(*args, **kwargs):
+    traced.append(1)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(masking, "compute_masks", counted)
+  scores = {"a": jax.random.normal(jax.random.PRNGKey(0), (6, 5)),
+            "b": jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 4))}
+  first = masking.compiled_masks(scores, {"a": 7, "b": masking.NMPattern(2, 4)})
+  again = masking.compiled_masks(scores, {"a": 7, "b": masking.NMPattern(2, 4)})
+  assert len(traced) == 1  # equal keep counts, another dict: the same program
+  other = masking.compiled_masks(scores, {"a": 9, "b": masking.NMPattern(2, 4)})
+  assert len(traced) == 2
+  for masks, counts in ((first, 7), (again, 7), (other, 9)):
+    expected = real(scores, {"a": counts, "b": masking.NMPattern(2, 4)})
+    for name in scores:
+      np.testing.assert_array_equal(masks[name], expected[name])
+    assert int(masks["a"].sum()) == counts
