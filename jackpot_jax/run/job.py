@@ -83,7 +83,7 @@ def search_stage(setup: SearchSetup, workdir: Path, holdout: evaluation.Evaluato
   return loop.Stage(
       name="search", step=step, frozen=frozen, fresh_state=initial_search_state(setup),
       checked="scores",
-      checked_values=lambda state: state.scores,
+      checked_values=steps.scores_of,
       checkpoint_dir=workdir / SEARCH_CHECKPOINTS, total_steps=setup.total_steps,
       steps_per_epoch=setup.steps_per_epoch, seed=config.search.seed,
       learning_rate=optim.learning_rate_of(config.search, max(setup.total_steps, 1)),
@@ -105,7 +105,7 @@ def tune_stage(setup: SearchSetup, workdir: Path, masks: Any, batch_stats: Any) 
       step=functools.partial(steps.tune_step, model=setup.model, tx=setup.optimizer("tune"),
                              label_smoothing=config.tune.label_smoothing),
       frozen=masks, fresh_state=initial_tune_state(setup, batch_stats),
-      checked="tuned weights", checked_values=lambda state: state.params,
+      checked="tuned weights", checked_values=steps.params_of,
       checkpoint_dir=workdir / TUNE_CHECKPOINTS, total_steps=total,
       steps_per_epoch=setup.epoch_steps("tune"), seed=config.search.seed + 1,
       learning_rate=optim.learning_rate_of(config.tune, max(total, 1)))

@@ -238,7 +238,7 @@ def search_stage(setup: LMSetup, workdir: Path, start: PyTree) -> loop.Stage:
   return loop.Stage(
       name="search", step=step, frozen=setup.params,
       fresh_state=initial_state(setup, start, rules), checked="scores",
-      checked_values=lambda state: state.scores, checkpoint_dir=workdir / SEARCH_CHECKPOINTS,
+      checked_values=steps.scores_of, checkpoint_dir=workdir / SEARCH_CHECKPOINTS,
       total_steps=setup.total_steps, steps_per_epoch=setup.steps_per_epoch, seed=search.seed,
       learning_rate=optim.learning_rate_of(search, setup.total_steps),
       evaluation=evaluation, profile_steps=lm_spec.profile_steps(config),

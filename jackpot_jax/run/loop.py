@@ -8,8 +8,10 @@ included: no checkpoint save, input thread or event file outlives `run_stage`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -90,17 +92,54 @@ class Stage:
   first_steps: int = 0
 
 
+# Compiled steps kept for the later stages of the process (a sweep's or a ladder's runs, a
+# test session's): a stage whose step (a partial of a module function, its statics
+# compared by value), guard, mesh and shardings equal an earlier one's reuses its program
+# rather than tracing and lowering it again. The oldest go beyond this many.
+_STEPS_KEPT = 8
+_compiled_steps: collections.OrderedDict = collections.OrderedDict()
+
+
+def _value_key(value: Any) -> Any:
+  """A hashable key equal for equal values: partials by their function and arguments,
+  containers by their structure and leaves, anything else by its own hash (a function's
+  or an optax optimizer's is its identity). Raises TypeError for an unhashable leaf (an
+  array)."""
+  if isinstance(value, functools.partial):
+    return ("partial", _value_key(value.func), tuple(_value_key(a) for a in value.args),
+            tuple(sorted((k, _value_key(v)) for k, v in value.keywords.items())))
+  if isinstance(value, (dict, list, tuple)) and not hasattr(value, "_fields"):
+    leaves, treedef = jax.tree.flatten(value)
+    return ("tree", treedef, tuple(_value_key(leaf) for leaf in leaves))
+  hash(value)
+  return value
+
+
 def _compile(stage: Stage, step: Callable, mesh: Any, state_shardings: Any) -> Callable:
-  """`step` with the NaN/Inf record of `nonfinite.track`, jitted."""
+  """`step` with the NaN/Inf record of `nonfinite.track`, jitted; an equal earlier
+  stage's program when the process has one (`_compiled_steps`)."""
+  try:
+    key = _value_key((step, stage.checked_values, mesh, state_shardings))
+  except TypeError:
+    key = None
+  if key is not None and key in _compiled_steps:
+    _compiled_steps.move_to_end(key)
+    return _compiled_steps[key]
+  checked_values = stage.checked_values
 
   def guarded(frozen, state, batch, record):
     state, metrics = step(frozen, state, batch)
-    record = nonfinite.track(record, state.step, metrics["loss"], stage.checked_values(state))
+    record = nonfinite.track(record, state.step, metrics["loss"], checked_values(state))
     return state, metrics, record
 
   replicated = parallel.replicated(mesh)
-  return jax.jit(guarded, out_shardings=(state_shardings, replicated, replicated),
-                 donate_argnums=(1,))
+  compiled = jax.jit(guarded, out_shardings=(state_shardings, replicated, replicated),
+                     donate_argnums=(1,))
+  if key is not None:
+    _compiled_steps[key] = compiled
+    if len(_compiled_steps) > _STEPS_KEPT:
+      _compiled_steps.popitem(last=False)
+  return compiled
 
 
 def _next_timed(batches: Iterator[dict]) -> tuple[dict, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import optax
@@ -28,7 +29,29 @@ def learning_rate_of(config: Any, total_steps: int) -> optax.Schedule:
                        config.get("warmup_steps", 0))
 
 
+# Optimizers already built, by their section's values and length: equal sections give the
+# same object, so the steps of later runs that bind it compare equal to earlier ones and
+# reuse their compiled programs (`run/loop.py`).
+_OPTIMIZERS_KEPT = 16
+_optimizers: collections.OrderedDict = collections.OrderedDict()
+
+
 def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
+  """`build_optimizer`, the same object for a section of equal values (a ConfigDict)."""
+  try:
+    key = (config.to_json_best_effort(sort_keys=True), total_steps)
+  except AttributeError:  # not a ConfigDict: built anew
+    return build_optimizer(config, total_steps)
+  if key in _optimizers:
+    _optimizers.move_to_end(key)
+  else:
+    _optimizers[key] = build_optimizer(config, total_steps)
+    if len(_optimizers) > _OPTIMIZERS_KEPT:
+      _optimizers.popitem(last=False)
+  return _optimizers[key]
+
+
+def build_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
   """Builds `add_decayed_weights -> optimizer` from a config section.
 
   Weight decay is added to the gradient before the optimizer, as PyTorch's SGD does, so
@@ -69,7 +92,7 @@ def check_section(part: Any, section: str) -> None:
   if part.learning_rate <= 0:
     raise ValueError(f"{section}.learning_rate must be positive, got {part.learning_rate}")
   try:  # builds the optax chain only: names and arguments are checked, nothing runs
-    make_optimizer(part, 1)
+    build_optimizer(part, 1)
   except TypeError as error:
     raise ValueError(f"{section}.optimizer_kwargs do not fit {section}.optimizer "
                      f"{part.optimizer!r}: {error}") from error

@@ -66,6 +66,16 @@ class TuneState:
   batch_stats: PyTree
 
 
+def scores_of(state: Any) -> PyTree:
+  """A search state's scores: what a search stage's NaN/Inf guard checks."""
+  return state.scores
+
+
+def params_of(state: Any) -> PyTree:
+  """A tuning state's weights: what the tuning stage's guard checks."""
+  return state.params
+
+
 def init_search_state(scores: PyTree, keep_counts: PyTree, batch_stats: PyTree,
                       tx: optax.GradientTransformation,
                       rank_by_magnitude: bool = False) -> SearchState:
