@@ -35,6 +35,33 @@ STATE, META, SELECTED = "state", "meta", "selected"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
+# Orbax writes a replicated array in parallel from every replica, one slice each; each
+# slice is an eager program compiled once per shape, and a search state holds several
+# small arrays per layer (scores, masks, momentum, BN statistics): at a fresh process's
+# first save of a ResNet-8 replicated on 8 devices, ~120 slice programs took ~2 s against
+# milliseconds of writing. An array whose slices would be smaller than this is written
+# by one replica; larger ones are still split.
+MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 1 << 20
+
+
+def _write_small_arrays_from_one_replica() -> None:
+  """Registers Orbax's array handler as it is by default (its metadata store included),
+  with `MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL`. An Orbax without that store where this
+  looks for it keeps its default handler."""
+  try:
+    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          array_metadata_store=array_metadata_store.Store(),
+          min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
+      override=True)
+
+
+_write_small_arrays_from_one_replica()
+
+
 def _directory_size(path: Path) -> int:
   return sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(path) for name in names)
