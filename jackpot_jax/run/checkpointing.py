@@ -52,11 +52,16 @@ def _write_small_arrays_from_one_replica() -> None:
     from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=import-outside-toplevel
   except ImportError:
     return
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(
-          array_metadata_store=array_metadata_store.Store(),
-          min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
-      override=True)
+  handler = ocp.type_handlers.ArrayHandler(
+      array_metadata_store=array_metadata_store.Store(),
+      min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL)
+  absl = logging.getLogger("absl")  # Orbax logs a warning for every override
+  level = absl.level
+  absl.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl.setLevel(level)
 
 
 _write_small_arrays_from_one_replica()
