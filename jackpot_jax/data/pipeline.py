@@ -20,11 +20,10 @@ training batches are drawn exactly as images are, without augmentation.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
-import signal
-import sys
+import threading
+import time
 from typing import Any, Iterator, Mapping
 
 from absl import flags
@@ -42,8 +41,8 @@ Batch = dict[str, np.ndarray]
 # Separate RNG streams, so that the permutation and the augmentation never share draws.
 _PERMUTATION_STREAM = 0
 _AUGMENTATION_STREAM = 1
-# prctl option: the signal a process gets when its parent dies (linux/prctl.h).
-_PR_SET_PDEATHSIG = 1
+# How often an input worker checks that the process that started it still runs.
+_PARENT_CHECK_SECONDS = 0.25
 # Steps of the endless training stream (more than any run takes).
 _ENDLESS = 2**50
 
@@ -173,14 +172,22 @@ class _Batches:
 
 
 def _end_with_the_parent(worker_index: int, worker_count: int, *, parent: int) -> None:
-  """Runs first in each Grain worker: on Linux, the kernel kills the worker when the
-  process that started it (`parent`) dies, so a SIGKILLed search leaves no worker behind;
-  a worker whose parent died while it was starting ends at once."""
+  """Runs first in each Grain worker: a daemon thread ends the worker once the process
+  that started it (`parent`) is gone, so a SIGKILLed search leaves no worker behind, and
+  a worker whose parent died while it was starting ends at once.
+
+  Not the kernel's parent-death signal (prctl PR_SET_PDEATHSIG): that fires when the
+  thread that started the worker ends, not its process, and Grain starts workers from
+  its own threads; a worker killed that way while it held a lock of its pipeline left the
+  parent's `close()` waiting for that lock forever."""
   del worker_index, worker_count
-  if sys.platform.startswith("linux"):
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-  if os.getppid() != parent:
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(_PARENT_CHECK_SECONDS)
     os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name="end-with-the-parent", daemon=True).start()
 
 
 def _read(batches: grain.MapDataset, spec: DataSpec, workers: int) -> _Batches:

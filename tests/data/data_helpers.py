@@ -4,6 +4,7 @@ is an autouse fixture for every module that imports it."""
 from __future__ import annotations
 
 import gzip
+import time
 import itertools
 import os
 import socket
@@ -91,3 +92,13 @@ def write_image_folder(root, split_classes, height=5, width=6):
       for i in range(count):
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def worker_that_ends_with_its_parent(parent: int, ready: str) -> None:
+  """A spawned process that sets itself up as an input worker does, says so in the file
+  `ready`, and waits to be ended."""
+  from jackpot_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  pipeline._end_with_the_parent(0, 1, parent=parent)  # pylint: disable=protected-access
+  with open(ready, "w", encoding="utf-8"):
+    pass
+  time.sleep(120)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -13,7 +16,8 @@ import pytest
 
 from conftest import REPO
 from data_helpers import no_network  # noqa: F401 (autouse: no test touches the network)
-from data_helpers import assert_batches_equal, data_config, npz_dataset, take
+from data_helpers import (assert_batches_equal, data_config, npz_dataset, take,
+                          worker_that_ends_with_its_parent)
 from jackpot_jax.data import load_dataset_info, make_eval_batches, make_train_iterator
 from jackpot_jax.data import holdout
 from jackpot_jax.data.records import ArraySplit
@@ -100,6 +104,33 @@ def test_worker_processes_yield_the_batches_of_the_in_process_pipeline(tmp_path)
     assert_batches_equal(in_process, take(batches, 4))
   finally:
     batches.close()
+
+
+def test_an_input_worker_lives_as_long_as_its_parent_process_not_the_thread_that_started_it(
+    tmp_path):
+  """Grain starts its workers from its own threads and ends those threads at close(): a
+  worker must not die with that thread (killed mid-step, it may hold a lock that close()
+  then waits for forever)."""
+  ready = tmp_path / "ready"
+  worker = multiprocessing.get_context("spawn").Process(
+      target=worker_that_ends_with_its_parent, args=(os.getpid(), str(ready)))
+
+  def start_and_wait_until_the_worker_watches() -> None:
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not ready.exists() and worker.is_alive() and time.monotonic() < deadline:
+      time.sleep(0.05)
+
+  thread = threading.Thread(target=start_and_wait_until_the_worker_watches)
+  thread.start()
+  thread.join()  # the thread that started the worker has ended
+  try:
+    assert ready.exists(), f"the worker did not start (exit code {worker.exitcode})"
+    time.sleep(1.0)
+    assert worker.is_alive(), f"the worker ended with exit code {worker.exitcode}"
+  finally:
+    worker.terminate()
+    worker.join(timeout=30)
 
 
 _HOLD_A_PIPELINE = """
