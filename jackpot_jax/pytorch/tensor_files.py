@@ -12,8 +12,9 @@ CPU before it has read a byte. This reads the two formats checkpoints come in to
   (The safetensors package's NumPy loader has no bfloat16.)
 
 Arrays come out in the file's dtype (bfloat16 as ml_dtypes.bfloat16), C-contiguous and
-writable, bit for bit the file's values; tensors that share a storage (views, tied
-weights) come out as separate copies.
+writable, bit for bit the file's values. A tensor that is its whole storage (a
+state_dict's usual case) is the storage read once, without a copy, so a checkpoint takes
+about its own size in memory; a view of part of a storage is copied out.
 """
 
 from __future__ import annotations
@@ -64,11 +65,22 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
     return np.zeros(size, storage.dtype)
   if offset + sum((n - 1) * s for n, s in zip(size, stride)) >= storage.size:
     raise NotReadableWithoutTorch("a tensor beyond its storage")
+  numel = int(np.prod(size, dtype=np.int64))
+  if offset == 0 and numel == storage.size and stride == _contiguous_strides(size):
+    return storage.reshape(size)  # the whole storage: no copy
   item = storage.itemsize
   view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                          strides=tuple(s * item for s in stride),
                                          writeable=False)
   return np.array(view, order="C")
+
+
+def _contiguous_strides(size: tuple) -> tuple:
+  strides, step = [], 1
+  for n in reversed(size):
+    strides.append(step)
+    step *= n
+  return tuple(reversed(strides))
 
 
 class _StateDictUnpickler(pickle.Unpickler):
@@ -94,10 +106,11 @@ class _StateDictUnpickler(pickle.Unpickler):
       raise NotReadableWithoutTorch(f"a storage reference {pid!r}")
     _, storage, key, _, numel = pid
     if key not in self._storages:
-      data = self._archive.read(f"{self._prefix}data/{key}")
-      if len(data) < numel * storage.dtype.itemsize:
-        raise NotReadableWithoutTorch(f"storage {key} is shorter than its elements")
-      self._storages[key] = np.frombuffer(data, storage.dtype, count=numel)
+      data = bytearray(numel * storage.dtype.itemsize)
+      with self._archive.open(f"{self._prefix}data/{key}") as stored:
+        if stored.readinto(data) != len(data):
+          raise NotReadableWithoutTorch(f"storage {key} is shorter than its elements")
+      self._storages[key] = np.frombuffer(data, storage.dtype)
     return self._storages[key]
 
 
