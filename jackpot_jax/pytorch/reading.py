@@ -6,7 +6,7 @@ DataParallel / DistributedDataParallel (or '_orig_mod.' that torch.compile) add 
 name. The file format is recognised from its first bytes, not from its extension. A
 Hugging Face model folder reads as its weight files' tensors, shard after shard.
 
-Tensors come out as NumPy arrays in the file's dtype (bfloat16 as ml_dtypes.bfloat16).
+Tensors come out as NumPy arrays in the file's dtype (bfloat16 as jnp.bfloat16).
 PyTorch's zip format and safetensors are read without importing torch (`tensor_files`);
 torch reads what that reader does not rebuild (the legacy pickle format, pickled
 objects, damaged files, whose errors it words), and the result is converted.

@@ -11,7 +11,7 @@ CPU before it has read a byte. This reads the two formats checkpoints come in to
 - safetensors: a JSON header of name -> dtype, shape and byte range, then the bytes.
   (The safetensors package's NumPy loader has no bfloat16.)
 
-Arrays come out in the file's dtype (bfloat16 as ml_dtypes.bfloat16), C-contiguous and
+Arrays come out in the file's dtype (bfloat16 as jnp.bfloat16), C-contiguous and
 writable, bit for bit the file's values. A tensor that is its whole storage (a
 state_dict's usual case) is the storage read once, without a copy, so a checkpoint takes
 about its own size in memory; a view of part of a storage is copied out.
@@ -25,18 +25,18 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 
 # The typed storages `torch.save` names in its pickles, by their dtype.
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "BFloat16Storage": jnp.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
     "BOOL": np.bool_,
 }
@@ -166,7 +166,7 @@ def torch_to_numpy(tensor: Any) -> np.ndarray:
   import torch  # pylint: disable=import-outside-toplevel
   tensor = tensor.detach().cpu().contiguous()
   if tensor.dtype == torch.bfloat16:
-    return tensor.view(torch.int16).numpy().copy().view(ml_dtypes.bfloat16)
+    return tensor.view(torch.int16).numpy().copy().view(jnp.bfloat16)
   return tensor.numpy().copy()
 
 
@@ -174,6 +174,6 @@ def numpy_to_torch(array: np.ndarray) -> Any:
   """The inverse of `torch_to_numpy`."""
   import torch  # pylint: disable=import-outside-toplevel
   array = np.array(array, order="C")
-  if array.dtype == ml_dtypes.bfloat16:
+  if array.dtype == jnp.bfloat16:
     return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
   return torch.from_numpy(array)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -49,7 +49,7 @@ def test_a_zip_checkpoint_reads_bit_for_bit_as_torch_reads_it(tmp_path):
   assert (content["epoch"], content["note"], content["scores"]) == (3, "best", [0.5, 1])
   _assert_same(content["state_dict"], tensors)
   assert all(a.flags.c_contiguous and a.flags.writeable for a in content["state_dict"].values())
-  assert content["state_dict"]["bf16"].dtype == ml_dtypes.bfloat16
+  assert content["state_dict"]["bf16"].dtype == jnp.bfloat16
 
 
 def test_a_module_state_dict_reads_as_torch_reads_it_and_hashes_alike(tmp_path):
