@@ -154,9 +154,7 @@ def weights_sha256(tensors: Mapping[str, Any]) -> str:
   """
   digest = hashlib.sha256()
   for key in sorted(tensors):
-    tensor = tensors[key]
-    if not isinstance(tensor, np.ndarray):
-      tensor = tensor_files.torch_to_numpy(tensor)
+    tensor = tensor_files.as_array(tensors[key])
     digest.update(f"{key}|{_dtype_name(tensor)}|{tuple(tensor.shape)}|".encode())
     digest.update(np.ascontiguousarray(tensor).tobytes())
   return digest.hexdigest()

@@ -83,7 +83,7 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> RawCheckpo
     where = str(path)
   state, wrapper = _unwrap(content, where)
   state, prefix = _strip_prefixes(state)
-  return RawCheckpoint({name: _as_array(tensor) for name, tensor in state.items()}, wrapper,
+  return RawCheckpoint({name: tensor_files.as_array(tensor) for name, tensor in state.items()}, wrapper,
                        prefix, file_format)
 
 
@@ -191,10 +191,6 @@ def _is_tensor(value: Any) -> bool:
   """An array, or a torch tensor (only a caller that imported torch can hold one)."""
   torch = sys.modules.get("torch")
   return isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor))
-
-
-def _as_array(tensor: Any) -> np.ndarray:
-  return tensor if isinstance(tensor, np.ndarray) else tensor_files.torch_to_numpy(tensor)
 
 
 def _is_state_dict(content: Any) -> bool:

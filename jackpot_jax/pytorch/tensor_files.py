@@ -161,17 +161,21 @@ def read_safetensors(path: Path, header_size: int, header: dict) -> dict[str, np
   return tensors
 
 
-def torch_to_numpy(tensor: Any) -> np.ndarray:
-  """A torch tensor as a NumPy array of the same dtype and bits (bfloat16 included)."""
+def as_array(tensor: Any) -> np.ndarray:
+  """An array as it is; a torch tensor as an array of the same dtype and bits (bfloat16
+  included), sharing the tensor's memory where it is contiguous on the CPU, as torch's
+  `.numpy()` does (a checkpoint torch read is not held twice)."""
+  if isinstance(tensor, np.ndarray):
+    return tensor
   import torch  # pylint: disable=import-outside-toplevel
   tensor = tensor.detach().cpu().contiguous()
   if tensor.dtype == torch.bfloat16:
-    return tensor.view(torch.int16).numpy().copy().view(jnp.bfloat16)
-  return tensor.numpy().copy()
+    return tensor.view(torch.int16).numpy().view(jnp.bfloat16)
+  return tensor.numpy()
 
 
 def numpy_to_torch(array: np.ndarray) -> Any:
-  """The inverse of `torch_to_numpy`."""
+  """The inverse of `as_array`."""
   import torch  # pylint: disable=import-outside-toplevel
   array = np.array(array, order="C")
   if array.dtype == jnp.bfloat16:

@@ -8,7 +8,6 @@ included: no checkpoint save, input thread or event file outlives `run_stage`.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jackpot_jax import data as data_lib, dispatch
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.data.text import TextInfo
 from jackpot_jax.run import checkpointing, nonfinite, parallel
 from jackpot_jax.run import profiling, progress
@@ -96,8 +96,7 @@ class Stage:
 # test session's): a stage whose step (a partial of a module function, its statics
 # compared by value), guard, mesh and shardings equal an earlier one's reuses its program
 # rather than tracing and lowering it again. The oldest go beyond this many.
-_STEPS_KEPT = 8
-_compiled_steps: collections.OrderedDict = collections.OrderedDict()
+_compiled_steps = BoundedCache(8)
 
 
 def _value_key(value: Any) -> Any:
@@ -118,13 +117,6 @@ def _value_key(value: Any) -> Any:
 def _compile(stage: Stage, step: Callable, mesh: Any, state_shardings: Any) -> Callable:
   """`step` with the NaN/Inf record of `nonfinite.track`, jitted; an equal earlier
   stage's program when the process has one (`_compiled_steps`)."""
-  try:
-    key = _value_key((step, stage.checked_values, mesh, state_shardings))
-  except TypeError:
-    key = None
-  if key is not None and key in _compiled_steps:
-    _compiled_steps.move_to_end(key)
-    return _compiled_steps[key]
   checked_values = stage.checked_values
 
   def guarded(frozen, state, batch, record):
@@ -132,14 +124,16 @@ def _compile(stage: Stage, step: Callable, mesh: Any, state_shardings: Any) -> C
     record = nonfinite.track(record, state.step, metrics["loss"], checked_values(state))
     return state, metrics, record
 
-  replicated = parallel.replicated(mesh)
-  compiled = jax.jit(guarded, out_shardings=(state_shardings, replicated, replicated),
-                     donate_argnums=(1,))
-  if key is not None:
-    _compiled_steps[key] = compiled
-    if len(_compiled_steps) > _STEPS_KEPT:
-      _compiled_steps.popitem(last=False)
-  return compiled
+  def build() -> Callable:
+    replicated = parallel.replicated(mesh)
+    return jax.jit(guarded, out_shardings=(state_shardings, replicated, replicated),
+                   donate_argnums=(1,))
+
+  try:
+    key = _value_key((step, checked_values, mesh, state_shardings))
+  except TypeError:  # something bound is an array: compiled for this stage alone
+    return build()
+  return _compiled_steps.get(key, build)
 
 
 def _next_timed(batches: Iterator[dict]) -> tuple[dict, float]:

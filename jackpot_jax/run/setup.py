@@ -5,7 +5,6 @@ the first states of the search and of the tuning stage.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ import optax
 from flax import traverse_util
 
 from jackpot_jax import data as data_lib
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.run import compilation_cache, parallel
 from jackpot_jax.search import (block_targets, masking, optim, schedules, scores as scores_lib,
                                  sparsity, steps)
@@ -26,8 +26,7 @@ from jackpot_jax.run.spec import RunSpec, check_checkpoint_fit, check_fit
 # of the process: a sweep's, a ladder's or a test session's runs of an equal model (Flax
 # modules compare by their fields) trace and compile each once, not once per run. The
 # oldest go beyond this many.
-_PROGRAMS_KEPT = 16
-_programs: collections.OrderedDict = collections.OrderedDict()
+_programs = BoundedCache(16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +44,7 @@ class SearchSetup:
   def program(self, name: str, build: Callable[[], Any]) -> Any:
     """The jitted program `name` of the run's model, built by `build()` (from the model and
     nothing else of the run) the first time this process asks for it (`_programs`)."""
-    key = (name, self.model)
-    if key in _programs:
-      _programs.move_to_end(key)
-    else:
-      _programs[key] = build()
-      if len(_programs) > _PROGRAMS_KEPT:
-        _programs.popitem(last=False)
-    return _programs[key]
+    return _programs.get((name, self.model), build)
 
   @property
   def config(self):

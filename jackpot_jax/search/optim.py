@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import optax
+
+from jackpot_jax.bounded_cache import BoundedCache
 
 
 def make_schedule(name: str, learning_rate: float, total_steps: int,
@@ -32,8 +33,7 @@ def learning_rate_of(config: Any, total_steps: int) -> optax.Schedule:
 # Optimizers already built, by their section's values and length: equal sections give the
 # same object, so the steps of later runs that bind it compare equal to earlier ones and
 # reuse their compiled programs (`run/loop.py`).
-_OPTIMIZERS_KEPT = 16
-_optimizers: collections.OrderedDict = collections.OrderedDict()
+_optimizers = BoundedCache(16)
 
 
 def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
@@ -42,13 +42,7 @@ def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformatio
     key = (config.to_json_best_effort(sort_keys=True), total_steps)
   except AttributeError:  # not a ConfigDict: built anew
     return build_optimizer(config, total_steps)
-  if key in _optimizers:
-    _optimizers.move_to_end(key)
-  else:
-    _optimizers[key] = build_optimizer(config, total_steps)
-    if len(_optimizers) > _OPTIMIZERS_KEPT:
-      _optimizers.popitem(last=False)
-  return _optimizers[key]
+  return _optimizers.get(key, lambda: build_optimizer(config, total_steps))
 
 
 def build_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:

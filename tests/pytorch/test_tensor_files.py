@@ -35,7 +35,7 @@ def _every_kind_of_tensor() -> dict[str, torch.Tensor]:
 def _assert_same(arrays: dict, tensors: dict) -> None:
   assert list(arrays) == list(tensors)
   for name, tensor in tensors.items():
-    expected = tensor_files.torch_to_numpy(tensor)
+    expected = tensor_files.as_array(tensor)
     assert arrays[name].dtype == expected.dtype, name
     assert arrays[name].shape == expected.shape, name
     assert arrays[name].tobytes() == expected.tobytes(), name
@@ -69,7 +69,7 @@ def test_a_safetensors_file_reads_bit_for_bit_as_torch_reads_it(tmp_path):
   raw = read_checkpoint(tmp_path / "model.safetensors")
   assert raw.file_format == "safetensors"
   for name, tensor in tensors.items():
-    expected = tensor_files.torch_to_numpy(tensor)
+    expected = tensor_files.as_array(tensor)
     assert raw.tensors[name].dtype == expected.dtype
     assert raw.tensors[name].tobytes() == expected.tobytes()
 

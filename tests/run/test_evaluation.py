@@ -3,11 +3,10 @@ measures."""
 
 from __future__ import annotations
 
-import collections
-
 import jax
 import numpy as np
 
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.run import evaluation, setup as setup_lib
 from jackpot_jax.run.setup import magnitude_masks
 from jackpot_jax.search import steps
@@ -18,7 +17,7 @@ from conftest import setup_of, tiny_config
 def test_every_split_every_re_estimation_and_every_later_run_reuse_the_compiled_programs(
     tiny_job, monkeypatch):
   # A process that has built no program yet.
-  monkeypatch.setattr(setup_lib, "_programs", collections.OrderedDict())
+  monkeypatch.setattr(setup_lib, "_programs", BoundedCache(16))
   setup = setup_of(tiny_config(tiny_job))
   test, holdout = evaluation.Evaluator(setup), evaluation.Evaluator(setup, evaluation.HOLDOUT)
   assert test.accumulate is holdout.accumulate

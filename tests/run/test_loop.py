@@ -3,8 +3,7 @@ statics gets the same program, and any difference in what the step binds another
 
 from __future__ import annotations
 
-import collections
-
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.run import job, loop, parallel
 
 from conftest import setup_of, tiny_config
@@ -12,7 +11,7 @@ from conftest import setup_of, tiny_config
 
 def test_a_later_runs_equal_stage_gets_the_same_compiled_step_and_any_change_another(
     tiny_job, tmp_path, monkeypatch):
-  monkeypatch.setattr(loop, "_compiled_steps", collections.OrderedDict())
+  monkeypatch.setattr(loop, "_compiled_steps", BoundedCache(8))
 
   def compiled_step(config):
     setup = setup_of(config)

@@ -1,0 +1,28 @@
+"""Values built once per key and kept for the process's later uses, at most `limit` of
+them, the least recently used dropped first: compiled programs and what they bind, which
+a sweep's, a ladder's or a test session's later runs reuse instead of building again."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Hashable
+
+
+class BoundedCache:
+  """`get(key, build)`: the value kept for `key`, else `build()`, kept."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self._values: collections.OrderedDict = collections.OrderedDict()
+
+  def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+    if key in self._values:
+      self._values.move_to_end(key)
+    else:
+      self._values[key] = build()
+      if len(self._values) > self.limit:
+        self._values.popitem(last=False)
+    return self._values[key]
+
+  def __len__(self) -> int:
+    return len(self._values)
