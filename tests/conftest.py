@@ -55,25 +55,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import torch
 from flax import traverse_util
 
-from jackpot_jax import config_defaults, models
+from jackpot_jax import models
 from jackpot_jax.run import setup as setup_lib, spec as spec_lib, job
 from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
 from jackpot_jax.run import compilation_cache
-from torch_reference.torch_models import CifarResNet
+from torch_reference.tiny_job import TINY_DEPTH, TINY_MODEL, write_tiny_job
+from torch_reference.tiny_job import tiny_config  # noqa: F401 (the tests import it from here)
 
 # This process's entries too are written whole, so the commands its tests start (which
 # may be killed, or run two at a time) share its folder.
 compilation_cache.write_entries_atomically()
 
 
-# The tiny searches' model: the smallest CIFAR ResNet (one basic block a stage) has every
-# kind of layer ResNet-20 has (stem, strided blocks, 1x1 downsampling, classifier) in a
-# third of the convolutions, and its programs trace and compile in about half the time.
-TINY_DEPTH = 8
-TINY_MODEL = f"resnet{TINY_DEPTH}"
 TINY_CHECKPOINT = f"{TINY_MODEL}.pth"
 
 
@@ -305,38 +300,7 @@ def tiny_search() -> TinySearch:
 def tiny_job(tmp_path_factory):
   """Random ResNet-8 (`TINY_CHECKPOINT`) and ResNet-20 checkpoints (1 input channel) and a
   10-class 8x8 npz dataset: 80 training images, of which `tiny_config` holds 16 out."""
-  root = tmp_path_factory.mktemp("job")
-  rng = np.random.default_rng(0)
-  arrays = {"x_train": rng.integers(0, 256, (80, 8, 8, 1), dtype=np.uint8),
-            "y_train": np.arange(80) % 10, "x_test": rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8),
-            "y_test": np.arange(20) % 10}
-  np.savez(root / "data.npz", **arrays)
-  for depth in (TINY_DEPTH, 20):
-    torch.manual_seed(0)
-    net = CifarResNet(depth, num_classes=10, in_channels=1)
-    torch.save(net.state_dict(), root / f"resnet{depth}.pth")
-  return root
-
-
-def tiny_config(root: Path, model: str = TINY_MODEL) -> ml_collections.ConfigDict:
-  """Six search steps of 16 of the 64 searched examples of `tiny_job`, evaluations on the
-  16 held-out ones, checkpoints every 2 steps; `model` 'resnet20' for the deeper network."""
-  config = config_defaults.base_config()
-  config.model.name = model
-  config.model.checkpoint = str(root / f"{model}.pth")
-  config.data.name = f"npz:{root / 'data.npz'}"
-  config.data.mean, config.data.std = (0.5,), (0.25,)
-  config.data.holdout_images = 16
-  # Torch's default init scales weights by 1/sqrt(fan_in), so a global l1 threshold on a
-  # random network would empty the widest layers; trained networks do not look like that.
-  config.search.sparsity_plan = "uniform"
-  config.search.batch_size = 16
-  config.search.num_epochs = 1.5
-  config.eval.batch_size = 8
-  config.checkpoint.every_steps = 2
-  config.log_every_steps = 1
-  config.progress_bar = False
-  return config
+  return write_tiny_job(tmp_path_factory.mktemp("job"), (TINY_DEPTH, 20))
 
 
 def tiny_overrides(root: Path) -> list[str]:
