@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jackpot_jax import config_files, entrypoint, fileio
-from jackpot_jax.run import spec as spec_lib, job
+from jackpot_jax.run import spec as spec_lib, job, program_memory
 from jackpot_jax.run import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -47,15 +47,16 @@ def config_source() -> dict:
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   """A search (resumed if the sub-workdir already holds one) and its report.
 
-  JAX's compiled programs are dropped afterwards: an experiment runs dozens of searches
-  in one process, and each search's XLA:CPU programs keep thousands of memory mappings
-  that would otherwise reach `vm.max_map_count` and segfault a later compile
+  The compiled programs stay for the next search (of the same model, most are the same)
+  until the process holds half of `vm.max_map_count`'s memory mappings: an experiment runs
+  dozens of searches in one process, and each search's XLA:CPU programs keep thousands of
+  mappings that would otherwise reach the limit and segfault a later compile
   (docs/guarantees.md, "Many searches in one process").
   """
   try:
     return job.search_and_evaluate(config, workdir)
   finally:
-    jax.clear_caches()
+    program_memory.release_if_crowded()
 
 
 def finished_report(config: ml_collections.ConfigDict, workdir: Path) -> dict | None:

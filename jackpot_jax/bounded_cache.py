@@ -5,7 +5,10 @@ a sweep's, a ladder's or a test session's later runs reuse instead of building a
 from __future__ import annotations
 
 import collections
+import weakref
 from typing import Any, Callable, Hashable
+
+_ALL: weakref.WeakSet = weakref.WeakSet()
 
 
 class BoundedCache:
@@ -14,6 +17,7 @@ class BoundedCache:
   def __init__(self, limit: int):
     self.limit = limit
     self._values: collections.OrderedDict = collections.OrderedDict()
+    _ALL.add(self)
 
   def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
     if key in self._values:
@@ -26,3 +30,13 @@ class BoundedCache:
 
   def __len__(self) -> int:
     return len(self._values)
+
+  def clear(self) -> None:
+    self._values.clear()
+
+
+def clear_all() -> None:
+  """Empties every cache of the process (`run.program_memory`: compiled programs hold
+  memory mappings, of which a process may have only so many)."""
+  for cache in list(_ALL):
+    cache.clear()

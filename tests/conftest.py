@@ -5,10 +5,11 @@ from __future__ import annotations
 import atexit
 import fcntl
 import functools
-import gc
+import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,7 @@ from flax import traverse_util
 from jackpot_jax import models
 from jackpot_jax.run import setup as setup_lib, spec as spec_lib, job
 from jackpot_jax.search import optim, scores as scores_lib, sparsity, steps
-from jackpot_jax.run import compilation_cache
+from jackpot_jax.run import compilation_cache, program_memory
 from torch_reference.tiny_job import TINY_DEPTH, TINY_MODEL, write_tiny_job
 from torch_reference.tiny_job import tiny_config  # noqa: F401 (the tests import it from here)
 
@@ -213,13 +214,36 @@ def no_thread_outlives_its_test():
 _EIGHT_DEVICE_CHILD = "JACKPOT_TEST_EIGHT_DEVICE_CHILD"
 
 
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
+
+
 def pytest_configure(config):
+  # Files are handed to the workers in the order `pytest_collection_modifyitems` sets, not
+  # xdist's own (most tests first, which left the one-test whole-job files for the end).
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
   config.addinivalue_line(
       "markers", "eight_devices: needs 8 devices; where this process has fewer, the test runs "
       "in a child pytest on 8 simulated CPU devices")
   config.addinivalue_line(
       "markers", "optimized_programs: compiles with all of XLA's optimizations, it and the "
       "commands it starts: the test spends its time running its programs, not compiling them")
+
+
+def pytest_collection_modifyitems(config, items):
+  """The longest test files first (`file_seconds.json`: each file's seconds in a measured
+  run; `bash benchmarks/suite_time.sh --record` measures them again; a file not listed
+  counts as the median): the workers take whole files in this order, so the session ends
+  on short files, not with one worker idle while the other runs a minute-long one. The
+  order within a file is kept."""
+  del config
+  seconds = json.loads(FILE_SECONDS.read_text())
+  typical = statistics.median(seconds.values())
+  first_seen: dict[str, int] = {}
+  for item in items:
+    first_seen.setdefault(item.location[0], len(first_seen))
+  items.sort(key=lambda item: (-seconds.get(item.location[0], typical),
+                               first_seen[item.location[0]]))
 
 
 @pytest.fixture(autouse=True)
@@ -260,35 +284,15 @@ def pytest_pyfunc_call(pyfuncitem):
   return True
 
 
-def _memory_mappings() -> int | None:
-  try:
-    with open("/proc/self/maps", "rb") as maps:
-      return sum(1 for _ in maps)
-  except OSError:
-    return None
-
-
-def _max_memory_mappings() -> int:
-  try:
-    return int(Path("/proc/sys/vm/max_map_count").read_text())
-  except (OSError, ValueError):
-    return 65530
-
-
 @pytest.fixture(autouse=True)
 def compiled_programs_released_before_the_mapping_limit():
-  """Drops JAX's in-memory compilation caches after a test once this process holds half of
-  Linux's vm.max_map_count memory mappings (or after every test where they cannot be
-  counted). Each compiled XLA:CPU executable holds its own mappings (3,000-6,000 per
-  search); kept for the whole session they reached the limit (65,530) at about the 250th
-  test, where the next compile's mmap failed and XLA crashed with a segfault. Below half
-  the limit the programs stay, so the next test that runs the same ones does not trace and
-  load them again."""
+  """Drops the compiled programs this process keeps after a test once it holds half of
+  Linux's vm.max_map_count memory mappings (`run/program_memory.py`). Kept for the whole
+  session they reached the limit (65,530) at about the 250th test, where the next
+  compile's mmap failed and XLA crashed with a segfault. Below half the limit the programs
+  stay, so the next test that runs the same ones does not trace and load them again."""
   yield
-  mappings = _memory_mappings()
-  if mappings is None or mappings > _max_memory_mappings() // 2:
-    jax.clear_caches()
-    gc.collect()
+  program_memory.release_if_crowded()
 
 
 @pytest.fixture(scope="session")
