@@ -37,13 +37,34 @@ def one_device_state(tiny_job, tmp_path_factory):
   return final_search_state(config, workdir)
 
 
-def test_eight_devices_give_the_one_device_scores(tiny_job, tmp_path, one_device_state):
-  config = tiny_config(tiny_job)
-  job.search_and_evaluate(_on(config, 8), tmp_path / "eight")
+@pytest.fixture(scope="module")
+def eight_device_run(tiny_job, tmp_path_factory):
+  """The workdir of an uninterrupted `tiny_config` search on eight devices."""
+  workdir = tmp_path_factory.mktemp("eight") / "run"
+  job.search_and_evaluate(_on(tiny_config(tiny_job), 8), workdir)
+  return workdir
+
+
+def test_eight_devices_give_the_one_device_scores(tiny_job, eight_device_run, one_device_state):
   one = one_device_state
-  eight = final_search_state(_on(config, 8), tmp_path / "eight")
+  eight = final_search_state(_on(tiny_config(tiny_job), 8), eight_device_run)
   assert int(one.step) == int(eight.step) == 6
   _assert_close(one, eight)
+
+
+def test_a_resumed_eight_device_search_ends_bitwise_equal_to_an_uninterrupted_one(
+    tiny_job, eight_device_run, tmp_path):
+  config = _on(tiny_config(tiny_job), 8)
+  assert job.search_and_evaluate(config, tmp_path / "resumed", stop_after=3) == {
+      "stopped_at": 3}
+  job.search_and_evaluate(config, tmp_path / "resumed")
+  straight = final_search_state(config, eight_device_run)
+  resumed = final_search_state(config, tmp_path / "resumed")
+  assert int(straight.step) == int(resumed.step) == 6
+  for a, b in zip(jax.tree.leaves((straight.scores, straight.masks, straight.batch_stats)),
+                  jax.tree.leaves((resumed.scores, resumed.masks, resumed.batch_stats)),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
