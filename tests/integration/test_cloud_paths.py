@@ -26,8 +26,9 @@ from conftest import TINY_CHECKPOINT, tiny_overrides
 from gcs_emulator import closed_port_env, running_emulator
 from test_bad_inputs import CONFIG, REPO, assert_one_line_error
 
-# Long enough that a kill after the first checkpoint lands mid-run: 24 steps, 12 saves.
-LONG_SEARCH = ["--config.search.num_epochs=6", "--config.checkpoint.every_steps=2"]
+# Long enough that a kill after the first checkpoint lands mid-run: 12 steps, 6 saves (a
+# save to the bucket takes longer than the poll that sees the first one and the kill).
+LONG_SEARCH = ["--config.search.num_epochs=3", "--config.checkpoint.every_steps=2"]
 
 
 def _command(args: list[str]) -> list[str]:
@@ -91,7 +92,7 @@ def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_
     # The search may have committed more steps between the poll and the kill.
     step = max(int(found[1]) for name in gcs.names()
                if (found := re.fullmatch(_COMMITTED, name)))
-    assert step < 24
+    assert step < 12
 
     resumed = _run([*search, "--config.profile_steps=5,6", "--verbosity=0"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -106,7 +107,7 @@ def test_search_kill_resume_evaluate_export_with_a_bucket_workdir(tiny_job, tmp_
     names = gcs.names()
     report = json.loads(gcs.read("run/report.json"))
     exported_state = torch.load(io.BytesIO(gcs.read("export/jackpot.pth")), weights_only=True)
-  for expected in ("run/config.json", "run/report.md", "run/checkpoints/24/commit_success.txt"):
+  for expected in ("run/config.json", "run/report.md", "run/checkpoints/12/commit_success.txt"):
     assert expected in names, names
   assert any(n.startswith("run/tensorboard/events.out.tfevents.") for n in names), names
   assert any(n.startswith("run/profile/") for n in names), names
