@@ -135,9 +135,17 @@ def topk_masks(rankings: list, keep_counts: list, method: str | None = None) -> 
     if method is not None:
       flat = TOPK_METHODS[method](*args)
     else:
-      branches = {platform: functools.partial(TOPK_METHODS[name], *args)
-                  for platform, name in TOPK_METHOD_BY_PLATFORM.items()}
-      flat = lax.platform_dependent(default=branches["cpu"], **branches)
+      # One branch per distinct method: JAX traces and lowers every branch it is given
+      # (the same partial for two platforms counts once), so one method everywhere is a
+      # plain call, not a switch over five copies of it.
+      by_method = {name: functools.partial(TOPK_METHODS[name], *args)
+                   for name in set(TOPK_METHOD_BY_PLATFORM.values())}
+      if len(by_method) == 1:
+        flat = next(iter(by_method.values()))()
+      else:
+        flat = lax.platform_dependent(
+            default=by_method[TOPK_METHOD_BY_PLATFORM["cpu"]],
+            **{platform: by_method[name] for platform, name in TOPK_METHOD_BY_PLATFORM.items()})
     for i, mask in zip(selected, flat):
       masks[i] = mask.reshape(rankings[i].shape)
   return masks

@@ -68,6 +68,33 @@ def test_every_exact_topk_method_matches_lax_top_k_bit_for_bit(method, seed, jit
       np.testing.assert_array_equal(np.asarray(mask).reshape(-1), expected)
 
 
+@pytest.mark.parametrize("by_platform", [
+    {"cpu": "bisection", "cuda": "bisection", "rocm": "bisection", "tpu": "bisection"},
+    {"cpu": "bisection", "cuda": "sort", "rocm": "sort", "tpu": "top_k"}])
+def test_the_platform_choice_traces_each_chosen_method_once(by_platform, monkeypatch):
+  """A switch over platforms traces every branch it is given: each chosen method is traced
+  once, however many platforms share it."""
+  traced = []
+
+  def counted(name):
+    method = masking.TOPK_METHODS[name]
+
+    def trace(*args):
+      traced.append(name)
+      return method(*args)
+    return trace
+
+  monkeypatch.setattr(masking, "TOPK_METHOD_BY_PLATFORM", by_platform)
+  monkeypatch.setattr(masking, "TOPK_METHODS",
+                      {name: counted(name) for name in masking.TOPK_METHODS})
+  layers = _tie_heavy_layers(2)
+  keep_counts = [layer.size // 3 for layer in layers]
+  chosen = jax.jit(lambda ls: masking.topk_masks(ls, keep_counts))(layers)
+  assert sorted(traced) == sorted(set(by_platform.values()))
+  for mask, expected in zip(chosen, masking.topk_masks(layers, keep_counts, "top_k")):
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(expected))
+
+
 def test_platform_choice_is_an_exact_method_for_every_platform():
   assert set(masking.TOPK_METHOD_BY_PLATFORM.values()) <= set(masking.TOPK_METHODS)
   layers = _tie_heavy_layers(3)
