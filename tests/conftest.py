@@ -316,7 +316,7 @@ def tiny_overrides(root: Path) -> list[str]:
           "--config.search.sparsity_plan=uniform",
           "--config.search.batch_size=16", "--config.search.num_epochs=1.5",
           "--config.eval.batch_size=8", "--config.checkpoint.every_steps=2",
-          "--config.progress_bar=False", "--config.mesh.num_devices=1"]
+          "--config.progress_bar=False"]
 
 
 def setup_of(config: ml_collections.ConfigDict) -> setup_lib.SearchSetup:
