@@ -243,5 +243,7 @@ def criterion_masks(criterion: str, *, model, params, batch_stats, plan: Sparsit
                                          plan=plan, batches=batches, input_shape=input_shape,
                                          rng=rng))
   rules = traverse_util.flatten_dict(plan.keep_counts())
+  # One compiled program for every layer (kept for the next criterion with these counts):
+  # op by op, each layer's selection lowered its own dozen small programs, per criterion.
   return traverse_util.unflatten_dict(
-      {k: masking.select_mask(saliency[k], rules[k]) for k in saliency})
+      masking.compiled_masks(dict(saliency), {k: rules[k] for k in saliency}))
