@@ -83,8 +83,8 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> RawCheckpo
     where = str(path)
   state, wrapper = _unwrap(content, where)
   state, prefix = _strip_prefixes(state)
-  return RawCheckpoint({name: tensor_files.as_array(tensor) for name, tensor in state.items()}, wrapper,
-                       prefix, file_format)
+  return RawCheckpoint({name: tensor_files.as_array(tensor) for name, tensor in state.items()},
+                       wrapper, prefix, file_format)
 
 
 def _load_folder(folder: fileio.AnyPath) -> tuple[dict[str, Any], str]:
