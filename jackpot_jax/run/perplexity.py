@@ -29,6 +29,7 @@ import optax
 from jax.sharding import Mesh
 
 from jackpot_jax import config_defaults, data as data_lib, dispatch
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.data import text
 from jackpot_jax.data.config import TEXT_KINDS, DataSpec, as_spec
 from jackpot_jax.run import parallel
@@ -62,11 +63,13 @@ def nll_sums(params: PyTree, masks: PyTree | None, batch: Mapping[str, jax.Array
           "tokens": jnp.sum(weights, dtype=jnp.int32)}
 
 
-@functools.lru_cache(maxsize=8)
+# `nll_sums` of each model, jitted once: a search measures held-out perplexity at every
+# evaluation, and a new jit per call would trace and compile it each time.
+_nll_steps = BoundedCache(8)
+
+
 def _nll_step(model: nn.Module):
-  """`nll_sums` of `model`, jitted once per model: a search measures held-out perplexity
-  at every evaluation, and a new jit per call would trace and compile it each time."""
-  return jax.jit(functools.partial(nll_sums, model=model))
+  return _nll_steps.get(model, lambda: jax.jit(functools.partial(nll_sums, model=model)))
 
 
 def _check_model(spec: DataSpec, model: nn.Module) -> None:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.models.registry import torch_module_name
 
 PyTree = Any
@@ -322,13 +323,14 @@ def compiled_masks(scores: PyTree, keep_counts: PyTree, by_magnitude: bool = Fal
   The program is kept for the process's later calls with the same keep counts.
   """
   rules, treedef = jax.tree.flatten(keep_counts)
-  return _masks_program(treedef, tuple(rules), by_magnitude)(scores)
+  key = (treedef, tuple(rules), by_magnitude)
+  program = _masks_programs.get(key, lambda: jax.jit(functools.partial(
+      compute_masks, keep_counts=jax.tree.unflatten(treedef, rules), by_magnitude=by_magnitude)))
+  return program(scores)
 
 
-@functools.lru_cache(maxsize=16)
-def _masks_program(treedef: Any, rules: tuple, by_magnitude: bool):
-  return jax.jit(functools.partial(compute_masks, keep_counts=jax.tree.unflatten(treedef, rules),
-                                   by_magnitude=by_magnitude))
+# The masks programs of `compiled_masks`, by keep counts (their tree and leaves).
+_masks_programs = BoundedCache(16)
 
 
 @jax.custom_vjp

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.search import masking
 
 
@@ -182,7 +183,7 @@ def test_cap_flips_never_swaps_more_than_the_cap_and_keeps_the_count():
 
 
 def test_compiled_masks_trace_once_per_keep_counts_and_match_the_op_by_op_masks(monkeypatch):
-  masking._masks_program.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(masking, "_masks_programs", BoundedCache(16))
   traced = []
   real = masking.compute_masks
 
