@@ -53,8 +53,12 @@ def accumulator(fn: Callable[..., Any]) -> Callable[..., Any]:
   above. `frozen` arrays are arguments, not closures, so they are not baked into it.
   """
 
+  # `fn` jitted on its own as well: the first batch's program and the later batches' one
+  # then share its trace, rather than tracing the whole network twice.
+  value_of = jax.jit(fn)
+
   def add(total, frozen, batch):
-    value = fn(*frozen, batch)
+    value = value_of(*frozen, batch)
     return value if total is None else jax.tree.map(jnp.add, total, value)
 
   return jax.jit(add)

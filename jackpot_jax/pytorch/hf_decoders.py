@@ -143,8 +143,10 @@ def import_hf_decoder(folder: str | os.PathLike, *, dtype: str = "float32"
   config, model = _model(folder)
   weights = _read_weights(folder, model.hf_base_model)
   match = _match(model, weights, folder)
-  flat = {path: jnp.asarray(to_flax(_float32(weights.tensors[source.key]), source.transform),
-                           dtype)
+  # Cast on the host and device_put: jnp.asarray stages each array through a small
+  # program compiled (or loaded) per shape and dtype.
+  flat = {path: jax.device_put(np.asarray(to_flax(_float32(weights.tensors[source.key]),
+                                                  source.transform), jnp.dtype(dtype)))
           for path, source in match.params.items()}
   return model, traverse_util.unflatten_dict(flat), config
 

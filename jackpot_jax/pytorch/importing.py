@@ -22,7 +22,6 @@ registered model (block indices aside) says which, so a wrong model name reads a
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 import re
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.errors import CheckpointMismatchError
 from jackpot_jax.pytorch.layout import (CheckpointLayout, TensorSource, Transform, to_flax,
                                         torch_shape)
@@ -131,7 +131,9 @@ def import_torch(source: str | os.PathLike | Mapping[str, Any], model_name: str,
   sha256 = weights_sha256({s.key: raw.tensors[s.key] for s in theirs if s.role == "variable"})
   layout = CheckpointLayout(model_name, num_classes, model_kwargs, theirs, raw.wrapper,
                             raw.prefix, raw.file_format, sha256)
-  flat = {s.target: jnp.asarray(to_flax(_float32(renamed.tensors[s.key]), s.transform))
+  # device_put, not jnp.asarray: that stages each array through a small program compiled
+  # (or loaded) per shape, a dozen or hundreds of them at a process's start.
+  flat = {s.target: jax.device_put(to_flax(_float32(renamed.tensors[s.key]), s.transform))
           for s in sources if s.role == "variable"}
   if missing:
     flat = {**_initial_variables(model, input_shape), **flat}
@@ -249,13 +251,29 @@ def _input_shape(spec: ModelSpec, model: nn.Module, tensors: Mapping[str, np.nda
 
 def _variable_shapes(model: nn.Module, input_shape: tuple[int, ...]
                      ) -> dict[FlaxPath, tuple[int, ...]]:
-  """Flattened Flax path -> shape, traced abstractly so nothing is computed."""
-  init = functools.partial(model.init, train=False)
-  abstract = jax.eval_shape(init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
-  flat = traverse_util.flatten_dict({c: abstract[c] for c in VARIABLE_COLLECTIONS
-                                     if c in abstract})
-  return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+  """Flattened Flax path -> shape, traced abstractly so nothing is computed; kept for the
+  process's later imports of an equal model (`_shapes`)."""
+  def trace() -> dict[FlaxPath, tuple[int, ...]]:
+    def init(inputs):  # the key made inside the trace: made outside, it is a program run
+      return model.init(jax.random.key(0), inputs, train=False)
+
+    abstract = jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    flat = traverse_util.flatten_dict({c: abstract[c] for c in VARIABLE_COLLECTIONS
+                                       if c in abstract})
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+  try:
+    key = (model, tuple(input_shape))
+    hash(key)
+  except TypeError:  # a model with an unhashable field: traced for this call alone
+    return trace()
+  return dict(_shapes.get(key, trace))
+
+
+# `_variable_shapes` by model (Flax modules compare by their fields) and input shape: a
+# sweep's or a test session's later imports, and the look-alike search of an error
+# message (every registered model), trace each model once, not once per import.
+_shapes = BoundedCache(64)
 
 
 def _initial_variables(model: nn.Module, input_shape: tuple[int, ...]

@@ -85,7 +85,9 @@ class ProgressLogger:
     """
     self.is_writer = jax.process_index() == 0
     self.directory = workdir / "tensorboard"
-    self.phase, self.batch_size, self.learning_rate = phase, batch_size, learning_rate
+    self.phase, self.batch_size = phase, batch_size
+    # Jitted: an optax schedule run op by op compiles (or loads) a program per operation.
+    self.learning_rate = None if learning_rate is None else jax.jit(learning_rate)
     self.speed_key = f"{examples}_per_second"
     self.bar = None
     self.writer = None

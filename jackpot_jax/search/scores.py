@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from jackpot_jax.bounded_cache import BoundedCache
 from jackpot_jax.search import masking
 from jackpot_jax.registry import Registry
 from jackpot_jax.search.sparsity import PrunableLayer, SparsityPlan
@@ -219,10 +220,32 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
   flat_params = traverse_util.flatten_dict(params)
   kernels = [jnp.asarray(flat_params[layer.path + ("kernel",)]) for layer in plan.masked_layers]
   # One compiled program for all layers: op by op, every layer shape compiles its own.
-  scores = jax.jit(functools.partial(_layer_scores, plan=plan, init=init,
-                                     fan_ins=dict(fan_ins or {})))(kernels, rng)
+  fan_ins = dict(fan_ins or {})
+
+  def build():
+    return jax.jit(functools.partial(_layer_scores, plan=plan, init=init, fan_ins=fan_ins))
+
+  try:
+    program = _init_programs.get((init, _plan_key(plan), tuple(sorted(fan_ins.items()))),
+                                 build)
+  except TypeError:  # an unhashable plan field: compiled for this call alone
+    program = build()
+  scores = program(kernels, rng)
   return traverse_util.unflatten_dict(
       {layer.path + ("kernel",): score for layer, score in zip(plan.masked_layers, scores)})
+
+
+def _plan_key(plan: SparsityPlan) -> tuple:
+  """A hashable key equal for equal plans (every field, the prune counts as items)."""
+  return tuple((field.name, tuple(sorted(value.items())) if isinstance(value, Mapping)
+                else value)
+               for field in dataclasses.fields(plan)
+               for value in [getattr(plan, field.name)])
+
+
+# `init_scores`' programs by init function, plan and fan-ins: the magnitude baseline and the
+# search's first state, and a sweep's or a test session's later runs, trace each once.
+_init_programs = BoundedCache(16)
 
 
 def _layer_scores(kernels: list, rng: jax.Array, *, plan: SparsityPlan, init: Callable,

@@ -17,6 +17,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jackpot_jax.search import block_targets, masking, schedules
@@ -80,7 +81,8 @@ def init_search_state(scores: PyTree, keep_counts: PyTree, batch_stats: PyTree,
                       tx: optax.GradientTransformation,
                       rank_by_magnitude: bool = False) -> SearchState:
   """Optimizer state exists for the scores only: frozen weights get no moments."""
-  return SearchState(step=jnp.zeros((), jnp.int32), scores=scores,
+  # device_put: jnp.zeros would compile (or load) two small programs for a scalar.
+  return SearchState(step=jax.device_put(np.int32(0)), scores=scores,
                      masks=masking.compiled_masks(scores, keep_counts, rank_by_magnitude),
                      opt_state=tx.init(scores), batch_stats=batch_stats)
 
