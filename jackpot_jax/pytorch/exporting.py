@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import numpy as np
-import torch
 from flax import traverse_util
-from safetensors.torch import save_file as save_safetensors
 
 from jackpot_jax import fileio
 from jackpot_jax.fileio import atomic_path
@@ -36,6 +34,9 @@ from jackpot_jax.errors import CheckpointMismatchError
 from jackpot_jax.pytorch.importing import ImportedModel
 from jackpot_jax.pytorch.layout import CheckpointLayout, TensorSource, by_key, to_torch
 from jackpot_jax.pytorch.masks_file import write_masks_file
+
+if TYPE_CHECKING:
+  import torch
 
 PyTree = Any
 FlaxPath = tuple[str, ...]
@@ -129,7 +130,7 @@ def _key_entries(parts: tuple[TensorSource, ...], variables: Mapping[FlaxPath, A
   entries = [_export_entries(s, variables, m, scores, prune) for s, m in zip(parts, torch_masks)]
   if len(entries) == 1:
     return entries[0]
-  return {name: torch.cat([entry[name] for entry in entries]) for name in entries[0]}
+  return {name: _torch().cat([entry[name] for entry in entries]) for name in entries[0]}
 
 
 def _export_entries(source: TensorSource, variables: Mapping[FlaxPath, Any],
@@ -137,7 +138,7 @@ def _export_entries(source: TensorSource, variables: Mapping[FlaxPath, Any],
                     prune: bool) -> dict[str, torch.Tensor]:
   """The checkpoint entries one source tensor turns into (two for a pruned weight)."""
   if source.role == "counter":
-    return {source.key: torch.tensor(source.value, dtype=getattr(torch, source.dtype))}
+    return {source.key: _torch().tensor(source.value, dtype=getattr(_torch(), source.dtype))}
   if source.role == "variable":
     return _variable_entries(source, variables, torch_mask, prune)
   return {source.key: _tensor(_jackpot_value(source, scores, torch_mask), source.dtype)}
@@ -178,9 +179,16 @@ def _jackpot_value(source: TensorSource, scores: Mapping[FlaxPath, np.ndarray],
   return torch_score
 
 
+def _torch():
+  """PyTorch, imported for its formats only: a masks file is written without it (PyTorch
+  adds a second and a half to a process's start)."""
+  import torch  # pylint: disable=import-outside-toplevel,redefined-outer-name
+  return torch
+
+
 def _tensor(value: np.ndarray, dtype: str) -> torch.Tensor:
   # A copy: arrays from JAX are read-only, which torch.from_numpy warns about.
-  return torch.from_numpy(np.array(value, order="C")).to(getattr(torch, dtype))
+  return _torch().from_numpy(np.array(value, order="C")).to(getattr(_torch(), dtype))
 
 
 def _write(tensors: dict[str, torch.Tensor], layout: CheckpointLayout, path: Path,
@@ -189,8 +197,9 @@ def _write(tensors: dict[str, torch.Tensor], layout: CheckpointLayout, path: Pat
     tensors = {layout.prefix + key: value for key, value in tensors.items()}
   with atomic_path(path) as temporary:
     if path.suffix == ".safetensors":
-      save_safetensors(tensors, temporary)
+      from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
+      save_file(tensors, temporary)
     elif layout.wrapper and not clean_keys:
-      torch.save({layout.wrapper: tensors}, temporary)
+      _torch().save({layout.wrapper: tensors}, temporary)
     else:
-      torch.save(tensors, temporary)
+      _torch().save(tensors, temporary)

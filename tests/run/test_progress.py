@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jackpot_jax.run import profiling, job
-from conftest import REPO, tiny_config
+from conftest import REPO, TINY_CHECKPOINT, TINY_MODEL, tiny_config
 
 
 def test_search_and_tuning_log_speed_learning_rate_and_window_means(tiny_job, tmp_path):
@@ -45,17 +45,25 @@ def test_profile_steps_must_be_a_range_of_steps(text):
     profiling.parse_profile_steps(text)
 
 
-def test_the_search_commands_and_their_event_writer_do_without_torch(tmp_path):
+def test_the_search_commands_their_event_writer_and_a_masks_export_do_without_torch(
+    tiny_job, tmp_path):
   """A search process reads its checkpoint and writes its events without importing torch
-  (1.5 s a process), though torch is installed: only export writes PyTorch's format."""
+  (1.5 s a process), though torch is installed: only an export in PyTorch's formats needs
+  it, not a masks file."""
   script = f"""
 import sys
 from pathlib import Path
-from jackpot_jax import cli
+from flax import traverse_util
+from jackpot_jax import cli, pytorch
 from jackpot_jax.run import job, progress, workdir_export
 with progress.ProgressLogger(Path({str(tmp_path)!r}), 2, 0, False) as logger:
   logger.scalars(1, {{"search/loss": 0.5}})
 assert "tensorboardX" in sys.modules
+imported = pytorch.import_torch({str(tiny_job / TINY_CHECKPOINT)!r}, {TINY_MODEL!r}, 10)
+flat = traverse_util.flatten_dict(imported.variables["params"])
+masks = traverse_util.unflatten_dict({{k: v > 0 for k, v in flat.items() if k[-1] == "kernel"}})
+pytorch.export_torch(imported, imported.variables, masks, {str(tmp_path / "masks.npz")!r},
+                     format="masks")
 print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
 """
   done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
@@ -63,3 +71,4 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "[]"
   assert list((tmp_path / "tensorboard").iterdir())
+  assert (tmp_path / "masks.npz").stat().st_size > 0
