@@ -19,7 +19,15 @@ import time
 # Tests run on the CPU with 8 simulated devices available for the multi-device cases;
 # single-device tests use only the first.
 EIGHT_CPU_DEVICES = "--xla_force_host_platform_device_count=8"
-os.environ.setdefault("XLA_FLAGS", EIGHT_CPU_DEVICES)
+# XLA:CPU's older fusion code generator: the same programs, compiled in about a third of the
+# time (benchmarks/xla_cpu_flags.py), which most of the suite's programs spend more on than
+# on running. Numbers may differ from the default generator's in the last bit; every
+# process of the session uses it, so runs compared bit for bit compile alike.
+FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", f"{EIGHT_CPU_DEVICES} {FAST_COMPILE}")
+# The XLA_FLAGS of the commands the tests start: the session's, on one device.
+CHILD_XLA_FLAGS = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
+                         os.environ["XLA_FLAGS"]).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Half of the suite's time was XLA compiling: the tests (and the commands they start, which
 # inherit this) compile without LLVM's expensive optimizations, as JAX offers for programs

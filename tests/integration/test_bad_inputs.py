@@ -28,7 +28,7 @@ from jackpot_jax import cli, config_files
 from jackpot_jax.run import evaluation, job, workdir as workdir_lib
 from torch_reference.torch_models import CifarResNet
 
-from conftest import TINY_CHECKPOINT, TINY_MODEL, setup_of, tiny_config, tiny_overrides
+from conftest import CHILD_XLA_FLAGS, TINY_CHECKPOINT, TINY_MODEL, setup_of, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = f"--config={REPO / 'configs' / 'default.py'}"
@@ -56,7 +56,8 @@ def run_in_process(args: list[str]) -> tuple[int, str]:
 
 def run_subprocess(args: list[str], devices: int = 1, timeout: int = 240) -> tuple[int, str]:
   """The real command in a subprocess: (exit status, stderr)."""
-  xla_flags = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+  xla_flags = (f"{CHILD_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+               if devices > 1 else CHILD_XLA_FLAGS)
   env = dict(os.environ, XLA_FLAGS=xla_flags, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run([sys.executable, "-m", "jackpot_jax", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

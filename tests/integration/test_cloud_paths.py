@@ -22,7 +22,7 @@ from PIL import Image
 import pytest
 import torch
 
-from conftest import TINY_CHECKPOINT, tiny_overrides
+from conftest import CHILD_XLA_FLAGS, TINY_CHECKPOINT, tiny_overrides
 from gcs_emulator import closed_port_env, running_emulator
 from test_bad_inputs import CONFIG, REPO, assert_one_line_error
 
@@ -41,7 +41,7 @@ def _run(args: list[str], env: dict, cwd: Path, timeout: int = 300) -> subproces
 
 
 def _child_env(gcs_env: dict) -> dict:
-  return {**os.environ, **gcs_env, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": ""}
+  return {**os.environ, **gcs_env, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": CHILD_XLA_FLAGS}
 
 
 def _search_flags(job: Path, checkpoint: str) -> list[str]:

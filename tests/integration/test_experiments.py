@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import tiny_overrides
+from conftest import CHILD_XLA_FLAGS, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=CHILD_XLA_FLAGS)
   return subprocess.run([sys.executable, str(REPO / "experiments" / name), *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
 

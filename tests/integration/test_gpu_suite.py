@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import CHILD_XLA_FLAGS
+
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "benchmarks" / "gpu_suite.sh"
 TABLE = REPO / "benchmarks" / "gpu_suite_table.py"
@@ -87,7 +89,7 @@ def test_failed_runs_are_named_in_one_line_and_the_rest_still_tabled(tmp_path):
 
 
 def test_smoke_suite_runs_every_benchmark_and_prints_the_table(tmp_path):
-  env = dict(os.environ, PYTHON=sys.executable, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, PYTHON=sys.executable, XLA_FLAGS=CHILD_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("OUT", None)
   done = subprocess.run(["bash", str(SUITE), "--smoke", f"--out={tmp_path}"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=1500)

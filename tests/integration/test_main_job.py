@@ -18,7 +18,7 @@ from jackpot_jax import cli
 from jackpot_jax.run import job, workdir_export
 from torch_reference.torch_models import CifarResNet
 
-from conftest import TINY_CHECKPOINT, TINY_DEPTH, TINY_MODEL, final_search_state, tiny_config
+from conftest import CHILD_XLA_FLAGS, TINY_CHECKPOINT, TINY_DEPTH, TINY_MODEL, final_search_state, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,7 +139,7 @@ def test_workdir_with_other_config_is_refused_unless_forced(tiny_job, finished_t
 
 
 def _cli(*args, cwd=REPO):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=CHILD_XLA_FLAGS)
   return subprocess.run([sys.executable, "-m", "jackpot_jax", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
 

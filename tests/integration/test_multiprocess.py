@@ -13,7 +13,7 @@ import numpy as np
 
 from jackpot_jax.run import job
 
-from conftest import final_search_state, tiny_config, tiny_overrides
+from conftest import CHILD_XLA_FLAGS, final_search_state, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def test_two_process_run_matches_single_process(tiny_job, tmp_path):
   overrides = tiny_overrides(tiny_job)  # the flags that compute what tiny_config does
   # Both processes read and write the test session's compilation cache: each entry is
   # written whole (through a rename), so neither reads the other's half-written program.
-  env = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, XLA_FLAGS=CHILD_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="3")
   processes = [subprocess.Popen(
       [sys.executable, "-m", "jackpot_jax", "search", "--config=configs/default.py",
        f"--workdir={workdir}", f"--coordinator_address=localhost:{port}", "--num_processes=2",

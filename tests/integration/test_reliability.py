@@ -27,7 +27,7 @@ from jackpot_jax.run import (checkpointing, progress, report as report_lib, setu
 from jackpot_jax.search import steps
 from jackpot_jax.pytorch import export_torch
 
-from conftest import final_search_state, setup_of, tiny_config, tiny_overrides
+from conftest import CHILD_XLA_FLAGS, final_search_state, setup_of, tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "jackpot_jax"
@@ -40,7 +40,7 @@ def _search_command(job: Path, workdir: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict:
-  return dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+  return dict(os.environ, XLA_FLAGS=CHILD_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def _steps_on_disk(directory: Path) -> list[int]:

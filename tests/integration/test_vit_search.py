@@ -15,6 +15,8 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 import transformers  # noqa: E402  (a test requirement: never skipped)
 
+from conftest import CHILD_XLA_FLAGS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,7 +31,7 @@ def _tiny_hf_vit(image_size: int) -> "transformers.ViTForImageClassification":
 
 
 def _cli(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=CHILD_XLA_FLAGS)
   return subprocess.run([sys.executable, "-m", "jackpot_jax", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
 

@@ -14,7 +14,7 @@ import pytest
 
 from jackpot_jax.run import compilation_cache
 
-from conftest import REPO
+from conftest import CHILD_XLA_FLAGS, REPO
 from gcs_emulator import running_emulator
 
 _CACHE_HITS = "/jax/compilation_cache/cache_hits"
@@ -165,7 +165,7 @@ def _child_hits(folder: str, env: dict) -> int:
 
 
 def test_a_local_folder_is_written_by_one_process_and_read_by_the_next(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, XLA_FLAGS=CHILD_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="3")
   folder = str(tmp_path / "xla")
   assert _child_hits(folder, env) == 0
   assert _child_hits(folder, env) > 0
@@ -173,7 +173,7 @@ def test_a_local_folder_is_written_by_one_process_and_read_by_the_next(tmp_path)
 
 def test_a_bucket_folder_is_written_by_one_process_and_read_by_the_next():
   with running_emulator("bucket") as gcs:
-    env = {**os.environ, **gcs.env(), "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **gcs.env(), "XLA_FLAGS": CHILD_XLA_FLAGS, "TF_CPP_MIN_LOG_LEVEL": "3"}
     assert _child_hits("gs://bucket/xla", env) == 0
     assert [n for n in gcs.names() if n.startswith("xla/") and n.endswith("-cache")]
     assert _child_hits("gs://bucket/xla", env) > 0

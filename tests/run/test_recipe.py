@@ -19,7 +19,7 @@ import pytest
 from jackpot_jax.run import evaluation, setup as setup_lib, spec as spec_lib, job
 from jackpot_jax.search import masking, schedules, scores as scores_lib, steps
 
-from conftest import (TinySearch, assert_refused_in_one_line, final_search_state, setup_of,
+from conftest import (CHILD_XLA_FLAGS, TinySearch, assert_refused_in_one_line, final_search_state, setup_of,
                       sgd_config, tiny_config, tiny_overrides)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -326,7 +326,7 @@ def test_reestimated_bn_statistics_are_what_the_jackpot_is_selected_reported_and
 
 
 def test_bad_distill_weight_exits_2_in_one_line_through_the_command(tiny_job, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, XLA_FLAGS=CHILD_XLA_FLAGS, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(
       [sys.executable, "-m", "jackpot_jax", "search", f"--config={REPO / 'configs' / 'default.py'}",
        f"--workdir={tmp_path / 'run'}", *tiny_overrides(tiny_job),
