@@ -19,10 +19,12 @@ import time
 # Tests run on the CPU with 8 simulated devices available for the multi-device cases;
 # single-device tests use only the first.
 EIGHT_CPU_DEVICES = "--xla_force_host_platform_device_count=8"
-# XLA:CPU's older fusion code generator: the same programs, compiled in about a third of the
-# time (benchmarks/xla_cpu_flags.py), which most of the suite's programs spend more on than
-# on running. Numbers may differ from the default generator's in the last bit; every
-# process of the session uses it, so runs compared bit for bit compile alike.
+# XLA:CPU's older fusion code generator: the same programs compiled in about 30% less time
+# (a cold tiny step_speed.py process, `benchmarks/xla_cpu_flags.py`), and most of the
+# suite's programs take longer to compile than to run. Numbers may differ from the default
+# generator's in the last bit; every process of the session uses it, so the runs a test
+# compares bit for bit compile alike (a test comparing two different programs bit for bit
+# is marked `default_codegen`).
 FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", f"{EIGHT_CPU_DEVICES} {FAST_COMPILE}")
 # The XLA_FLAGS of the commands the tests start: the session's, on one device.
@@ -217,8 +219,8 @@ def no_thread_outlives_its_test():
   assert not left, f"threads still running after the test: {left}"
 
 
-# Set in the child pytest an `eight_devices` test runs in, so a child that still lacks the
-# devices fails instead of starting another.
+# Set in the child pytest an `eight_devices` or `default_codegen` test runs in, so a child
+# that still lacks what it needs fails instead of starting another.
 _EIGHT_DEVICE_CHILD = "JACKPOT_TEST_EIGHT_DEVICE_CHILD"
 
 
@@ -233,6 +235,10 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "eight_devices: needs 8 devices; where this process has fewer, the test runs "
       "in a child pytest on 8 simulated CPU devices")
+  config.addinivalue_line(
+      "markers", "default_codegen: compares two different programs bit for bit, which XLA's "
+      "default fusion code generator keeps equal and FAST_COMPILE's need not; where the "
+      "session compiles with FAST_COMPILE, the test runs in a child pytest without it")
   config.addinivalue_line(
       "markers", "optimized_programs: compiles with all of XLA's optimizations, it and the "
       "commands it starts: the test spends its time running its programs, not compiling them")
@@ -271,24 +277,35 @@ def optimized_where_marked(request, monkeypatch):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
-  """Runs an `eight_devices` test in this process where JAX has 8 devices, else in a child
-  pytest on 8 simulated CPU devices: JAX fixes its device count when it starts, so a
-  session whose XLA_FLAGS were set otherwise beforehand, or one on a single GPU, still runs
-  the test rather than skipping it. The test passes when the child reports it passed."""
-  if pyfuncitem.get_closest_marker("eight_devices") is None or jax.device_count() >= 8:
+  """Runs a test in a child pytest where this process cannot: an `eight_devices` test where
+  JAX has fewer than 8 devices (on 8 simulated CPU devices), a `default_codegen` test where
+  this session compiles with `FAST_COMPILE` (without it). JAX fixes its devices and XLA its
+  flags when they start, so a session whose XLA_FLAGS were set otherwise beforehand, or one
+  on a single GPU, still runs the test rather than skipping it. The test passes when the
+  child reports it passed."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  devices = (pyfuncitem.get_closest_marker("eight_devices") is not None
+             and jax.device_count() < 8)
+  codegen = (pyfuncitem.get_closest_marker("default_codegen") is not None
+             and FAST_COMPILE in flags.split())
+  if not (devices or codegen):
     return None
   if os.environ.get(_EIGHT_DEVICE_CHILD):
-    raise AssertionError(f"{EIGHT_CPU_DEVICES} gave {jax.device_count()} device(s), not 8")
-  flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
-                 os.environ.get("XLA_FLAGS", ""))
-  env = dict(os.environ, XLA_FLAGS=f"{flags} {EIGHT_CPU_DEVICES}".strip(), JAX_PLATFORMS="cpu",
+    raise AssertionError(f"the child pytest still has {jax.device_count()} device(s) and "
+                         f"XLA_FLAGS={flags!r}")
+  if devices:
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags)
+    flags = f"{flags} {EIGHT_CPU_DEVICES}"
+  if codegen:
+    flags = " ".join(flag for flag in flags.split() if flag != FAST_COMPILE)
+  env = dict(os.environ, XLA_FLAGS=" ".join(flags.split()), JAX_PLATFORMS="cpu",
              **{_EIGHT_DEVICE_CHILD: "1"})
   child = subprocess.run(
       [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", pyfuncitem.nodeid],
       cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=1800)
   if child.returncode != 0 or not re.search(r"\b1 passed\b", child.stdout):
-    pytest.fail(f"on 8 simulated CPU devices:\n{child.stdout[-6000:]}{child.stderr[-3000:]}",
-                pytrace=False)
+    pytest.fail(f"with XLA_FLAGS={env['XLA_FLAGS']!r}:\n{child.stdout[-6000:]}"
+                f"{child.stderr[-3000:]}", pytrace=False)
   return True
 
 

@@ -74,7 +74,6 @@ def _search_evaluate_export(workdir: Path, overrides: list[str], export: bool) -
   return json.loads((workdir / "report.json").read_text())
 
 
-@pytest.mark.optimized_programs
 def test_a_search_on_fashion_mnist_runs_without_tensorflow(fashion_mnist_dir, tmp_path):
   """The search reads the prepared TFDS dataset's train, held-out and test splits; `evaluate`
   reads the test split through the same reader and `export` reads no data, so those two

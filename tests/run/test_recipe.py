@@ -164,6 +164,7 @@ def test_distilling_step_loss_is_the_weighted_sum_with_the_dense_teacher(tiny_se
       (1 - weight) * float(cross_entropy) + weight * distill, rel=1e-5)
 
 
+@pytest.mark.default_codegen
 def test_bn_momentum_weighs_each_batch_statistics_as_pytorch_does(tiny_search):
   """Running statistics = (1 - m) * old + m * the batch's; the scores do not change."""
   search, momentum = tiny_search, 0.3
