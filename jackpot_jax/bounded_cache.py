@@ -12,7 +12,8 @@ _ALL: weakref.WeakSet = weakref.WeakSet()
 
 
 class BoundedCache:
-  """`get(key, build)`: the value kept for `key`, else `build()`, kept."""
+  """`get(key, build)`: the value kept for `key`, else `build()`, kept; an unhashable key (a
+  model or plan with a list or array field) gets `build()` for that call alone."""
 
   def __init__(self, limit: int):
     self.limit = limit
@@ -20,6 +21,10 @@ class BoundedCache:
     _ALL.add(self)
 
   def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+    try:
+      hash(key)
+    except TypeError:
+      return build()
     if key in self._values:
       self._values.move_to_end(key)
     else:

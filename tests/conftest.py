@@ -27,9 +27,14 @@ EIGHT_CPU_DEVICES = "--xla_force_host_platform_device_count=8"
 # is marked `default_codegen`).
 FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", f"{EIGHT_CPU_DEVICES} {FAST_COMPILE}")
+
+
+def _without_device_count(xla_flags: str) -> str:
+  return re.sub(r"--xla_force_host_platform_device_count=\S*", "", xla_flags).strip()
+
+
 # The XLA_FLAGS of the commands the tests start: the session's, on one device.
-CHILD_XLA_FLAGS = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
-                         os.environ["XLA_FLAGS"]).strip()
+CHILD_XLA_FLAGS = _without_device_count(os.environ["XLA_FLAGS"])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Half of the suite's time was XLA compiling: the tests (and the commands they start, which
 # inherit this) compile without LLVM's expensive optimizations, as JAX offers for programs
@@ -221,7 +226,7 @@ def no_thread_outlives_its_test():
 
 # Set in the child pytest an `eight_devices` or `default_codegen` test runs in, so a child
 # that still lacks what it needs fails instead of starting another.
-_EIGHT_DEVICE_CHILD = "JACKPOT_TEST_EIGHT_DEVICE_CHILD"
+_CHILD_PYTEST = "JACKPOT_TEST_CHILD_PYTEST"
 
 
 FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
@@ -290,16 +295,15 @@ def pytest_pyfunc_call(pyfuncitem):
              and FAST_COMPILE in flags.split())
   if not (devices or codegen):
     return None
-  if os.environ.get(_EIGHT_DEVICE_CHILD):
+  if os.environ.get(_CHILD_PYTEST):
     raise AssertionError(f"the child pytest still has {jax.device_count()} device(s) and "
                          f"XLA_FLAGS={flags!r}")
   if devices:
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags)
-    flags = f"{flags} {EIGHT_CPU_DEVICES}"
+    flags = f"{_without_device_count(flags)} {EIGHT_CPU_DEVICES}"
   if codegen:
     flags = " ".join(flag for flag in flags.split() if flag != FAST_COMPILE)
   env = dict(os.environ, XLA_FLAGS=" ".join(flags.split()), JAX_PLATFORMS="cpu",
-             **{_EIGHT_DEVICE_CHILD: "1"})
+             **{_CHILD_PYTEST: "1"})
   child = subprocess.run(
       [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", pyfuncitem.nodeid],
       cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=1800)

@@ -262,12 +262,7 @@ def _variable_shapes(model: nn.Module, input_shape: tuple[int, ...]
                                        if c in abstract})
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
-  try:
-    key = (model, tuple(input_shape))
-    hash(key)
-  except TypeError:  # a model with an unhashable field: traced for this call alone
-    return trace()
-  return dict(_shapes.get(key, trace))
+  return dict(_shapes.get((model, tuple(input_shape)), trace))
 
 
 # `_variable_shapes` by model (Flax modules compare by their fields) and input shape: a

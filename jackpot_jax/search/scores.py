@@ -225,11 +225,7 @@ def init_scores(params: Mapping[str, Any], plan: SparsityPlan, method: str,
   def build():
     return jax.jit(functools.partial(_layer_scores, plan=plan, init=init, fan_ins=fan_ins))
 
-  try:
-    program = _init_programs.get((init, _plan_key(plan), tuple(sorted(fan_ins.items()))),
-                                 build)
-  except TypeError:  # an unhashable plan field: compiled for this call alone
-    program = build()
+  program = _init_programs.get((init, _plan_key(plan), tuple(sorted(fan_ins.items()))), build)
   scores = program(kernels, rng)
   return traverse_util.unflatten_dict(
       {layer.path + ("kernel",): score for layer, score in zip(plan.masked_layers, scores)})
